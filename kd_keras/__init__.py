@@ -1,6 +1,32 @@
-"""kd_keras: knowledge distillation and model compression for Keras 3."""
+"""kd_keras: knowledge distillation and model compression for Keras 3.
 
-from kd_keras import losses
+Example:
+
+```python
+import kd_keras
+
+distiller = kd_keras.Distiller(student, teacher, alpha=0.1)
+distiller.compile(optimizer="adam", metrics=["accuracy"])
+distiller.fit(x_train, y_train, epochs=10)
+```
+"""
+
+from kd_keras import callbacks, losses, schedules
+from kd_keras.callbacks import DistillationScheduler, NaNGuard
+from kd_keras.distiller import Distiller
+from kd_keras.features import record_outputs, resolve_layer
+from kd_keras.teacher_cache import cache_teacher_outputs, random_ops_in_dataset
 
 __version__ = "0.1.0"
-__all__ = ["losses"]
+__all__ = [
+    "DistillationScheduler",
+    "Distiller",
+    "NaNGuard",
+    "cache_teacher_outputs",
+    "callbacks",
+    "losses",
+    "random_ops_in_dataset",
+    "record_outputs",
+    "resolve_layer",
+    "schedules",
+]

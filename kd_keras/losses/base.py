@@ -30,12 +30,52 @@ def weighted_mean(values, weights=None):
     if weights is None:
         return ops.mean(values)
     weights = ops.cast(weights, "float32")
-    weights = ops.broadcast_to(
-        ops.reshape(weights, ops.shape(weights) + (1,) * (len(values.shape) - len(weights.shape))),
-        ops.shape(values),
-    )
+    for _ in range(len(values.shape) - len(weights.shape)):
+        weights = ops.expand_dims(weights, -1)
+    weights = ops.broadcast_to(weights, ops.shape(values))
+    # `where`, not a product: a padded position may hold inf/NaN garbage and
+    # 0 * inf is NaN.
+    values = ops.where(weights > 0, values, ops.zeros_like(values))
     total = ops.sum(weights)
     return ops.divide(ops.sum(values * weights), ops.maximum(total, EPSILON))
+
+
+def l2_normalize(x, axis: int = -1, epsilon: float = EPSILON):
+    """`x / max(||x||, epsilon)` along `axis` (torch's `F.normalize`).
+
+    Unlike `keras.ops.normalize`, the gradient of an all-zero vector is 0, not
+    NaN (RKD's angle term normalizes the zero vector `e_i - e_i`).
+    """
+    square_sum = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x / ops.sqrt(ops.maximum(square_sum, epsilon * epsilon))
+
+
+def static_shape(x) -> tuple:
+    """The static shape of a tensor of any backend, `None` for unknown dims."""
+    return tuple(None if d is None else int(d) for d in x.shape)
+
+
+def check_same_positions(loss_name: str, teacher_shape, student_shape) -> None:
+    """Raises unless teacher and student features cover the same positions.
+
+    Feature losses compare maps position by position, so everything between
+    the batch and the channel axis (height, width / time) must match; only
+    the channel width may differ.
+    """
+    teacher_shape, student_shape = tuple(teacher_shape), tuple(student_shape)
+    mismatch = len(teacher_shape) != len(student_shape) or any(
+        t is not None and s is not None and t != s
+        for t, s in zip(teacher_shape[1:-1], student_shape[1:-1])
+    )
+    if mismatch:
+        raise ValueError(
+            f"{loss_name}: teacher features of shape {teacher_shape} and "
+            f"student features of shape {student_shape} do not cover the same "
+            "positions (all axes between batch and channels must match; "
+            "channels may differ). Pick teacher_layer / student_layer at the "
+            "same spatial resolution, or resize one map (e.g. pooling) in the "
+            "model before the layer you name."
+        )
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
@@ -97,9 +137,44 @@ class DistillationLoss(keras.layers.Layer):
         if teacher_layer is not None or student_layer is not None:
             self.reads_logits = False
 
+    def __call__(self, *args, **kwargs):
+        # Keras would build from shapes named after `call`'s arguments
+        # (`teachers_shape`); terms build from one teacher and the student.
+        if not self.built:
+            teachers = args[0] if args else kwargs["teachers"]
+            student = args[1] if len(args) > 1 else kwargs["student"]
+            if isinstance(teachers, (list, tuple)):
+                teachers = teachers[0]
+            self.build(static_shape(teachers), static_shape(student))
+        return super().__call__(*args, **kwargs)
+
     def build(self, teacher_shape=None, student_shape=None):
-        """Creates weights that depend on feature shapes (projections)."""
+        """Creates weights that depend on feature shapes (projections).
+
+        Called once, before the first `call`, with the shape of the (first)
+        teacher's and the student's tensors. Overrides call
+        `super().build(teacher_shape, student_shape)` last.
+        """
+        # A tuple of tuples (Keras layers wrap a dict attribute in tracking);
+        # the batch size is not part of what was built.
+        self._kd_build_shapes = tuple(
+            None if shape is None else (None,) + tuple(shape)[1:]
+            for shape in (teacher_shape, student_shape)
+        )
         self.built = True
+
+    def get_build_config(self):
+        shapes = getattr(self, "_kd_build_shapes", None)
+        if shapes is None:
+            return None
+        return {
+            "teacher_shape": None if shapes[0] is None else list(shapes[0]),
+            "student_shape": None if shapes[1] is None else list(shapes[1]),
+        }
+
+    def build_from_config(self, config):
+        if config:
+            self.build(**config)
 
     def compute(self, teacher, student, labels=None, weights=None):
         raise NotImplementedError(

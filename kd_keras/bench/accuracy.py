@@ -1,0 +1,36 @@
+"""Top-1 accuracy of any artifact on an evaluation set, through the same
+runners that parity and latency use, so every number in a report comes from
+the file that ships."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kd_keras.export.runtime import Runner, load_runner
+
+
+def evaluate_accuracy(artifact, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Fraction of `x` whose argmax output equals the label.
+
+    Args:
+        artifact: path (`.tflite`, `.onnx`, `.keras`, SavedModel folder), a
+            `keras.Model` or a `Runner`.
+        x: inputs.
+        y: integer labels `(n,)` or one-hot `(n, classes)`.
+        batch_size: samples per call (LiteRT resizes its input once).
+
+    Example:
+
+    ```python
+    acc = evaluate_accuracy("student_int8.tflite", x_test, y_test)
+    ```
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}.")
+    if len(x) == 0:
+        raise ValueError("The evaluation set is empty.")
+    labels = np.argmax(y, axis=-1) if y.ndim > 1 else y.astype(np.int64)
+    runner = artifact if isinstance(artifact, Runner) else load_runner(artifact)
+    outputs = runner.predict(x, batch_size=batch_size)
+    return float(np.mean(np.argmax(outputs, axis=-1) == labels))

@@ -1,0 +1,289 @@
+"""Latency the way LiteRT's `benchmark_model` measures it, from Python.
+
+Methodology (after `tensorflow/lite/tools/benchmark/benchmark_model.cc`):
+the artifact is loaded and prepared (`init`), run once (`first`), run
+`warmup` more times untimed-for-statistics, then `runs` timed runs of one
+call each with `time.perf_counter`. Statistics are the mean, the population
+standard deviation (as `benchmark_model`'s `std=`), min, max and the
+50/90/99th percentiles with linear interpolation between order statistics
+(NumPy's default `method="linear"`).
+
+A timed call covers the whole `runner(x)`: copying the input in, `invoke`
+(or `session.run`, `predict_on_batch`) and the output out — what an
+application pays. For the tiny models of the tests that copy is a visible
+share; for real models it is negligible.
+
+Peak memory is the process's resident-set high-water mark (`VmHWM` in
+`/proc/self/status`) over load + runs, after resetting it through
+`/proc/self/clear_refs` (Linux). Elsewhere it falls back to
+`resource.getrusage(RUSAGE_SELF).ru_maxrss`, the lifetime peak, which can
+only grow; `memory_method` says which one a result used. tracemalloc is not
+used: it sees Python allocations only, not the runtimes' C++ arenas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from kd_keras.export.runtime import load_runner, runtime_of
+
+THREADED_RUNTIMES = ("tflite", "onnx")
+
+
+@dataclasses.dataclass
+class LatencyResult:
+    """One latency measurement (all times in milliseconds).
+
+    `p50_ms`/`p90_ms`/`p99_ms` are `None` when only aggregate figures exist
+    (results parsed from `benchmark_model`, which prints no percentiles).
+    """
+
+    name: str
+    runtime: str
+    threads: int | None
+    xnnpack: bool | None
+    batch_size: int
+    warmup_runs: int
+    runs: int
+    init_ms: float | None
+    first_ms: float | None
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    peak_memory_mb: float | None = None
+    memory_delta_mb: float | None = None
+    memory_method: str = ""
+    source: str = "python"
+    device: str = ""
+    timings_ms: list[float] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def config(self) -> str:
+        """`"threads=2 xnnpack"` style label of the runtime settings."""
+        parts = [] if self.threads is None else [f"threads={self.threads}"]
+        if self.xnnpack is not None:
+            parts.append("xnnpack" if self.xnnpack else "no-xnnpack")
+        return " ".join(parts) or "default"
+
+    def to_dict(self, include_timings: bool = False) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if not include_timings:
+            data.pop("timings_ms")
+        return data
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0..100) by linear interpolation between the
+    closest ranks: rank `q/100 * (n-1)` of the sorted values.
+
+    Example:
+
+    ```python
+    percentile([1.0, 2.0, 3.0, 4.0], 50)  # 2.5
+    ```
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be in [0, 100], got {q}.")
+    ordered = sorted(float(v) for v in values)
+    if not ordered:
+        raise ValueError("percentile of an empty list of timings.")
+    rank = q / 100.0 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(timings_ms: Sequence[float]) -> dict[str, float]:
+    """mean, population std, min, max, p50, p90, p99 of `timings_ms`."""
+    values = [float(t) for t in timings_ms]
+    if not values:
+        raise ValueError("No timings to summarize: runs must be >= 1.")
+    mean = math.fsum(values) / len(values)
+    variance = math.fsum((v - mean) ** 2 for v in values) / len(values)
+    return {
+        "mean_ms": mean,
+        "std_ms": math.sqrt(variance),
+        "min_ms": min(values),
+        "max_ms": max(values),
+        "p50_ms": percentile(values, 50),
+        "p90_ms": percentile(values, 90),
+        "p99_ms": percentile(values, 99),
+    }
+
+
+class PeakMemory:
+    """Resident-set high-water mark over a `with` block, in MB (see module doc)."""
+
+    def __enter__(self):
+        self.method = "VmHWM"
+        self.start_mb = _status_mb("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.method = "ru_maxrss"
+        return self
+
+    def __exit__(self, *exc):
+        self.peak_mb = _status_mb("VmHWM") if self.method == "VmHWM" else _ru_maxrss_mb()
+        if self.peak_mb is None:
+            self.method, self.peak_mb = "ru_maxrss", _ru_maxrss_mb()
+        # Like benchmark_model's "footprint delta from the start of the tool".
+        self.delta_mb = (
+            None
+            if self.start_mb is None or self.peak_mb is None or self.method != "VmHWM"
+            else max(0.0, self.peak_mb - self.start_mb)
+        )
+        return False
+
+
+def measure_latency(
+    artifact,
+    threads: int | None = None,
+    xnnpack: bool = True,
+    runs: int = 100,
+    warmup: int = 10,
+    batch_size: int = 1,
+    inputs: np.ndarray | None = None,
+    name: str | None = None,
+) -> LatencyResult:
+    """Measures the latency of one artifact under one runtime setting.
+
+    Args:
+        artifact: `.tflite` / `.onnx` / `.keras` path, SavedModel folder, or a
+            `keras.Model`.
+        threads: LiteRT / onnxruntime threads (ignored by the others).
+        xnnpack: LiteRT only: apply XNNPACK.
+        runs: timed runs.
+        warmup: runs after the first one before timing starts.
+        batch_size: samples per call.
+        inputs: a batch to feed (its first `batch_size` samples); default:
+            uniform noise of the model's input shape.
+        name: label in reports (default: the file name).
+
+    Example:
+
+    ```python
+    result = measure_latency("student.tflite", threads=2, runs=200)
+    print(result.p50_ms, result.p99_ms)
+    ```
+    """
+    if runs < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(
+            f"Need runs >= 1, warmup >= 0, batch_size >= 1; got runs={runs}, "
+            f"warmup={warmup}, batch_size={batch_size}."
+        )
+    runtime = runtime_of(artifact)
+    with PeakMemory() as memory:
+        runner = load_runner(
+            artifact,
+            threads=threads if runtime in THREADED_RUNTIMES else None,
+            xnnpack=xnnpack,
+        )
+        x = _batch(runner, inputs, batch_size)
+        start = time.perf_counter()
+        runner(x)
+        first = time.perf_counter() - start
+        for _ in range(warmup):
+            runner(x)
+        timings = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            runner(x)
+            timings.append((time.perf_counter() - start) * 1e3)
+    stats = summarize(timings)
+    return LatencyResult(
+        name=name or _label(artifact),
+        runtime=runtime,
+        threads=runner.threads,
+        xnnpack=runner.xnnpack,
+        batch_size=batch_size,
+        warmup_runs=warmup,
+        runs=runs,
+        init_ms=runner.init_seconds * 1e3,
+        first_ms=first * 1e3,
+        peak_memory_mb=memory.peak_mb,
+        memory_delta_mb=memory.delta_mb,
+        memory_method=memory.method,
+        timings_ms=timings,
+        **stats,
+    )
+
+
+def sweep(
+    artifact,
+    threads: Iterable[int] = (1, 2, 4),
+    xnnpack: Iterable[bool] = (True, False),
+    **kwargs,
+) -> list[LatencyResult]:
+    """`measure_latency` over thread counts (LiteRT, onnxruntime) and XNNPACK
+    on/off (LiteRT); other runtimes are measured once.
+
+    Example:
+
+    ```python
+    for r in sweep("student.tflite", threads=(1, 2)):
+        print(r.config, r.p50_ms)
+    ```
+    """
+    runtime = runtime_of(artifact)
+    thread_options = list(threads) if runtime in THREADED_RUNTIMES else [None]
+    xnnpack_options = list(xnnpack) if runtime == "tflite" else [True]
+    return [
+        measure_latency(artifact, threads=t, xnnpack=x, **kwargs)
+        for t in thread_options
+        for x in xnnpack_options
+    ]
+
+
+def _batch(runner, inputs, batch_size: int) -> np.ndarray:
+    if inputs is not None:
+        x = np.asarray(inputs)[:batch_size]
+        if len(x) < batch_size:
+            x = np.concatenate([x] * math.ceil(batch_size / len(x)))[:batch_size]
+        return x
+    shape = tuple(runner.input_shape[1:])
+    if not shape or any(d is None for d in shape):
+        raise ValueError(
+            f"The {runner.runtime} model's input shape {runner.input_shape} is not "
+            "fully known; pass inputs=<a sample batch>."
+        )
+    rng = np.random.default_rng(0)
+    return rng.random((batch_size,) + shape, dtype=np.float32)
+
+
+def _label(artifact) -> str:
+    if isinstance(artifact, (str, Path)):
+        return Path(artifact).name
+    return getattr(artifact, "name", type(artifact).__name__)
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"{field}:\s+(\d+)\s+kB", status)
+    return int(match.group(1)) / 1024.0 if match else None
+
+
+def _ru_maxrss_mb() -> float | None:
+    try:
+        import resource
+        import sys
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0

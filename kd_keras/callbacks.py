@@ -1,0 +1,125 @@
+"""Callbacks of distillation: schedules for T and alpha, a NaN guard that
+names the term, and the teacher snapshot of self-distillation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import keras
+
+from kd_keras import schedules as schedules_lib
+
+
+def _find_distiller(model):
+    from kd_keras.distiller import Distiller
+
+    if not isinstance(model, Distiller):
+        raise TypeError(
+            f"{type(model).__name__} is not a kd_keras.Distiller: this callback "
+            "steps a Distiller's temperature/alpha."
+        )
+    return model
+
+
+def _temperature_variables(distiller):
+    return [term.temperature for term in distiller.distillation_terms if hasattr(term, "temperature")]
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class DistillationScheduler(keras.callbacks.Callback):
+    """Sets the distiller's `alpha` and the temperature of every term that has
+    one at the start of each epoch, and logs both into `history`.
+
+    Args:
+        temperature: a `kd_keras.schedules.Schedule`, a number, or None.
+        alpha: the same for alpha (values must stay in [0, 1]).
+
+    Example:
+
+    ```python
+    distiller.fit(
+        x, y, epochs=20,
+        callbacks=[kd_keras.callbacks.DistillationScheduler(
+            temperature=kd_keras.schedules.LinearSchedule(8.0, 2.0, epochs=20),
+            alpha=kd_keras.schedules.CosineSchedule(0.5, 0.1, epochs=20),
+        )],
+    )
+    history.history["temperature"]  # one value per epoch
+    ```
+    """
+
+    def __init__(self, temperature=None, alpha=None):
+        super().__init__()
+        if temperature is None and alpha is None:
+            raise ValueError("Give a temperature and/or an alpha schedule.")
+        self.temperature = None if temperature is None else schedules_lib.get(temperature)
+        self.alpha = None if alpha is None else schedules_lib.get(alpha)
+        self._current = {}
+
+    def on_train_begin(self, logs=None):
+        distiller = _find_distiller(self.model)
+        if self.temperature is not None and not _temperature_variables(distiller):
+            raise ValueError(
+                "A temperature schedule was given but no distillation term has a "
+                "temperature (SoftTargetKD and DKD have one)."
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        distiller = self.model
+        self._current = {}
+        if self.temperature is not None:
+            value = self.temperature(epoch)
+            if not value > 0:
+                raise ValueError(f"The temperature schedule gave {value} at epoch {epoch}; it must stay > 0.")
+            for variable in _temperature_variables(distiller):
+                variable.assign(value)
+            self._current["temperature"] = value
+        if self.alpha is not None:
+            value = self.alpha(epoch)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"The alpha schedule gave {value} at epoch {epoch}; it must stay in [0, 1].")
+            distiller.alpha.assign(value)
+            self._current["alpha"] = value
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self._current)
+
+    def get_config(self):
+        return {
+            "temperature": None if self.temperature is None else keras.saving.serialize_keras_object(self.temperature),
+            "alpha": None if self.alpha is None else keras.saving.serialize_keras_object(self.alpha),
+        }
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, and
+    says which distillation term (or the student loss) went bad first.
+
+    `Distiller.fit` adds one automatically. The message is kept in
+    `guard.message` and issued as a `RuntimeWarning`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.message = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs:
+            return
+        bad = [
+            key for key, value in logs.items()
+            if key not in ("temperature", "alpha") and not math.isfinite(float(value))
+        ]
+        if not bad:
+            return
+        terms = [k for k in bad if k != "loss"] or ["loss"]
+        self.message = (
+            f"Training stopped at batch {batch}: {', '.join(terms)} became NaN/inf. "
+            "Check the inputs for NaN/inf, lower the learning rate, or (for a "
+            "feature term) normalize the features; a temperature near 0 also "
+            "overflows."
+        )
+        warnings.warn(self.message, RuntimeWarning, stacklevel=2)
+        self.model.stop_training = True

@@ -1,0 +1,16 @@
+"""Offline dataset loaders. Each returns NumPy arrays and says exactly what to
+install when its files are missing."""
+
+from kd_keras.data.digits import load_digits
+from kd_keras.data.fashion_mnist import load_fashion_mnist, read_idx
+from kd_keras.data.mnist_subset import load_mnist_subset
+from kd_keras.data.splits import few_labels_split, train_test_split
+
+__all__ = [
+    "few_labels_split",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist_subset",
+    "read_idx",
+    "train_test_split",
+]

@@ -1,0 +1,406 @@
+"""`kd-keras demo`: teacher vs. student from scratch vs. distilled student.
+
+On scikit-learn's 1,797 8x8 digits (embedded, no download) it trains
+
+1. a CNN teacher (`kd_keras.models.cnn_teacher`, ~53 k parameters here),
+2. a small CNN student (`kd_keras.models.cnn_student`, ~2 k parameters) on
+   the labels alone, and
+3. the same student, from the same initial weights, distilled from the
+   teacher with `kd_keras.Distiller` and soft targets (Hinton et al., 2015)
+   read from teacher logits cached once before training,
+
+and prints held-out accuracy, parameters and train time of each. The
+building blocks (`train_supervised`, `train_distilled`, `compare`,
+`print_table`, `write_outputs`) are reused by `examples/fashion_mnist.py`.
+
+Example:
+
+```python
+from kd_keras import demo
+
+results = demo.run_demo(epochs=30)
+demo.print_table(results)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import kd_keras
+from kd_keras.data import load_digits
+from kd_keras.models import cnn_student, cnn_teacher
+
+# Defaults of `kd-keras demo`. They were chosen on a validation split carved
+# out of the digits *training* set (see README, "Demo"), never on the test set.
+EPOCHS = 30
+TEACHER_EPOCHS = 30
+SEED = 0
+TEMPERATURE = 4.0
+ALPHA = 0.1
+BATCH_SIZE = 32
+LEARNING_RATE = 1e-3
+DIGITS_SHAPE = (8, 8, 1)
+TEACHER_DENSE_UNITS = 128
+
+JSON_NAME = "demo.json"
+PNG_NAME = "demo_curves.png"
+
+Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclasses.dataclass
+class Result:
+    """One trained model: what the table shows, plus its per-epoch history.
+
+    `train_seconds` of a distilled student includes computing the cached
+    teacher logits (`cache_seconds`), not the teacher's own training.
+    """
+
+    name: str
+    test_accuracy: float
+    params: int
+    train_seconds: float
+    history: dict[str, list[float]]
+    cache_seconds: float = 0.0
+
+
+def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model`'s outputs (logits or probabilities) on `(x, y)`."""
+    outputs = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(outputs, axis=-1) == np.asarray(y).reshape(-1)))
+
+
+def _history(history: keras.callbacks.History) -> dict[str, list[float]]:
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def train_supervised(
+    model: keras.Model,
+    data: Data,
+    *,
+    name: str,
+    epochs: int,
+    batch_size: int = BATCH_SIZE,
+    seed: int = SEED,
+    learning_rate: float = LEARNING_RATE,
+    verbose: int = 0,
+) -> Result:
+    """Trains `model` (logits out) on the labels with cross-entropy."""
+    (x_train, y_train), (x_test, y_test) = data
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    keras.utils.set_random_seed(seed)  # same shuffling for every student
+    start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(x_test, y_test),
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - start
+    return Result(
+        name=name,
+        test_accuracy=accuracy(model, x_test, y_test),
+        params=model.count_params(),
+        train_seconds=seconds,
+        history=_history(history),
+    )
+
+
+def train_distilled(
+    student: keras.Model,
+    teacher: keras.Model,
+    data: Data,
+    *,
+    name: str = "distilled student",
+    epochs: int,
+    temperature: float = TEMPERATURE,
+    alpha: float = ALPHA,
+    batch_size: int = BATCH_SIZE,
+    seed: int = SEED,
+    learning_rate: float = LEARNING_RATE,
+    verbose: int = 0,
+) -> Result:
+    """Distils `teacher` into `student` with soft targets (T² scaled KL).
+
+    The teacher's logits are computed once for the (fixed, in-memory)
+    training set and travel with the labels, so each step runs the student
+    only; `fit` shuffles images, labels and logits together.
+    """
+    (x_train, y_train), (x_test, y_test) = data
+    start = time.perf_counter()
+    cache = functools.partial(kd_keras.cache_teacher_outputs, teacher, verbose=0)
+    train_targets = {"labels": y_train, "teacher_logits": cache(x_train)}
+    test_targets = {"labels": y_test, "teacher_logits": cache(x_test)}
+    cache_seconds = time.perf_counter() - start
+
+    distiller = kd_keras.Distiller(
+        student=student,
+        teacher=teacher,
+        losses=[kd_keras.losses.SoftTargetKD(temperature=temperature)],
+        alpha=alpha,
+    )
+    distiller.compile(optimizer=keras.optimizers.Adam(learning_rate), metrics=["accuracy"])
+    keras.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    history = distiller.fit(
+        x_train,
+        train_targets,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(x_test, test_targets),
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - start
+    return Result(
+        name=name,
+        test_accuracy=accuracy(distiller.student, x_test, y_test),
+        params=distiller.student.count_params(),
+        train_seconds=cache_seconds + seconds,
+        history=_history(history),
+        cache_seconds=cache_seconds,
+    )
+
+
+def compare(
+    data: Data,
+    make_teacher: Callable[[], keras.Model],
+    make_student: Callable[[], keras.Model],
+    *,
+    epochs: int,
+    teacher_epochs: int,
+    temperature: float = TEMPERATURE,
+    alpha: float = ALPHA,
+    batch_size: int = BATCH_SIZE,
+    seed: int = SEED,
+    verbose: int = 0,
+) -> list[Result]:
+    """Teacher, student from scratch and distilled student on `data`.
+
+    Both students start from the same initial weights (built after the same
+    seed) and see the batches in the same order, so the difference between
+    them is the teacher's soft targets alone.
+    """
+    keras.utils.set_random_seed(seed)
+    teacher = make_teacher()
+    teacher_result = train_supervised(
+        teacher, data, name="teacher", epochs=teacher_epochs, batch_size=batch_size,
+        seed=seed, verbose=verbose,
+    )
+    keras.utils.set_random_seed(seed + 1)
+    scratch = make_student()
+    initial_weights = scratch.get_weights()
+    scratch_result = train_supervised(
+        scratch, data, name="student from scratch", epochs=epochs, batch_size=batch_size,
+        seed=seed, verbose=verbose,
+    )
+    student = make_student()
+    student.set_weights(initial_weights)
+    distilled_result = train_distilled(
+        student, teacher, data, epochs=epochs, temperature=temperature, alpha=alpha,
+        batch_size=batch_size, seed=seed, verbose=verbose,
+    )
+    return [teacher_result, scratch_result, distilled_result]
+
+
+def format_rows(results: Sequence[Result]) -> list[tuple[str, str, str, str]]:
+    """`(model, test accuracy %, parameters, train time s)` as strings."""
+    return [
+        (r.name, f"{100 * r.test_accuracy:.2f}", f"{r.params:,}", f"{r.train_seconds:.1f}")
+        for r in results
+    ]
+
+
+def print_table(results: Sequence[Result], title: str = "kd_keras demo") -> None:
+    """Prints the comparison table (with `rich` when it is installed)."""
+    headers = ("model", "test accuracy (%)", "parameters", "train time (s)")
+    rows = format_rows(results)
+    by_name = {r.name: r for r in results}
+    notes = []
+    if "student from scratch" in by_name and "distilled student" in by_name:
+        distilled, scratch = by_name["distilled student"], by_name["student from scratch"]
+        gain = distilled.test_accuracy - scratch.test_accuracy
+        notes.append(f"distilled - scratch: {100 * gain:+.2f} points of test accuracy")
+        notes.append(
+            "distilled train time includes caching the teacher's logits "
+            f"({distilled.cache_seconds:.1f} s); "
+            f"backend: {keras.backend.backend()}"
+        )
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+        print(title)
+        print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        for note in notes:
+            print(note)
+        return
+    table = Table(title=title)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(note)
+
+
+def output_paths(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
+    """`(json_path, png_path)` in folder `out`; refuses to replace existing
+    files unless `overwrite` (checked before any training)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder (it is created if missing).")
+    paths = (out / JSON_NAME, out / PNG_NAME)
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist(s). Pass --overwrite (overwrite=True) "
+            "to replace them, or choose another --out folder."
+        )
+    return paths
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Writes through a temporary file in the same folder, then renames it
+    over `path`, so a crash never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _plot_curves(results: Sequence[Result], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        if "val_accuracy" in r.history:
+            epochs = range(1, len(r.history["val_accuracy"]) + 1)
+            left.plot(epochs, [100 * a for a in r.history["val_accuracy"]], label=r.name)
+    left.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="Held-out accuracy")
+    left.legend()
+    distilled = next((r for r in results if "student_loss" in r.history), None)
+    if distilled is not None:
+        for key, values in distilled.history.items():
+            if key.endswith("_loss") and not key.startswith("val_"):
+                right.plot(range(1, len(values) + 1), values, label=key)
+        right.set(xlabel="epoch", ylabel="loss", title=f"{distilled.name}: loss terms")
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(
+    results: Sequence[Result],
+    config: dict,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Writes `demo.json` (config, versions, results with histories) and
+    `demo_curves.png` (training curves) into folder `out`, atomically."""
+    json_path, png_path = output_paths(out, overwrite=overwrite)
+    payload = {
+        "config": config,
+        "backend": keras.backend.backend(),
+        "versions": {
+            "kd_keras": kd_keras.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+
+    _write_atomically(json_path, write_json)
+    _write_atomically(png_path, lambda tmp: _plot_curves(results, tmp))
+    return json_path, png_path
+
+
+def run_demo(
+    epochs: int = EPOCHS,
+    teacher_epochs: int = TEACHER_EPOCHS,
+    seed: int = SEED,
+    temperature: float = TEMPERATURE,
+    alpha: float = ALPHA,
+    batch_size: int = BATCH_SIZE,
+    verbose: int = 0,
+) -> list[Result]:
+    """The demo's three runs on digits; see `compare`."""
+    data = load_digits(seed=seed)
+    return compare(
+        data,
+        lambda: cnn_teacher(DIGITS_SHAPE, dense_units=TEACHER_DENSE_UNITS),
+        lambda: cnn_student(DIGITS_SHAPE),
+        epochs=epochs,
+        teacher_epochs=teacher_epochs,
+        temperature=temperature,
+        alpha=alpha,
+        batch_size=batch_size,
+        seed=seed,
+        verbose=verbose,
+    )
+
+
+def main(args) -> list[Result]:
+    """`kd-keras demo` with parsed arguments (see `kd_keras.cli`)."""
+    config = {
+        "dataset": "sklearn digits (8x8), stratified 75/25 split",
+        "epochs": args.epochs,
+        "teacher_epochs": args.teacher_epochs,
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        "batch_size": args.batch_size,
+        "learning_rate": LEARNING_RATE,
+    }
+    if args.out is not None:
+        output_paths(args.out, overwrite=args.overwrite)  # fail before training
+    results = run_demo(
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        seed=args.seed,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+    )
+    print_table(results, title=f"kd_keras demo: digits, seed {args.seed}")
+    if args.out is not None:
+        json_path, png_path = write_outputs(results, config, args.out, overwrite=args.overwrite)
+        print(f"wrote {json_path} and {png_path}")
+    return results

@@ -1,0 +1,439 @@
+"""`Distiller`: train a student from one or more frozen teachers with `fit`."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from kd_keras.features import record_outputs
+from kd_keras.losses.base import DistillationLoss, weighted_mean
+from kd_keras.losses.soft_target import SoftTargetKD
+from kd_keras.validation import (
+    check_alpha,
+    check_fit_data,
+    ends_in_softmax,
+    output_classes,
+)
+
+try:  # Keras divides the loss by the replica count under tf.distribute.
+    from keras.src.losses.loss import scale_loss_for_distribution
+except ImportError:  # pragma: no cover - older/newer private layout
+    def scale_loss_for_distribution(value):
+        return value
+
+#: Keys a target dict may hold. `teacher_logits` makes the step skip the
+#: teacher (offline KD); `label_mask` marks which samples have a label;
+#: `padding_mask` marks real tokens of (batch, time, classes) outputs.
+TARGET_KEYS = ("labels", "teacher_logits", "label_mask", "padding_mask")
+_PROBABILITY_FLOOR = 1e-30
+
+
+class _StepState:
+    """Tensors handed from `call`/`train_step` to `compute_loss` within one
+    traced step. A plain object, so Keras does not track or save it."""
+
+    def __init__(self):
+        self.student_features = None
+        self.teacher = None
+
+
+def unpack_targets(y):
+    """`(labels, teacher_logits, label_mask, padding_mask)` from `y`."""
+    if y is None:
+        return None, None, None, None
+    if isinstance(y, dict):
+        unknown = sorted(set(y) - set(TARGET_KEYS))
+        if unknown:
+            raise ValueError(
+                f"Unknown target keys {unknown}: a Distiller target is either "
+                f"the labels or a dict with keys among {list(TARGET_KEYS)}."
+            )
+        return tuple(y.get(key) for key in TARGET_KEYS)
+    return y, None, None, None
+
+
+def _combine_weights(*weights):
+    """Product of per-sample `(batch,)` and per-position `(batch, time)`
+    weights, or None when all are None."""
+    weights = [ops.cast(w, "float32") for w in weights if w is not None]
+    if not weights:
+        return None
+    rank = max(len(w.shape) for w in weights)
+    total = None
+    for w in weights:
+        w = ops.reshape(w, tuple(ops.shape(w)) + (1,) * (rank - len(w.shape)))
+        total = w if total is None else total * w
+    return total
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class Distiller(keras.Model):
+    """Knowledge distillation as a `keras.Model`: `compile` and `fit` it like
+    any model; it trains `student` and leaves the teachers frozen.
+
+    The loss of a batch is
+
+        alpha · student_loss(labels, student(x))
+        + (1 − alpha) · Σ_k weight_k · term_k(teacher(x), student(x))
+
+    where the terms are `kd_keras.losses` layers (soft targets with T², DKD,
+    FitNets hints, attention transfer, RKD, ...). Every term and the student
+    loss appear in the progress bar and in `history` as `<name>_loss`.
+
+    Targets can be plain labels, or a dict with keys
+    - `labels`: the labels (omit for unlabeled transfer data);
+    - `teacher_logits`: cached teacher outputs (see
+      `kd_keras.cache_teacher_outputs`); the step then never runs the teacher;
+    - `label_mask`: 1 where a sample has a label, 0 where it does not (those
+      samples learn from the teacher alone);
+    - `padding_mask`: `(batch, time)`, 1 on real tokens, for token-level KD.
+    Passing no `y` at all distils on unlabeled data.
+
+    Args:
+        student: the model to train. Its outputs must be logits (no softmax).
+        teacher: a trained model, a list of models (a weighted ensemble), or
+            `None` when every batch carries cached `teacher_logits`.
+        losses: distillation terms; default `[SoftTargetKD(temperature=4)]`.
+        alpha: weight of the student's own loss on the labels, in [0, 1].
+        teacher_weights: ensemble weights, one per teacher (default equal).
+        student_loss: a Keras loss for the labels; the default is sparse
+            categorical cross-entropy on logits.
+        teacher_outputs: `"auto"` (detect a final softmax), `"logits"` or
+            `"probabilities"`; probabilities are turned into log-probabilities,
+            which soften exactly like logits.
+
+    Example:
+
+    ```python
+    distiller = kd_keras.Distiller(
+        student=student,
+        teacher=teacher,
+        losses=[kd_keras.losses.SoftTargetKD(temperature=4.0)],
+        alpha=0.1,
+    )
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    distiller.fit(x_train, y_train, epochs=10, validation_split=0.1)
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        student: keras.Model,
+        teacher: keras.Model | Sequence[keras.Model] | None = None,
+        losses: Sequence[DistillationLoss] | None = None,
+        alpha: float = 0.1,
+        teacher_weights: Sequence[float] | None = None,
+        student_loss="sparse_categorical_crossentropy",
+        teacher_outputs: str = "auto",
+        name: str = "distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if not isinstance(student, keras.layers.Layer):
+            raise TypeError(f"student must be a Keras model, got {type(student).__name__}.")
+        teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        for t in teachers:
+            if not isinstance(t, keras.layers.Layer):
+                raise TypeError(f"teacher must be a Keras model, got {type(t).__name__}.")
+            if t is student:
+                raise ValueError(
+                    "The teacher is the student itself. For self-distillation "
+                    "use kd_keras.self_distillation(student), which freezes a "
+                    "snapshot of it."
+                )
+        if teacher_outputs not in ("auto", "logits", "probabilities"):
+            raise ValueError(
+                "teacher_outputs must be 'auto', 'logits' or 'probabilities', "
+                f"got {teacher_outputs!r}."
+            )
+        losses = [SoftTargetKD(temperature=4.0)] if losses is None else list(losses)
+        if not losses:
+            raise ValueError("losses is empty: give at least one distillation term.")
+        for term in losses:
+            if not isinstance(term, DistillationLoss):
+                raise TypeError(
+                    f"{term!r} is not a kd_keras.losses.DistillationLoss; wrap "
+                    "custom maths in a DistillationLoss subclass."
+                )
+        if len({t.name for t in losses}) != len(losses):
+            raise ValueError(
+                f"Distillation terms need distinct names, got {[t.name for t in losses]}: "
+                "pass name=... to tell them apart in the logs."
+            )
+
+        self.student = student
+        self.teachers = teachers
+        self.distillation_terms = losses
+        self._alpha_init = check_alpha(alpha)
+        self.alpha = keras.Variable(self._alpha_init, trainable=False, dtype="float32", name="alpha")
+        self._teacher_weights = None if teacher_weights is None else [float(w) for w in teacher_weights]
+        if self._teacher_weights is not None and len(self._teacher_weights) != max(len(teachers), 1):
+            raise ValueError(
+                f"{len(self._teacher_weights)} teacher_weights for {len(teachers)} teachers."
+            )
+        self._student_loss_config = student_loss
+        self.student_loss_fn = self._make_student_loss(student_loss)
+        self._teacher_output_mode = teacher_outputs
+        for t in teachers:
+            # Frozen: no gradients, and BatchNorm/Dropout run in inference mode.
+            t.trainable = False
+
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.term_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in losses]
+        self._step = _StepState()
+        self._student_paths = sorted({t.student_layer for t in losses if t.student_layer})
+        self._teacher_paths = sorted({t.teacher_layer for t in losses if t.teacher_layer})
+        self._teacher_is_probability = [
+            teacher_outputs == "probabilities" or (teacher_outputs == "auto" and ends_in_softmax(t))
+            for t in teachers
+        ]
+        if any(t.reads_logits for t in losses) and ends_in_softmax(student):
+            raise ValueError(
+                f"The student '{student.name}' ends in a softmax, but distillation "
+                "needs its logits (softened distributions are computed from "
+                "logits, and log(softmax) underflows). Remove the final "
+                "activation (e.g. Dense(num_classes) with no activation); for "
+                "inference, wrap the trained student: "
+                "keras.Sequential([student, keras.layers.Softmax()])."
+            )
+        if getattr(student, "inputs", None):
+            self._build_terms(student.inputs)
+
+    # -- construction ---------------------------------------------------
+
+    @staticmethod
+    def _make_student_loss(student_loss):
+        if student_loss == "sparse_categorical_crossentropy":
+            return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if student_loss == "categorical_crossentropy":
+            return keras.losses.CategoricalCrossentropy(from_logits=True)
+        loss = keras.losses.get(student_loss)
+        if loss is None:
+            raise ValueError(f"Unknown student_loss {student_loss!r}.")
+        return loss
+
+    @property
+    def teacher(self) -> keras.Model | None:
+        """The first (usually the only) teacher."""
+        return self.teachers[0] if self.teachers else None
+
+    def _example_inputs(self, inputs):
+        """A batch of 2 zero (float) / one (int) inputs shaped like `inputs`."""
+        def example(spec):
+            shape = tuple(2 if i == 0 else (8 if d is None else d) for i, d in enumerate(spec.shape))
+            dtype = getattr(spec, "dtype", "float32")
+            if "int" in str(dtype):
+                return np.ones(shape, dtype=str(dtype))
+            return np.zeros(shape, dtype="float32")
+
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
+            inputs = inputs[0]  # a functional model's `inputs` list of one
+        return keras.tree.map_structure(example, inputs)
+
+    def _build_terms(self, inputs):
+        """Runs one tiny forward pass of every model to learn the shapes the
+        terms see, checks them, and builds the terms' own weights (hint
+        projections) so a saved Distiller loads its weights back."""
+        x = self._example_inputs(inputs)
+        with record_outputs(self.student, self._student_paths) as s_features:
+            s_out = self.student(x, training=False)
+        s_classes = output_classes(s_out)
+        t_outs, t_features = [], []
+        for t in self.teachers:
+            with record_outputs(t, self._teacher_paths) as features:
+                t_outs.append(t(x, training=False))
+            t_features.append(features)
+        for i, t_out in enumerate(t_outs):
+            t_classes = output_classes(t_out)
+            if any(term.reads_logits for term in self.distillation_terms) and t_classes != s_classes:
+                raise ValueError(
+                    f"Teacher '{self.teachers[i].name}' predicts {t_classes} classes "
+                    f"but the student '{self.student.name}' predicts {s_classes}. "
+                    "Logit distillation needs the same classes in the same order: "
+                    "give the student a final Dense with as many units as the "
+                    "teacher's outputs."
+                )
+        for term in self.distillation_terms:
+            if term.built:
+                continue
+            t_shape = (
+                tuple(t_features[0][term.teacher_layer].shape)
+                if term.teacher_layer and t_features
+                else tuple(t_outs[0].shape) if t_outs else tuple(s_out.shape)
+            )
+            s_shape = tuple((s_features[term.student_layer] if term.student_layer else s_out).shape)
+            term.build(t_shape, s_shape)
+        self.built = True
+
+    def build(self, input_shape=None):
+        if not self.built and input_shape is not None:
+            spec = keras.tree.map_shape_structure(
+                lambda s: keras.KerasTensor(s), input_shape
+            )
+            self._build_terms(spec)
+        self.built = True
+
+    # -- forward passes -------------------------------------------------
+
+    def call(self, inputs, training=None):
+        if not self._student_paths:
+            return self.student(inputs, training=training)
+        with record_outputs(self.student, self._student_paths) as features:
+            outputs = self.student(inputs, training=training)
+        self._step.student_features = dict(features)
+        return outputs
+
+    def teacher_forward(self, x):
+        """Per-teacher `(logits, features)` for `x`, gradient-free."""
+        if not self.teachers:
+            raise ValueError(
+                "This Distiller has no teacher, so every batch must carry cached "
+                "outputs: y={'labels': y, 'teacher_logits': logits} (see "
+                "kd_keras.cache_teacher_outputs)."
+            )
+        logits, features = [], []
+        for teacher, is_probability in zip(self.teachers, self._teacher_is_probability):
+            with record_outputs(teacher, self._teacher_paths) as recorded:
+                out = self._call_frozen(teacher, x)
+            out = ops.stop_gradient(ops.cast(out, "float32"))
+            if is_probability:
+                out = ops.log(ops.maximum(out, _PROBABILITY_FLOOR))
+            logits.append(out)
+            features.append({k: ops.stop_gradient(v) for k, v in recorded.items()})
+        return logits, features
+
+    @staticmethod
+    def _call_frozen(teacher, x):
+        if keras.backend.backend() == "torch":
+            import torch
+
+            with torch.no_grad():
+                return teacher(x, training=False)
+        return teacher(x, training=False)
+
+    def _teacher_outputs(self, x, cached):
+        if cached is not None and not self._teacher_paths:
+            cached = list(cached) if isinstance(cached, (list, tuple)) else [cached]
+            return [ops.stop_gradient(ops.cast(c, "float32")) for c in cached], [{}] * len(cached)
+        if cached is not None and not self.teachers:
+            raise ValueError(
+                "Feature terms (teacher_layer=...) need the teacher model: cached "
+                "teacher_logits hold only the logits."
+            )
+        return self.teacher_forward(x)
+
+    def train_step(self, *args):
+        if keras.backend.backend() == "tensorflow":
+            # The teacher runs before the GradientTape opens, so the tape
+            # never records it (TF's tape would otherwise keep its
+            # activations alive for a backward pass that never comes).
+            (data,) = args
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            self._step.teacher = self._teacher_outputs(x, unpack_targets(y)[1])
+        return super().train_step(*args)
+
+    # -- loss and metrics -----------------------------------------------
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels, cached, label_mask, padding_mask = unpack_targets(y)
+        if padding_mask is None and isinstance(x, dict) and "padding_mask" in x and len(y_pred.shape) == 3:
+            padding_mask = x["padding_mask"]
+        student_features, self._step.student_features = self._step.student_features or {}, None
+        teacher_out, self._step.teacher = self._step.teacher, None
+        t_logits, t_features = teacher_out or self._teacher_outputs(x, cached)
+
+        weights = _combine_weights(sample_weight, padding_mask)
+        alpha = self.alpha
+        if labels is not None:
+            per_sample = self.student_loss_fn.call(labels, y_pred)
+            student_loss = weighted_mean(per_sample, _combine_weights(weights, label_mask))
+        else:
+            student_loss = ops.zeros((), dtype="float32")
+
+        term_labels = self._labels_for_terms(labels, label_mask, t_logits)
+        distillation = ops.zeros((), dtype="float32")
+        for term, tracker in zip(self.distillation_terms, self.term_trackers):
+            teachers = [f[term.teacher_layer] for f in t_features] if term.teacher_layer else t_logits
+            student = student_features[term.student_layer] if term.student_layer else y_pred
+            value = term(
+                teachers,
+                student,
+                labels=term_labels,
+                weights=weights,
+                teacher_weights=self._teacher_weights,
+            )
+            tracker.update_state(value)
+            distillation = distillation + term.weight * value
+
+        total = alpha * student_loss + (1.0 - alpha) * distillation
+        for extra in self.losses:  # regularizers and add_loss of the student
+            total = total + self._aggregate_additional_loss(extra)
+        self.student_loss_tracker.update_state(student_loss)
+        return scale_loss_for_distribution(total)
+
+    def _labels_for_terms(self, labels, label_mask, t_logits):
+        if not any(term.needs_labels for term in self.distillation_terms):
+            return None
+        ensemble = sum(ops.softmax(t, axis=-1) for t in t_logits)
+        teacher_top1 = ops.cast(ops.argmax(ensemble, axis=-1), "int32")
+        if labels is None:
+            return teacher_top1
+        labels = ops.cast(ops.reshape(labels, ops.shape(teacher_top1)), "int32")
+        if label_mask is None:
+            return labels
+        has_label = ops.reshape(ops.cast(label_mask, "bool"), ops.shape(teacher_top1))
+        return ops.where(has_label, labels, teacher_top1)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        labels, _, label_mask, padding_mask = unpack_targets(y)
+        if labels is None:
+            return self.get_metrics_result()
+        weights = _combine_weights(sample_weight, label_mask, padding_mask)
+        return super().compute_metrics(x, labels, y_pred, sample_weight=weights)
+
+    # -- fit with checks ------------------------------------------------
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking a sample of the data (labels in
+        range, cached logits shaped right and not probabilities, no NaN) so a
+        mistake fails before the first step, and with a NaN guard that names
+        the term that went NaN."""
+        from kd_keras.callbacks import NaNGuard
+
+        if not self.compiled:
+            raise RuntimeError("Call distiller.compile(optimizer=...) before fit().")
+        check_fit_data(self, x, y, kwargs.get("validation_data"))
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if not any(isinstance(c, NaNGuard) for c in callbacks):
+            callbacks.append(NaNGuard())
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    # -- serialization --------------------------------------------------
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": [keras.saving.serialize_keras_object(t) for t in self.teachers] or None,
+            "losses": [keras.saving.serialize_keras_object(t) for t in self.distillation_terms],
+            "alpha": self._alpha_init,
+            "teacher_weights": self._teacher_weights,
+            "student_loss": keras.saving.serialize_keras_object(self._student_loss_config),
+            "teacher_outputs": self._teacher_output_mode,
+        }
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        config["student"] = deserialize(config["student"], custom_objects=custom_objects)
+        if config.get("teacher"):
+            config["teacher"] = [deserialize(t, custom_objects=custom_objects) for t in config["teacher"]]
+        config["losses"] = [deserialize(t, custom_objects=custom_objects) for t in config["losses"]]
+        config["student_loss"] = deserialize(config["student_loss"], custom_objects=custom_objects)
+        return cls(**config)

@@ -1,0 +1,125 @@
+"""`to_tflite`: Keras model -> `.tflite` flatbuffer, checked in LiteRT."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from kd_keras.export.base import publish, require_tensorflow_backend
+from kd_keras.export.parity import ParityReport
+
+QUANTIZATIONS = (None, "dynamic", "int8", "float16")
+
+
+def to_tflite(
+    model,
+    path: str | os.PathLike,
+    quantization: str | None = None,
+    representative_data=None,
+    overwrite: bool = False,
+    sample_inputs=None,
+    atol: float | None = None,
+    min_top1_agreement: float | None = None,
+    strict: bool = True,
+    **convert_kwargs,
+) -> ParityReport:
+    """Converts `model` to TFLite, re-loads it in LiteRT and checks parity.
+
+    Args:
+        model: a Keras 3 model (TensorFlow backend).
+        path: the `.tflite` file to write (atomically).
+        quantization: `None` (float32), `"dynamic"` (int8 weights, float
+            activations), `"int8"` (full integer, needs
+            `representative_data`) or `"float16"` (float16 weights).
+        representative_data: calibration inputs for `"int8"`: an array, or an
+            iterable / generator function of batches.
+        overwrite: replace an existing `path`.
+        sample_inputs: inputs for the parity check (default: the first
+            samples of `representative_data`, else uniform noise).
+        atol: float32 criterion, max |keras - tflite| (default 1e-4).
+        min_top1_agreement: quantized criterion (default 0.99).
+        strict: raise `ParityError` (and write nothing but the figures) when
+            the check fails; `False` only warns.
+        **convert_kwargs: passed to `kd_keras.quantization.convert` (e.g.
+            `int8_io=True`, `num_calibration_batches=...`).
+
+    Returns:
+        The `ParityReport`, also written to `<path>.parity.json`.
+
+    Example:
+
+    ```python
+    report = kd_keras.export.to_tflite(student, "student.tflite")
+    report = kd_keras.export.to_tflite(
+        student, "student_int8.tflite", quantization="int8",
+        representative_data=x_train[:256], sample_inputs=x_test[:500])
+    ```
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}."
+        )
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            'quantization="int8" calibrates activation ranges and needs '
+            "representative_data=<a few hundred training inputs>."
+        )
+    require_tensorflow_backend("TFLite conversion")
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(
+            convert_to_flatbuffer(model, quantization, representative_data, **convert_kwargs)
+        )
+
+    return publish(
+        model,
+        path,
+        write,
+        quantization=quantization,
+        sample_data=sample_inputs if sample_inputs is not None else representative_data,
+        atol=atol,
+        min_top1_agreement=min_top1_agreement,
+        strict=strict,
+        overwrite=overwrite,
+    )
+
+
+def convert_to_flatbuffer(
+    model, quantization=None, representative_data=None, **convert_kwargs
+) -> bytes:
+    """The flatbuffer bytes, from `kd_keras.quantization.convert` when that
+    module is installed, else (float32 only) from Keras's LiteRT export."""
+    convert = _quantization_convert()
+    if convert is not None:
+        return convert(
+            model, mode=quantization, representative_data=representative_data, **convert_kwargs
+        )
+    if quantization is not None or convert_kwargs:
+        raise NotImplementedError(
+            f"quantization={quantization!r} needs kd_keras.quantization.convert, "
+            "which is not available in this install; export float32 "
+            "(quantization=None) or install the full kd_keras."
+        )
+    return _float_flatbuffer(model)
+
+
+def _quantization_convert():
+    try:
+        from kd_keras.quantization.convert import convert
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("kd_keras"):
+            return None
+        raise
+    return convert
+
+
+def _float_flatbuffer(model) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "model.tflite"
+        # Keras prints the traced signature; keep the user's terminal clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.export(str(target), format="litert", verbose=False)
+        return target.read_bytes()

@@ -1,0 +1,138 @@
+"""Callbacks for pruning: `UpdatePruningStep` (required) and `PruningSummaries`."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from kd_keras.pruning.wrapper import collect_pruned_layers
+
+
+def remask_weights(model) -> None:
+    """Write `weight * mask` back into every pruned weight of `model`.
+
+    The forward pass already uses `weight * mask`; this makes the stored
+    variables exactly sparse too (optimizer momentum can move a masked
+    entry between two epochs, with no effect on the outputs).
+    """
+    for layer in collect_pruned_layers(model):
+        for weight, masked in zip(layer.pruned_weights, layer.masked_weights()):
+            weight.assign(masked)
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Starts the pruning step counters and re-masks the weights each epoch.
+
+    Required by `fit` on a model with `PruneLowMagnitude` layers (also inside
+    `kd_keras.Distiller.fit`, where it finds the student's layers). The step
+    itself is counted inside the compiled train step; this callback moves a
+    fresh counter from -1 to 0 (a model restored mid-pruning keeps its step)
+    and, at each epoch end, writes `weight * mask` into the weights.
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=2, callbacks=[kd_keras.pruning.UpdatePruningStep()])
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.prunable_layers = []
+
+    def on_train_begin(self, logs=None):
+        self.prunable_layers = collect_pruned_layers(self.model)
+        for layer in self.prunable_layers:
+            if not layer.built:
+                continue
+            layer._step_callback_active = True
+            if int(ops.convert_to_numpy(layer.pruning_step.value)) == -1:
+                layer.pruning_step.assign(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        remask_weights(self.model)
+
+    def on_train_end(self, logs=None):
+        remask_weights(self.model)
+        for layer in self.prunable_layers:
+            layer._step_callback_active = False
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes pruning scalars to TensorBoard under `log_dir/metrics`.
+
+    For each pruned weight: `<layer>/<weight>_mask/sparsity` (fraction of
+    zeros in the mask) and `<layer>/<weight>_threshold/threshold`; plus the
+    schedule's target `<layer>/target_sparsity`. The step axis is the
+    optimizer's iteration count.
+
+    Args:
+        log_dir: directory for the event files (TensorBoard's `--logdir`).
+        update_freq: "epoch", or an integer N to also write every N batches.
+
+    Example:
+
+    ```python
+    model.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries("logs/pruning")])
+    ```
+    """
+
+    def __init__(self, log_dir: str, update_freq: str | int = "epoch"):
+        super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+            raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}.")
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise ValueError(f"update_freq must be 'epoch' or a positive int, got {update_freq!r}.")
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self._writer = None
+
+    def _file_writer(self):
+        if self._writer is None:
+            try:
+                import tensorflow as tf
+            except ImportError as e:  # TensorBoard files are written with tf.summary.
+                raise ImportError("PruningSummaries needs TensorFlow installed to write "
+                                  "TensorBoard event files.") from e
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
+        return self._writer
+
+    def pruning_logs(self) -> dict[str, float]:
+        """The scalars written, as a dict (name -> value)."""
+        logs = {}
+        for layer in collect_pruned_layers(self.model):
+            for mask, threshold in zip(layer.masks, layer.thresholds):
+                mask_value = ops.convert_to_numpy(mask.value)
+                logs[f"{layer.name}/{mask.name}/sparsity"] = float(1.0 - np.mean(mask_value))
+                logs[f"{layer.name}/{threshold.name}/threshold"] = float(
+                    ops.convert_to_numpy(threshold.value)
+                )
+            step = ops.convert_to_tensor(max(int(ops.convert_to_numpy(layer.pruning_step.value)), 0))
+            logs[f"{layer.name}/target_sparsity"] = float(
+                ops.convert_to_numpy(layer.pruning_schedule(step)[1])
+            )
+        return logs
+
+    def _write(self):
+        import tensorflow as tf
+
+        iteration = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+        with self._file_writer().as_default():
+            for name, value in self.pruning_logs().items():
+                tf.summary.scalar(name, value, step=iteration)
+        self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_freq != "epoch" and (batch + 1) % self.update_freq == 0:
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,330 @@
+"""`PruneLowMagnitude`: a layer wrapper holding pruning masks and the pruning step.
+
+How it stays correct on every backend: the step counter, the masks and the
+thresholds are non-trainable variables updated inside `call` (as
+BatchNormalization updates its moving statistics), so the TensorFlow graph,
+the stateless JAX train step and torch all carry the updates, with no
+variable written from Python between batches. The wrapped layer computes
+with `kernel * mask`, fed through a `StatelessScope`: the masked kernel gets
+zero gradient, so pruned weights are exactly zero in every forward pass;
+`UpdatePruningStep` also writes `kernel * mask` back into the variable at the
+end of each epoch, and `strip_pruning` bakes it into a plain layer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import keras
+from keras import layers, ops
+
+from kd_keras.pruning import impl
+from kd_keras.pruning.schedules import ConstantSparsity, PruningSchedule
+
+_CALLBACK_MISSING = (
+    "Layer '{name}' is being trained with pruning but UpdatePruningStep has not "
+    "started it: the pruning step would stay at -1 and nothing would be pruned. "
+    "Add the callback: model.fit(..., callbacks=[kd_keras.pruning.UpdatePruningStep()]). "
+    "In a custom training loop call `cb = UpdatePruningStep(); cb.set_model(model); "
+    "cb.on_train_begin()` once before the first step."
+)
+
+
+def _einsum_reduced_axis(layer) -> int | None:
+    """Kernel axis summed against the input in an EinsumDense equation."""
+    inputs, rest = layer.equation.split(",")
+    kernel, output = rest.split("->")
+    reduced = [i for i, c in enumerate(kernel) if c in inputs and c not in output]
+    return reduced[-1] if reduced else None
+
+
+# Prunable built-in layers: (weight attributes, reduced axis for m-by-n).
+# The reduced axis is the kernel's input-feature axis (the dot-product axis);
+# None means m-by-n has no meaning for the layer.
+_REGISTRY: dict[type, tuple[tuple[str, ...], object]] = {
+    layers.Dense: (("kernel",), 0),
+    layers.Conv1D: (("kernel",), -2),
+    layers.Conv2D: (("kernel",), -2),
+    layers.Conv3D: (("kernel",), -2),
+    layers.Conv2DTranspose: (("kernel",), -1),  # kernel is (h, w, filters, in)
+    layers.DepthwiseConv2D: (("depthwise_kernel",), None),
+    layers.SeparableConv2D: (("pointwise_kernel",), -2),  # as TFMOT
+    layers.EinsumDense: (("kernel",), _einsum_reduced_axis),
+    layers.Embedding: (("embeddings",), -1),
+}
+
+PRUNABLE_LAYER_TYPES = tuple(_REGISTRY)
+
+
+def _registry_entry(layer):
+    for cls in type(layer).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def is_prunable(layer) -> bool:
+    """True for the built-in prunable types and for layers defining
+    `get_prunable_weights()` (TFMOT's `PrunableLayer` protocol)."""
+    return hasattr(layer, "get_prunable_weights") or _registry_entry(layer) is not None
+
+
+def _prunable_weights(layer) -> list:
+    if hasattr(layer, "get_prunable_weights"):
+        return list(layer.get_prunable_weights())
+    names, _ = _registry_entry(layer)
+    return [getattr(layer, name) for name in names]
+
+
+def _reduced_axis(layer):
+    if hasattr(layer, "get_prunable_weights"):
+        return getattr(layer, "pruning_reduced_axis", 0)
+    _, axis = _registry_entry(layer)
+    return axis(layer) if callable(axis) else axis
+
+
+def unsupported_layer_message(layer) -> str:
+    names = ", ".join(cls.__name__ for cls in PRUNABLE_LAYER_TYPES)
+    return (
+        f"Layer '{layer.name}' ({type(layer).__name__}) cannot be pruned. Prunable "
+        f"types: {names}, or any layer with a `get_prunable_weights()` method. "
+        "Remove it from `prunable`, or add it to `skip`."
+    )
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _check_pair(value, name: str) -> tuple[int, int]:
+    try:
+        pair = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be a pair of positive integers, got {value!r}.")
+    return pair
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class PruneLowMagnitude(layers.Wrapper):
+    """Magnitude pruning of a layer's weights during training (TFMOT's wrapper).
+
+    Each pruned weight gets a same-shaped mask (1 = keep). At each training
+    step the wrapper increments `pruning_step`; when the schedule says so it
+    recomputes the masks from the current masked weights (unstructured,
+    block, or m-by-n); the wrapped layer always runs on `weight * mask`.
+
+    Prefer `kd_keras.pruning.prune_low_magnitude(layer_or_model, ...)`, which
+    wraps each prunable layer of a model. Training needs the
+    `UpdatePruningStep` callback.
+
+    Args:
+        layer: the layer to prune (see `PRUNABLE_LAYER_TYPES`, or a layer with
+            `get_prunable_weights()`).
+        pruning_schedule: a `PruningSchedule`; default `ConstantSparsity(0.5, 0)`.
+        block_size: `(height, width)` of blocks pruned together (on the 2-D view
+            of the weight, leading axes flattened); (1, 1) = unstructured.
+        block_pooling_type: "AVG" or "MAX" score of a block.
+        sparsity_m_by_n: `(m, n)`: m zeros in every n consecutive weights along
+            the layer's input axis, e.g. (2, 4); set once, at the first step.
+
+    Example:
+
+    ```python
+    dense = PruneLowMagnitude(
+        keras.layers.Dense(8), pruning_schedule=ConstantSparsity(0.75, 0, frequency=1)
+    )
+    ```
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        pruning_schedule: PruningSchedule | dict | None = None,
+        block_size: Sequence[int] = (1, 1),
+        block_pooling_type: str = "AVG",
+        sparsity_m_by_n: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(f"PruneLowMagnitude wraps a keras Layer, got {type(layer).__name__}.")
+        if not is_prunable(layer):
+            raise ValueError(unsupported_layer_message(layer))
+        if pruning_schedule is None:
+            pruning_schedule = ConstantSparsity(0.5, 0)
+        if isinstance(pruning_schedule, dict):
+            pruning_schedule = keras.saving.deserialize_keras_object(pruning_schedule)
+        if not isinstance(pruning_schedule, PruningSchedule):
+            raise ValueError(
+                "pruning_schedule must be a kd_keras.pruning.PruningSchedule "
+                f"(ConstantSparsity, PolynomialDecay), got {type(pruning_schedule).__name__}."
+            )
+        block_size = _check_pair(block_size, "block_size")
+        if block_pooling_type not in ("AVG", "MAX"):
+            raise ValueError(f"block_pooling_type must be 'AVG' or 'MAX', got {block_pooling_type!r}.")
+        if sparsity_m_by_n is not None:
+            sparsity_m_by_n = _check_pair(sparsity_m_by_n, "sparsity_m_by_n")
+            if sparsity_m_by_n[0] >= sparsity_m_by_n[1]:
+                raise ValueError(
+                    f"sparsity_m_by_n={sparsity_m_by_n}: m (zeros per group) must be "
+                    "smaller than n (group length), e.g. (2, 4)."
+                )
+            if block_size != (1, 1):
+                raise ValueError("Use either block_size or sparsity_m_by_n, not both.")
+        kwargs.setdefault("name", f"{_snake(type(self).__name__)}_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = pruning_schedule
+        self.block_size = block_size
+        self.block_pooling_type = block_pooling_type
+        self.sparsity_m_by_n = sparsity_m_by_n
+        # Set by UpdatePruningStep.on_train_begin; checked when a training
+        # step is traced, so a forgotten callback fails before any training.
+        self._step_callback_active = False
+        self.supports_masking = getattr(layer, "supports_masking", False)
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self._validate_structure()
+        self.masks, self.thresholds = [], []
+        for weight in _prunable_weights(self.layer):
+            base = weight.name.split("/")[-1]
+            self.masks.append(
+                self.add_weight(
+                    name=f"{base}_mask", shape=weight.shape, dtype=weight.dtype,
+                    initializer="ones", trainable=False,
+                )
+            )
+            self.thresholds.append(
+                self.add_weight(
+                    name=f"{base}_threshold", shape=(), dtype=weight.dtype,
+                    initializer="zeros", trainable=False,
+                )
+            )
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int32",
+            initializer=keras.initializers.Constant(-1), trainable=False,
+        )
+        self.built = True
+
+    def _validate_structure(self):
+        for weight in _prunable_weights(self.layer):
+            if self.block_size != (1, 1):
+                impl.as_matrix_shape(weight.shape)
+            if self.sparsity_m_by_n is None:
+                continue
+            axis = _reduced_axis(self.layer)
+            if axis is None:
+                raise ValueError(
+                    f"sparsity_m_by_n is not defined for layer '{self.layer.name}' "
+                    f"({type(self.layer).__name__}): it has no input axis to group "
+                    "weights along. Skip this layer or use unstructured pruning."
+                )
+            n = self.sparsity_m_by_n[1]
+            if weight.shape[axis] % n:
+                raise ValueError(
+                    f"sparsity_m_by_n={self.sparsity_m_by_n} on layer '{self.layer.name}': "
+                    f"its input dimension ({weight.shape[axis]}, axis {axis} of "
+                    f"'{weight.name}' with shape {tuple(weight.shape)}) is not a multiple "
+                    f"of {n}, so it cannot be split into groups of {n}. Skip this layer "
+                    "(prune_low_magnitude(..., skip=[name])) or change its input size."
+                )
+
+    @property
+    def pruned_weights(self) -> list:
+        """The wrapped layer's weights that are pruned, in mask order."""
+        return _prunable_weights(self.layer)
+
+    def masked_weights(self) -> list:
+        """`weight * mask` for each pruned weight (what the layer computes with)."""
+        return [ops.multiply(w.value, m.value) for w, m in zip(self.pruned_weights, self.masks)]
+
+    def _new_masks(self, step):
+        """Masks and thresholds for this step, recomputed when the schedule says so."""
+        old = [m.value for m in self.masks], [t.value for t in self.thresholds]
+        if self.sparsity_m_by_n is not None:
+            # As TFMOT: the m-by-n pattern is chosen once, at the first step.
+            should, sparsity = ops.equal(step, 1), None
+        else:
+            should, sparsity = self.pruning_schedule(step)
+
+        def update():
+            masks, thresholds = [], []
+            for w, m, t in zip(self.pruned_weights, *old):
+                # From the masked weights: pruned entries stay pruned as the
+                # sparsity grows (TFMOT zeroes the variable itself each step).
+                effective = ops.stop_gradient(ops.multiply(w.value, m))
+                if self.sparsity_m_by_n is not None:
+                    new_m = impl.m_by_n_mask(
+                        effective, self.sparsity_m_by_n, _reduced_axis(self.layer)
+                    )
+                    new_t = t
+                elif self.block_size != (1, 1):
+                    new_m, new_t = impl.block_mask(
+                        effective, sparsity, self.block_size, self.block_pooling_type
+                    )
+                else:
+                    new_m, new_t = impl.magnitude_mask(effective, sparsity)
+                masks.append(new_m)
+                thresholds.append(new_t)
+            return masks, thresholds
+
+        return ops.cond(should, update, lambda: old)
+
+    def call(self, inputs, training=None, **kwargs):
+        masks = [m.value for m in self.masks]
+        if training:
+            if not self._step_callback_active:
+                raise RuntimeError(_CALLBACK_MISSING.format(name=self.name))
+            step = ops.add(self.pruning_step.value, 1)
+            self.pruning_step.assign(step)
+            masks, thresholds = self._new_masks(step)
+            for var, value in zip(self.masks + self.thresholds, list(masks) + list(thresholds)):
+                var.assign(value)
+        pruned = {id(w): m for w, m in zip(self.pruned_weights, masks)}
+        mapping = [
+            (v, ops.multiply(v.value, pruned[id(v)]) if id(v) in pruned else v.value)
+            for v in self.layer.variables
+        ]
+        if getattr(self.layer, "_call_has_training_arg", False):
+            kwargs["training"] = training
+        # The wrapped layer sees `weight * mask` in place of `weight`.
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            outputs = self.layer(inputs, **kwargs)
+        for loss in scope.losses:
+            self.add_loss(loss)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return self.layer.compute_mask(inputs, previous_mask)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+                "block_size": self.block_size,
+                "block_pooling_type": self.block_pooling_type,
+                "sparsity_m_by_n": self.sparsity_m_by_n,
+            }
+        )
+        return config
+
+
+def collect_pruned_layers(model) -> list[PruneLowMagnitude]:
+    """Every `PruneLowMagnitude` inside `model` (nested models, Distiller students)."""
+    if isinstance(model, PruneLowMagnitude):
+        return [model]
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, PruneLowMagnitude)
+    ]

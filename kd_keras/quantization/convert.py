@@ -1,0 +1,312 @@
+"""The one place where a Keras model becomes TFLite bytes, and readers of the
+result (tensor types, op list, predictions) used to verify it.
+
+`convert` traces the model's inference call into a `tf.function` with a free
+batch dimension and hands its concrete function to
+`tf.lite.TFLiteConverter.from_concrete_functions`: for Keras 3 models this is
+the path that keeps the `FakeQuant*` ops of a QAT model visible to the
+converter (and it needs no SavedModel on disk). The TensorFlow backend is
+required; models trained on JAX or torch are saved to `.keras` and reloaded
+under `KERAS_BACKEND=tensorflow` for conversion.
+
+Modes:
+
+=========== ================================================================
+`None`      float32 TFLite, no optimization.
+`"dynamic"` dynamic-range: int8 weights, float activations (no data needed).
+`"int8"`    full-integer post-training quantization, calibrated on
+            `representative_data`; every op int8 (`int8_io` makes the model's
+            input and output int8 too).
+`"float16"` float16 weights, float32 compute on CPU.
+`"qat"`     a `quantize_model` model: ranges come from training, no data;
+            every quantized op int8 (`int8_io` as above).
+=========== ================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+import keras
+
+from kd_keras.quantization.ptq import representative_dataset
+from kd_keras.quantization.qat import is_quantized, quantizer_layers
+
+MODES = (None, "dynamic", "int8", "float16", "qat")
+DEFAULT_CALIBRATION_BATCHES = 100
+
+
+def _require_tensorflow(caller):
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"{caller} needs the TensorFlow backend (TFLite converts TensorFlow graphs); "
+            f"the current backend is {keras.backend.backend()!r}. Save the model with "
+            f"model.save('m.keras') and convert it in a process started with "
+            f"KERAS_BACKEND=tensorflow."
+        )
+    import tensorflow as tf
+
+    return tf
+
+
+def _check_mode(model, mode, representative_data, int8_io):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    qat = is_quantized(model)
+    if qat and mode is None:
+        raise ValueError(
+            f"{model.name!r} is a quantization-aware (QAT) model: converting it without "
+            f"optimizations would leave its fake-quant ops in a float graph. Use "
+            f"convert(model, mode='qat') for the int8 model it was trained for."
+        )
+    if qat and mode != "qat":
+        raise ValueError(
+            f"{model.name!r} is a QAT model: its int8 ranges come from training, so "
+            f"mode={mode!r} does not apply. Use convert(model, mode='qat'), or convert "
+            f"the float model it was made from."
+        )
+    if mode == "qat" and not qat:
+        raise ValueError(
+            f"mode='qat' converts models returned by quantize_model; {model.name!r} has "
+            f"no fake-quant layers. Call quantize_model(model) and train it first, or use "
+            f"mode='int8' with representative_data for post-training quantization."
+        )
+    if mode == "int8" and representative_data is None:
+        raise ValueError(
+            "mode='int8' calibrates activation ranges on representative_data: pass a few "
+            "hundred training inputs, e.g. representative_data=x_train[:500]."
+        )
+    if mode != "int8" and representative_data is not None:
+        raise ValueError(
+            f"representative_data is only used by mode='int8', not mode={mode!r}."
+        )
+    if int8_io and mode not in ("int8", "qat"):
+        raise ValueError(
+            f"int8_io=True needs a fully integer model: mode='int8' or 'qat', not {mode!r}."
+        )
+    if qat:
+        untrained = [
+            layer.name
+            for layer in quantizer_layers(model)
+            for v in layer.non_trainable_weights
+            if v.path.endswith("_initialized") and float(keras.ops.convert_to_numpy(v)) == 0.0
+        ]
+        if untrained:
+            raise ValueError(
+                f"The QAT model {model.name!r} has activation ranges that never saw data "
+                f"(layers {sorted(set(untrained))}): train it with fit (a few hundred steps "
+                f"at least) before converting, or its int8 ranges are TFMOT's [-6, 6] default."
+            )
+    return qat
+
+
+def _has_float_layers(model) -> bool:
+    """True when a QAT model keeps some layers in float (skip_layers)."""
+    from kd_keras.quantization.qat import QuantizeLayer, QuantizeWrapper, _layer_kind
+
+    for layer in model.layers:
+        if isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
+            continue
+        if _layer_kind(layer) != "pass":
+            return True
+    return False
+
+
+def _concrete_function(tf, model):
+    specs = [
+        tf.TensorSpec((None,) + tuple(t.shape[1:]), dtype=t.dtype, name=t.name)
+        for t in model.inputs
+    ]
+
+    @tf.function(input_signature=specs, autograph=False)
+    def serve(*inputs):
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+    return serve.get_concrete_function()
+
+
+def convert(
+    model: keras.Model,
+    mode: str | None = None,
+    representative_data: Any = None,
+    num_calibration_batches: int = DEFAULT_CALIBRATION_BATCHES,
+    int8_io: bool = False,
+) -> bytes:
+    """Convert a Keras model to TFLite flatbuffer bytes.
+
+    This signature is stable: `kd_keras.export` calls it.
+
+    Args:
+        model: a Keras model with known input shapes (a `quantize_model`
+            model for `mode="qat"`).
+        mode: `None`, `"dynamic"`, `"int8"`, `"float16"` or `"qat"` (see the
+            module docstring).
+        representative_data: for `mode="int8"` only: a NumPy array of
+            inputs (`(n, *input_shape)`), a list of such arrays for several
+            inputs, a `tf.data.Dataset` or an iterable of batches (`x` or
+            `(x, y)`). Checked against the model's input shape and dtype.
+        num_calibration_batches: how many batches of `representative_data`
+            calibrate the ranges (arrays are cut into batches of 1 sample).
+        int8_io: make the model's input and output int8 (`mode="int8"` or
+            `"qat"`); read the scale and zero point with
+            `interpreter.get_input_details()`.
+
+    Returns:
+        The `.tflite` model as `bytes`.
+
+    Example:
+
+    ```python
+    qat = quantize_model(student); qat.compile(...); qat.fit(x, y)
+    Path("student_int8.tflite").write_bytes(convert(qat, mode="qat", int8_io=True))
+    ptq = convert(student, mode="int8", representative_data=x[:500])
+    ```
+    """
+    tf = _require_tensorflow("convert")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"convert expects a keras.Model, got {type(model).__name__}.")
+    if not getattr(model, "inputs", None):
+        raise ValueError(
+            f"convert: {model.name!r} has no defined inputs; build it on keras.Input(...) "
+            f"or call it once on data before converting."
+        )
+    _check_mode(model, mode, representative_data, int8_io)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [_concrete_function(tf, model)], model
+    )
+    if mode is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        converter.representative_dataset = representative_dataset(
+            representative_data, model, num_calibration_batches
+        )
+    if mode in ("int8", "qat"):
+        if mode == "qat" and _has_float_layers(model):
+            # Skipped layers run in float between dequantize/quantize ops.
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS
+            ]
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    try:
+        return bytes(converter.convert())
+    except Exception as err:  # the converter's own messages are long MLIR dumps
+        hint = (
+            " Layers TFLite cannot run in int8 can be kept in float with "
+            "quantize_model(model, skip_layers=[...])."
+            if mode in ("int8", "qat")
+            else ""
+        )
+        raise RuntimeError(
+            f"TFLite conversion of {model.name!r} (mode={mode!r}) failed.{hint} "
+            f"Converter error: {str(err)[:2000]}"
+        ) from err
+
+
+# --------------------------------------------------------------------------
+# Reading a .tflite back.
+
+
+def _interpreter(model_bytes: bytes, num_threads: int | None = None):
+    if not isinstance(model_bytes, (bytes, bytearray)):
+        raise TypeError(
+            f"Expected the .tflite content as bytes, got {type(model_bytes).__name__}; "
+            f"read a file with Path(path).read_bytes()."
+        )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # LiteRT is the maintained runtime; TF's still works
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_content=bytes(model_bytes), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_tensor_types(model_bytes: bytes) -> dict[str, str]:
+    """`{tensor name: dtype name}` for every tensor of a `.tflite` model.
+
+    Example:
+
+    ```python
+    types = tflite_tensor_types(convert(qat, mode="qat"))
+    assert "float32" not in set(types.values())
+    ```
+    """
+    interpreter = _interpreter(model_bytes)
+    return {t["name"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+
+
+def tflite_ops(model_bytes: bytes) -> list[dict]:
+    """The ops of a `.tflite` model in execution order, each as
+    `{"op": "CONV_2D", "inputs": ["int8", "int8", "int32"], "outputs": ["int8"]}`
+    (weights and biases are inputs too; an absent optional input is skipped).
+
+    Example:
+
+    ```python
+    [op for op in tflite_ops(b) if op["op"] == "FULLY_CONNECTED"][0]["inputs"]
+    ```
+    """
+    interpreter = _interpreter(model_bytes)
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    ops = []
+    for op in interpreter._get_ops_details():
+        ops.append(
+            {
+                "op": op["op_name"],
+                "inputs": [dtypes.get(int(i), "?") for i in op["inputs"] if int(i) >= 0],
+                "outputs": [dtypes.get(int(i), "?") for i in op["outputs"] if int(i) >= 0],
+            }
+        )
+    return ops
+
+
+def tflite_predict(
+    model_bytes: bytes, x, batch_size: int = 256, num_threads: int | None = 1
+) -> np.ndarray:
+    """Run a single-input, single-output `.tflite` model on `x` (float).
+
+    Int8 inputs are quantized and int8 outputs dequantized with the model's
+    own scale and zero point, so the result compares with Keras' `predict`.
+
+    Example:
+
+    ```python
+    logits = tflite_predict(convert(qat, mode="qat", int8_io=True), x_test)
+    ```
+    """
+    interpreter = _interpreter(model_bytes, num_threads=num_threads)
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    x = np.asarray(x)
+    results = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            batch = np.clip(np.round(batch / scale + zero), info.min, info.max)
+        batch = batch.astype(inp["dtype"])
+        if tuple(inp["shape"]) != batch.shape:
+            interpreter.resize_tensor_input(inp["index"], batch.shape)
+            interpreter.allocate_tensors()
+            inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.set_tensor(inp["index"], batch)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype("float32") - zero) * scale
+        results.append(y.astype("float32"))
+    return np.concatenate(results)

@@ -1,0 +1,622 @@
+"""Quantization-aware training (int8) for Keras 3 Sequential / Functional models.
+
+`quantize_model(model)` returns a new Functional model that trains with
+fake-quantized weights and activations and converts, through
+`kd_keras.quantization.convert(model, mode="qat")`, into a fully int8
+`.tflite` whose arithmetic is the one the Keras model simulated.
+
+How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
+
+* `Dense` / `Conv1D` / `Conv2D` / `Conv3D` / `DepthwiseConv2D` get a
+  per-channel symmetric int8 weight quantizer and an activation quantizer on
+  their output.
+* A `BatchNormalization` that directly follows such a layer (and nothing
+  else reads the layer's output) is **folded** into its kernel and bias with
+  the BN's moving statistics when `quantize_model` is called, so the QAT
+  model trains the folded kernel, exactly what TFLite executes. The BN layer
+  is replaced by an `Identity` with the same name. (TFMOT instead keeps BN
+  and folds at conversion; folding up front gives the same int8 graph, and
+  Keras and TFLite then agree bit for bit on the weights. It also means QAT
+  fine-tunes with BN frozen, the usual recipe.)
+* A `ReLU` / `ReLU(max_value=6)` / `Activation("relu"|"relu6")` that directly
+  follows is **fused** into the layer (TFLite fuses it into the conv kernel)
+  and replaced by an `Identity` with the same name, so `get_layer("block1")`
+  still returns the block's (quantized) output.
+* Pooling / add / concatenate / standalone activations get an output
+  quantizer; max pooling, flatten, reshape, dropout and padding pass their
+  input's range through (TFLite requires that anyway).
+* Every tensor entering a quantized layer from a float one (the model inputs,
+  a skipped layer) gets a `QuantizeLayer`.
+* A kernel with exact zeros (a pruned model, after `strip_pruning`) gets a
+  non-trainable mask so those weights stay zero through QAT; symmetric int8
+  maps 0.0 to 0.0, so they stay zero in the `.tflite` too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from kd_keras.quantization import _kernels
+from kd_keras.quantization.quantizers import (
+    MovingAverageQuantizer,
+    PerChannelSymmetricQuantizer,
+    deserialize_quantizer,
+)
+
+FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+
+_L = keras.layers
+#: Layers that leave values unchanged or only move them: their output carries
+#: the input's quantization range.
+PASS_THROUGH_LAYERS = (
+    _L.InputLayer, _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D,
+    _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D,
+    _L.Flatten, _L.Reshape, _L.Permute, _L.Dropout, _L.SpatialDropout1D,
+    _L.SpatialDropout2D, _L.GaussianNoise, _L.GaussianDropout, _L.Identity,
+    _L.ZeroPadding1D, _L.ZeroPadding2D, _L.Cropping1D, _L.Cropping2D,
+    _L.UpSampling1D, _L.UpSampling2D,
+)
+#: Layers that compute new values without a kernel: their output is quantized.
+OUTPUT_QUANTIZED_LAYERS = (
+    _L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum,
+    _L.Concatenate, _L.AveragePooling1D, _L.AveragePooling2D,
+    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.ReLU,
+    _L.LeakyReLU, _L.BatchNormalization, _L.Rescaling,
+)
+_QUANTIZE_ANNOTATION = "_kd_keras_quantize"
+
+
+def quantize_annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """Mark `layer` for quantization (TFMOT's partial-quantization API).
+
+    When any layer of a model is annotated, `quantize_model` quantizes only
+    the annotated layers and keeps every other layer in float. Returns the
+    layer itself so it can wrap a layer at construction.
+
+    Example:
+
+    ```python
+    x = quantize_annotate_layer(keras.layers.Conv2D(8, 3))(inputs)
+    x = keras.layers.Conv2D(8, 3)(x)          # stays float
+    qat = quantize_model(keras.Model(inputs, x))
+    ```
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(f"quantize_annotate_layer expects a keras Layer, got {type(layer).__name__}.")
+    setattr(layer, _QUANTIZE_ANNOTATION, True)
+    return layer
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class QuantizeLayer(keras.layers.Layer):
+    """Fake-quantizes a float tensor entering the quantized part of a model.
+
+    In the `.tflite` this is where the float input becomes int8 (or where an
+    int8 input is consumed directly with `int8_io=True`).
+
+    Example:
+
+    ```python
+    x = QuantizeLayer(name="quantize_image")(inputs)
+    ```
+    """
+
+    def __init__(self, quantizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.quantizer = deserialize_quantizer(quantizer) or MovingAverageQuantizer()
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        self._quantizer_vars = self.quantizer.build(input_shape, "range", self)
+
+    def call(self, inputs, training=None):
+        return self.quantizer(inputs, training=bool(training), weights=self._quantizer_vars)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["quantizer"] = keras.saving.serialize_keras_object(self.quantizer)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Runs `layer` with fake-quantized weights and/or output.
+
+    For kernel layers (`Dense`, `Conv*D`, `DepthwiseConv2D`) the wrapper
+    computes the layer's forward pass with `weight_quantizer(kernel * mask)`,
+    applies the layer's activation (fused when it is linear / relu / relu6;
+    otherwise the pre-activation is quantized too, as TFLite needs), then
+    `output_quantizer`. For any other layer it calls the layer and quantizes
+    its output.
+
+    Args:
+        layer: the float layer (its variables are the trained ones).
+        weight_quantizer: a `Quantizer` for the kernel, or `None`.
+        output_quantizer: a `Quantizer` for the output, or `None`.
+        preserve_sparsity: keep a non-trainable 0/1 mask of the kernel's
+            non-zero entries and multiply the kernel by it, so pruned weights
+            stay exactly zero while training.
+
+    Example:
+
+    ```python
+    q = QuantizeWrapper(
+        keras.layers.Dense(10),
+        weight_quantizer=PerChannelSymmetricQuantizer(),
+        output_quantizer=MovingAverageQuantizer(),
+    )
+    ```
+    """
+
+    def __init__(
+        self,
+        layer,
+        weight_quantizer=None,
+        output_quantizer=None,
+        preserve_sparsity: bool = False,
+        **kwargs,
+    ):
+        super().__init__(layer, **kwargs)
+        self.weight_quantizer = deserialize_quantizer(weight_quantizer)
+        self.output_quantizer = deserialize_quantizer(output_quantizer)
+        self.preserve_sparsity = bool(preserve_sparsity)
+        is_kernel = _kernels.is_kernel_layer(layer)
+        if (self.weight_quantizer is not None or self.preserve_sparsity) and not is_kernel:
+            raise ValueError(
+                f"QuantizeWrapper: layer {layer.name!r} ({type(layer).__name__}) has no "
+                f"kernel to quantize; pass weight_quantizer=None, preserve_sparsity=False."
+            )
+        self._quantize_kernel = self.weight_quantizer is not None
+        self._fused = _kernels.activation_name(layer) in FUSABLE_ACTIVATIONS if is_kernel else True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self._quantize_kernel and self.preserve_sparsity:
+            self.sparsity_mask = self.add_weight(
+                name="sparsity_mask",
+                shape=tuple(self.layer.kernel.shape),
+                initializer="ones",
+                trainable=False,
+            )
+        self._pre_activation_vars = None
+        if self._quantize_kernel and not self._fused:
+            self._pre_activation_quantizer = MovingAverageQuantizer()
+            self._pre_activation_vars = self._pre_activation_quantizer.build(
+                None, "pre_activation", self
+            )
+        self._output_vars = None
+        if self.output_quantizer is not None:
+            self._output_vars = self.output_quantizer.build(None, "output", self)
+
+    def quantized_kernel(self, training=False):
+        """The kernel as the int8 model sees it (masked, fake-quantized)."""
+        kernel = self.layer.kernel
+        if self.preserve_sparsity:
+            kernel = ops.multiply(kernel, ops.cast(self.sparsity_mask, kernel.dtype))
+        return self.weight_quantizer(kernel, training=training)
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        if self._quantize_kernel:
+            outputs = _kernels.kernel_call(
+                self.layer, inputs, self.quantized_kernel(training)
+            )
+            if self._pre_activation_vars is not None:
+                outputs = self._pre_activation_quantizer(
+                    outputs, training=training, weights=self._pre_activation_vars
+                )
+            outputs = self.layer.activation(outputs)
+        else:
+            outputs = self.layer(inputs, training=training)
+        if self.output_quantizer is not None:
+            outputs = self.output_quantizer(outputs, training=training, weights=self._output_vars)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            weight_quantizer=keras.saving.serialize_keras_object(self.weight_quantizer),
+            output_quantizer=keras.saving.serialize_keras_object(self.output_quantizer),
+            preserve_sparsity=self.preserve_sparsity,
+        )
+        return config
+
+
+# --------------------------------------------------------------------------
+# Graph analysis: which kernel layer absorbs which BN / ReLU.
+
+
+@dataclass
+class _Fusion:
+    batch_norm: keras.layers.Layer | None = None
+    activation: str | None = None  # "relu" / "relu6" fused into the kernel layer
+    absorbed_activation: keras.layers.Layer | None = None
+
+
+def _as_functional(model: keras.Model, caller: str) -> keras.Model:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{caller} expects a keras.Model, got {type(model).__name__}.")
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"{caller}: the Sequential model {model.name!r} has no defined input; "
+                f"start it with keras.Input(shape) or call model.build(input_shape) first."
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"{caller} rewrites Sequential and Functional models; {model.name!r} is a "
+            f"subclassed model ({type(model).__name__}). Rebuild it with the Functional "
+            f"API (keras.Model(inputs, outputs))."
+        )
+    return model
+
+
+class _Graph:
+    """Consumers of each layer inside one Functional model."""
+
+    def __init__(self, model):
+        self.node_ids = {id(n) for nodes in model._nodes_by_depth.values() for n in nodes}
+        self.output_ids = {id(t) for t in model.outputs}
+
+    def nodes(self, layer):
+        return [n for n in layer._inbound_nodes if id(n) in self.node_ids]
+
+    def sole_consumer(self, layer):
+        """The only layer reading `layer`'s (single) output, else `None`."""
+        nodes = self.nodes(layer)
+        if len(nodes) != 1 or any(id(t) in self.output_ids for t in nodes[0].outputs):
+            return None
+        consumers = [n for n in layer._outbound_nodes if id(n) in self.node_ids]
+        if len(consumers) != 1 or len(self.nodes(consumers[0].operation)) != 1:
+            return None
+        return consumers[0].operation
+
+
+def _fusable_activation(layer) -> str | None:
+    if type(layer) is keras.layers.ReLU:
+        plain = float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+        if plain and layer.max_value is None:
+            return "relu"
+        if plain and layer.max_value is not None and float(layer.max_value) == 6.0:
+            return "relu6"
+    if type(layer) is keras.layers.Activation:
+        name = keras.activations.serialize(layer.activation)
+        if name in ("relu", "relu6"):
+            return name
+    return None
+
+
+def _folds_into(layer, bn) -> bool:
+    if type(bn) is not keras.layers.BatchNormalization:
+        return False
+    ndim = len(layer.output.shape)
+    return bn.axis in (-1, ndim - 1) or list(np.atleast_1d(bn.axis)) in ([-1], [ndim - 1])
+
+
+def _plan_fusions(model, fold_batch_norm: bool, fuse_activation: bool, keep) -> dict:
+    """`{kernel layer name: _Fusion}` for kernel layers with something to absorb."""
+    graph = _Graph(model)
+    plan = {}
+    for layer in model.layers:
+        if not (_kernels.is_kernel_layer(layer) and keep(layer)):
+            continue
+        if _kernels.activation_name(layer) != "linear":
+            continue
+        fusion, tail = _Fusion(), layer
+        nxt = graph.sole_consumer(tail)
+        if fold_batch_norm and nxt is not None and keep(nxt) and _folds_into(layer, nxt):
+            fusion.batch_norm, tail = nxt, nxt
+            nxt = graph.sole_consumer(tail)
+        if fuse_activation and nxt is not None and keep(nxt) and _fusable_activation(nxt):
+            fusion.activation = _fusable_activation(nxt)
+            fusion.absorbed_activation = nxt
+        if fusion.batch_norm is not None or fusion.activation is not None:
+            plan[layer.name] = fusion
+    return plan
+
+
+def _absorbed_names(plan) -> set:
+    names = set()
+    for fusion in plan.values():
+        if fusion.batch_norm is not None:
+            names.add(fusion.batch_norm.name)
+        if fusion.activation is not None:
+            names.add(fusion.absorbed_activation.name)
+    return names
+
+
+def _folded_weights(layer, batch_norm):
+    """Kernel and bias of `layer` with `batch_norm` (inference mode) folded in."""
+    kernel = np.asarray(ops.convert_to_numpy(layer.kernel), dtype="float64")
+    bias = (
+        np.asarray(ops.convert_to_numpy(layer.bias), dtype="float64")
+        if layer.use_bias
+        else np.zeros(kernel.shape[_kernels.channel_axis(layer)])
+    )
+    if batch_norm is None:
+        return kernel, bias
+    variance = ops.convert_to_numpy(batch_norm.moving_variance).astype("float64")
+    mean = ops.convert_to_numpy(batch_norm.moving_mean).astype("float64")
+    gamma = ops.convert_to_numpy(batch_norm.gamma).astype("float64") if batch_norm.scale else 1.0
+    beta = ops.convert_to_numpy(batch_norm.beta).astype("float64") if batch_norm.center else 0.0
+    scale = gamma / np.sqrt(variance + batch_norm.epsilon)
+    scale_shape = (-1, 1) if _kernels.channel_axis(layer) == -2 else (-1,)
+    return kernel * scale.reshape(scale_shape), beta + (bias - mean) * scale
+
+
+def _clone_kernel_layer(layer, fusion: _Fusion | None):
+    config = layer.get_config()
+    if fusion is not None and fusion.batch_norm is not None:
+        config["use_bias"] = True
+    if fusion is not None and fusion.activation is not None:
+        config["activation"] = fusion.activation
+    return type(layer).from_config(config)
+
+
+def _clone_layer(layer):
+    return type(layer).from_config(layer.get_config())
+
+
+def _rewrite(model, plan, make_layer, call_layer):
+    """Clone `model`, replacing absorbed layers by `Identity` and every other
+    layer by `make_layer(layer)`; `call_layer(new, old, *args, **kwargs)`
+    wires the new layers. Returns `(new_model, {old name: new layer})`."""
+    absorbed = _absorbed_names(plan)
+    made = {}
+
+    def clone_function(layer):
+        if layer.name not in made:
+            if layer.name in absorbed:
+                made[layer.name] = keras.layers.Identity(name=layer.name)
+            else:
+                made[layer.name] = make_layer(layer)
+        return made[layer.name]
+
+    originals = {layer.name: layer for layer in model.layers}
+
+    def call_function(new, *args, **kwargs):
+        # Replacements (Identity, wrappers) may not take the original's `mask`.
+        params = inspect.signature(new.call).parameters
+        kwargs = {k: v for k, v in kwargs.items() if k in params or k == "training"}
+        return call_layer(new, originals[new.name], *args, **kwargs)
+
+    new_model = keras.models.clone_model(
+        model, clone_function=clone_function, call_function=call_function
+    )
+    # clone_model made fresh variables: copy the trained ones, folding BNs.
+    for name, new_layer in made.items():
+        old = originals[name]
+        target = new_layer.layer if isinstance(new_layer, QuantizeWrapper) else new_layer
+        if name in absorbed or not old.weights:
+            continue
+        if _kernels.is_kernel_layer(old):
+            fusion = plan.get(name)
+            kernel, bias = _folded_weights(old, fusion.batch_norm if fusion else None)
+            target.kernel.assign(kernel.astype(target.kernel.dtype))
+            if target.use_bias:
+                target.bias.assign(bias.astype(target.bias.dtype))
+            if isinstance(new_layer, QuantizeWrapper) and new_layer.preserve_sparsity:
+                new_layer.sparsity_mask.assign((kernel != 0).astype("float32"))
+        else:
+            target.set_weights(old.get_weights())
+    return new_model, made
+
+
+def fold_batch_norms(model: keras.Model) -> keras.Model:
+    """A float copy of `model` with each BN folded into the layer before it.
+
+    `conv -> BatchNormalization` becomes one conv with a bias whose kernel is
+    `kernel * gamma / sqrt(var + eps)` and bias `beta + (bias - mean) * gamma
+    / sqrt(var + eps)`; the BN is replaced by an `Identity` of the same name.
+    In inference the result computes the same function as `model`.
+
+    Example:
+
+    ```python
+    folded = fold_batch_norms(kd_keras.models.cnn_student())
+    ```
+    """
+    model = _as_functional(model, "fold_batch_norms")
+    plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=False, keep=lambda _: True)
+
+    def make_layer(layer):
+        if _kernels.is_kernel_layer(layer):
+            return _clone_kernel_layer(layer, plan.get(layer.name))
+        return _clone_layer(layer)
+
+    new_model, _ = _rewrite(model, plan, make_layer, lambda new, old, *a, **k: new(*a, **k))
+    return new_model
+
+
+def _layer_kind(layer) -> str:
+    """"kernel", "output", "pass" or "unsupported" for the quantization pass."""
+    if _kernels.is_kernel_layer(layer):
+        return "unsupported" if _kernels.kernel_layer_problem(layer) else "kernel"
+    if type(layer) in PASS_THROUGH_LAYERS:
+        return "pass"
+    if type(layer) in OUTPUT_QUANTIZED_LAYERS:
+        return "output"
+    if type(layer) is keras.layers.Activation and keras.activations.serialize(
+        layer.activation
+    ) in FUSABLE_ACTIVATIONS:
+        return "output"
+    return "unsupported"
+
+
+def _unsupported_message(layers, skip_hint) -> str:
+    lines = []
+    for layer in layers:
+        why = _kernels.kernel_layer_problem(layer) if _kernels.is_kernel_layer(layer) else None
+        reason = why or "has no int8 quantization rule"
+        if "Prune" in type(layer).__name__:
+            reason += "; call strip_pruning(model) before quantize_model"
+        if isinstance(layer, keras.Model):
+            reason += "; nested models are not rewritten: build one flat Functional model"
+        lines.append(f"  - {layer.name!r} ({type(layer).__name__}) {reason}")
+    names = sorted(set(skip_hint) | {layer.name for layer in layers})
+    return (
+        "quantize_model cannot quantize these layers:\n" + "\n".join(lines) +
+        f"\nKeep them in float with quantize_model(model, skip_layers={names!r}) "
+        "(TFLite then runs them in float between dequantize/quantize ops)."
+    )
+
+
+def _skip_predicate(model, skip_layers) -> callable:
+    names, classes = set(), []
+    for item in skip_layers or ():
+        if isinstance(item, str):
+            names.add(item)
+        elif isinstance(item, type) and issubclass(item, keras.layers.Layer):
+            classes.append(item)
+        else:
+            raise TypeError(
+                f"skip_layers takes layer names or Layer classes, got {item!r}."
+            )
+    unknown = names - {layer.name for layer in model.layers}
+    if unknown:
+        raise ValueError(
+            f"skip_layers names layers that are not in {model.name!r}: {sorted(unknown)}. "
+            f"Its layers are: {[layer.name for layer in model.layers]}."
+        )
+    annotated = any(getattr(layer, _QUANTIZE_ANNOTATION, False) for layer in model.layers)
+
+    def skipped(layer):
+        if layer.name in names or isinstance(layer, tuple(classes)):
+            return True
+        if annotated and _layer_kind(layer) != "pass":
+            return not getattr(layer, _QUANTIZE_ANNOTATION, False)
+        return False
+
+    return skipped
+
+
+def quantize_model(
+    model: keras.Model,
+    skip_layers: Iterable[str | type] | None = None,
+    ema_decay: float = 0.999,
+) -> keras.Model:
+    """Return a quantization-aware (int8) copy of a Sequential/Functional model.
+
+    The copy starts from `model`'s trained weights (BNs folded, ReLUs fused,
+    see the module docstring), trains with `compile` / `fit` like any model,
+    also as the student of `kd_keras.Distiller` (distillation-aware QAT), saves
+    to `.keras`, and converts with `convert(qat_model, mode="qat")` into a
+    fully int8 `.tflite`.
+
+    Args:
+        model: a built Sequential or Functional model (strip pruning and
+            clustering wrappers first).
+        skip_layers: names or classes of layers to keep in float. When some
+            layers are marked with `quantize_annotate_layer`, only those are
+            quantized.
+        ema_decay: decay of the moving-average activation ranges.
+
+    Returns:
+        A new Functional model; layer names are kept.
+
+    Raises:
+        ValueError: naming every layer without an int8 rule, with the
+            `skip_layers=[...]` call that keeps them in float.
+
+    Example:
+
+    ```python
+    qat = quantize_model(student)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, y, epochs=2)
+    tflite_bytes = convert(qat, mode="qat", int8_io=True)
+    ```
+    """
+    model = _as_functional(model, "quantize_model")
+    skipped = _skip_predicate(model, skip_layers)
+    unsupported = [
+        layer for layer in model.layers
+        if not skipped(layer) and _layer_kind(layer) == "unsupported"
+    ]
+    if unsupported:
+        raise ValueError(_unsupported_message(unsupported, [l.name for l in model.layers if skipped(l)]))
+    keep = lambda layer: not skipped(layer)  # noqa: E731
+    plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)
+
+    def make_layer(layer):
+        kind = "skip" if skipped(layer) else _layer_kind(layer)
+        if kind == "kernel":
+            kernel = ops.convert_to_numpy(layer.kernel)
+            return QuantizeWrapper(
+                _clone_kernel_layer(layer, plan.get(layer.name)),
+                weight_quantizer=PerChannelSymmetricQuantizer(axis=_kernels.channel_axis(layer)),
+                output_quantizer=MovingAverageQuantizer(ema_decay=ema_decay),
+                preserve_sparsity=bool(np.any(kernel == 0)),
+                name=layer.name,
+            )
+        if kind == "output":
+            return QuantizeWrapper(
+                _clone_layer(layer),
+                output_quantizer=MovingAverageQuantizer(ema_decay=ema_decay),
+                name=layer.name,
+            )
+        return _clone_layer(layer)
+
+    quantized = set()  # ids of tensors that carry an int8 range
+    input_quantizers = {}
+
+    def ensure_quantized(tensor, consumer):
+        if not isinstance(tensor, keras.KerasTensor) or id(tensor) in quantized:
+            return tensor
+        if id(tensor) not in input_quantizers:
+            layer = QuantizeLayer(
+                MovingAverageQuantizer(ema_decay=ema_decay), name=f"{consumer.name}_quantize_input"
+            )
+            input_quantizers[id(tensor)] = layer(tensor)
+            quantized.add(id(input_quantizers[id(tensor)]))
+        return input_quantizers[id(tensor)]
+
+    def call_layer(new, old, *args, **kwargs):
+        flat_inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        if isinstance(new, QuantizeWrapper):
+            args = keras.tree.map_structure(lambda t: ensure_quantized(t, new), args)
+            carries_range = True
+        else:
+            carries_range = (
+                not skipped(old)
+                and (_layer_kind(old) == "pass" or old.name in _absorbed_names(plan))
+                and all(id(t) in quantized for t in flat_inputs)
+            )
+        outputs = new(*args, **kwargs)
+        if carries_range:
+            quantized.update(id(t) for t in keras.tree.flatten(outputs))
+        return outputs
+
+    new_model, _ = _rewrite(model, plan, make_layer, call_layer)
+    return new_model
+
+
+def is_quantized(model: keras.Model) -> bool:
+    """True when `model` contains kd_keras fake-quantization layers."""
+    return any(
+        isinstance(layer, (QuantizeWrapper, QuantizeLayer))
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    )
+
+
+def quantizer_layers(model: keras.Model) -> Sequence[keras.layers.Layer]:
+    """The `QuantizeWrapper` / `QuantizeLayer` layers of `model`, in order."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, (QuantizeWrapper, QuantizeLayer))
+    ]

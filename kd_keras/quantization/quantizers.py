@@ -1,0 +1,212 @@
+"""Fake-quantization building blocks for int8 quantization-aware training.
+
+Both quantizers call `keras.quantizers.fake_quant_with_min_max_vars`, which on
+the TensorFlow backend lowers to `FakeQuantWithMinMaxVars(PerChannel)`: the
+ops the TFLite converter reads to turn a graph into real int8 kernels. On JAX
+and torch the same function runs Keras' own implementation of TensorFlow's
+formula, so QAT trains identically on every backend.
+
+The scheme is TFLite's int8 spec (and TFMOT's `Default8BitQuantizeScheme`):
+
+* weights: symmetric per output channel, narrow range `[-127, 127]`, zero
+  point 0, range taken from the current weights at every call (TFMOT's
+  `LastValueQuantizer`). Symmetric int8 maps 0.0 to exactly 0.0, so a pruned
+  (zero) weight stays zero.
+* activations: asymmetric per tensor, `[-128, 127]`, with a moving-average
+  range held in non-trainable variables that are updated in training only,
+  like `BatchNormalization`'s moving statistics (so JAX's stateless `fit`
+  carries them too). The range starts at TFMOT's `[-6, 6]`; the first
+  training batch replaces it, later batches move it with `ema_decay`.
+
+A quantizer follows TFMOT's `Quantizer` contract: `build(shape, name, layer)`
+creates its variables on the host layer (so they are saved with it) and
+returns them; `__call__(x, training, weights)` returns the fake-quantized `x`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def fake_quant(x, min_vals, max_vals, num_bits=8, narrow_range=False, axis=None):
+    """Quantize `x` to `num_bits` integers in `[min_vals, max_vals]` and back.
+
+    A thin alias of `keras.quantizers.fake_quant_with_min_max_vars` with the
+    range treated as a constant (no gradient flows into it); the range is
+    nudged, as in TensorFlow, so that 0.0 is exactly representable.
+
+    Example:
+
+    ```python
+    fake_quant(np.array([0.1, 0.5]), -1.0, 1.0)  # 256 levels over [-1, 1]
+    ```
+    """
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        x,
+        ops.stop_gradient(min_vals),
+        ops.stop_gradient(max_vals),
+        num_bits=num_bits,
+        narrow_range=narrow_range,
+        axis=axis,
+    )
+
+
+def _check_num_bits(num_bits):
+    if not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
+        raise ValueError(
+            f"num_bits must be an int in [2, 8] (TFLite runs int8 kernels), "
+            f"got {num_bits!r}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class Quantizer:
+    """Base class: a serializable fake-quantization rule for one tensor."""
+
+    def build(self, tensor_shape, name: str, layer: keras.layers.Layer) -> dict:
+        """Create the variables this quantizer needs on `layer`."""
+        return {}
+
+    def __call__(self, inputs, training=False, weights=None):
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class PerChannelSymmetricQuantizer(Quantizer):
+    """Symmetric int8 weight quantizer, one scale per channel along `axis`.
+
+    The range of channel `c` is `[-max|w_c|, max|w_c|]` with the narrow range
+    `[-127, 127]` (TFLite's int8 weight spec: zero point 0). A channel that is
+    entirely zero (a pruned filter) gets the range `[-1, 1]` so its scale is
+    finite and its zeros stay zeros.
+
+    Args:
+        num_bits: bit width, 8 for int8.
+        axis: the channel axis of the weight, `-1` for `Dense` and `Conv*D`
+            kernels, `-2` for `DepthwiseConv2D` kernels.
+
+    Example:
+
+    ```python
+    q = PerChannelSymmetricQuantizer(axis=-1)
+    kernel_q = q(layer.kernel)  # same shape, 255 levels per output channel
+    ```
+    """
+
+    def __init__(self, num_bits: int = 8, axis: int = -1):
+        _check_num_bits(num_bits)
+        self.num_bits = num_bits
+        self.axis = int(axis)
+
+    def ranges(self, inputs):
+        """The per-channel `(min, max)` that `__call__` quantizes with."""
+        ndim = len(inputs.shape)
+        axis = self.axis % ndim
+        reduce_axes = tuple(i for i in range(ndim) if i != axis)
+        max_abs = ops.max(ops.abs(inputs), axis=reduce_axes)
+        max_abs = ops.where(max_abs > 0, max_abs, ops.ones_like(max_abs))
+        return -max_abs, max_abs
+
+    def __call__(self, inputs, training=False, weights=None):
+        min_vals, max_vals = self.ranges(inputs)
+        return fake_quant(
+            inputs,
+            min_vals,
+            max_vals,
+            num_bits=self.num_bits,
+            narrow_range=True,
+            axis=self.axis % len(inputs.shape),
+        )
+
+    def get_config(self):
+        return {"num_bits": self.num_bits, "axis": self.axis}
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class MovingAverageQuantizer(Quantizer):
+    """Asymmetric per-tensor activation quantizer with a moving-average range.
+
+    In training the batch's `[min(x, 0), max(x, 0)]` updates two non-trainable
+    variables (the first batch sets them, later ones move them by
+    `ema_decay`), and `x` is quantized with the updated range. In inference
+    the stored range is used unchanged, which is what the TFLite converter
+    reads as the tensor's int8 scale and zero point.
+
+    Args:
+        num_bits: bit width, 8 for int8.
+        ema_decay: weight of the old range in the moving average.
+
+    Example:
+
+    ```python
+    q = MovingAverageQuantizer()
+    weights = q.build((None, 16), "act", layer)  # inside layer.build
+    y = q(x, training=True, weights=weights)
+    ```
+    """
+
+    def __init__(self, num_bits: int = 8, ema_decay: float = 0.999):
+        _check_num_bits(num_bits)
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}.")
+        self.num_bits = num_bits
+        self.ema_decay = float(ema_decay)
+
+    def build(self, tensor_shape, name, layer):
+        def variable(suffix, value):
+            return layer.add_weight(
+                name=f"{name}_{suffix}",
+                shape=(),
+                initializer=keras.initializers.Constant(value),
+                trainable=False,
+                autocast=False,
+            )
+
+        # TFMOT's starting range, so an untrained model still runs.
+        return {
+            "min": variable("min", -6.0),
+            "max": variable("max", 6.0),
+            "initialized": variable("initialized", 0.0),
+        }
+
+    def __call__(self, inputs, training=False, weights=None):
+        min_var, max_var = weights["min"], weights["max"]
+        if training:
+            x = ops.stop_gradient(ops.cast(inputs, "float32"))
+            batch_min = ops.minimum(ops.min(x), 0.0)
+            batch_max = ops.maximum(ops.max(x), 0.0)
+            seen = ops.cast(weights["initialized"], "float32")
+            # Before the first update the stored range is meaningless (zeros).
+            decay = self.ema_decay * seen
+            new_min = decay * min_var + (1.0 - decay) * batch_min
+            new_max = decay * max_var + (1.0 - decay) * batch_max
+            # An all-zero tensor (a dead ReLU) still needs a non-empty range.
+            new_max = ops.maximum(new_max, new_min + 1e-6)
+            min_var.assign(new_min)
+            max_var.assign(new_max)
+            weights["initialized"].assign(ops.ones_like(seen))
+            min_vals, max_vals = new_min, new_max
+        else:
+            min_vals, max_vals = ops.convert_to_tensor(min_var), ops.convert_to_tensor(max_var)
+        return fake_quant(inputs, min_vals, max_vals, num_bits=self.num_bits)
+
+    def get_config(self):
+        return {"num_bits": self.num_bits, "ema_decay": self.ema_decay}
+
+
+def deserialize_quantizer(config):
+    """A quantizer from `keras.saving.serialize_keras_object` output, or `None`."""
+    if config is None or isinstance(config, Quantizer):
+        return config
+    return keras.saving.deserialize_keras_object(config)
