@@ -15,13 +15,17 @@ from kd_keras import callbacks, losses, schedules
 from kd_keras.callbacks import DistillationScheduler, NaNGuard
 from kd_keras.distiller import Distiller
 from kd_keras.features import record_outputs, resolve_layer
+from kd_keras.mutual import MutualDistiller
+from kd_keras.self_distillation import TeacherSnapshot, self_distillation
 from kd_keras.teacher_cache import cache_teacher_outputs, random_ops_in_dataset
 
 __version__ = "0.1.0"
 __all__ = [
     "DistillationScheduler",
     "Distiller",
+    "MutualDistiller",
     "NaNGuard",
+    "TeacherSnapshot",
     "cache_teacher_outputs",
     "callbacks",
     "losses",
@@ -29,4 +33,5 @@ __all__ = [
     "record_outputs",
     "resolve_layer",
     "schedules",
+    "self_distillation",
 ]

@@ -395,6 +395,17 @@ class Distiller(keras.Model):
         weights = _combine_weights(sample_weight, label_mask, padding_mask)
         return super().compute_metrics(x, labels, y_pred, sample_weight=weights)
 
+    def get_metrics_result(self):
+        # On unlabeled data the label metrics (accuracy) never see a batch:
+        # they are left out rather than reported as 0.
+        results = {}
+        for metric in self.metrics:
+            if metric is self._compile_metrics and not metric.built:
+                continue
+            result = metric.result()
+            results.update(result if isinstance(result, dict) else {metric.name: result})
+        return results
+
     # -- fit with checks ------------------------------------------------
 
     def fit(self, x=None, y=None, *args, **kwargs):

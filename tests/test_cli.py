@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -45,10 +46,11 @@ def test_demo_options_parse():
     ("argv", "message"),
     [
         (["demo", "--epochs", "0"], "must be an integer >= 1, got 0"),
-        (["demo", "--temperature", "0"], "must be > 0, got 0"),
-        (["demo", "--alpha", "1.5"], r"must be in \[0, 1\], got 1.5"),
-        (["demo", "--alpha", "-0.1"], r"must be in \[0, 1\], got -0.1"),
-        (["demo", "--epochs", "two"], "invalid int value"),
+        (["demo", "--temperature", "0"], "must be a number > 0, got 0"),
+        (["demo", "--temperature", "nan"], "must be a number > 0, got nan"),
+        (["demo", "--alpha", "1.5"], r"must be a number in \[0, 1\], got 1.5"),
+        (["demo", "--alpha", "-0.1"], r"must be a number in \[0, 1\], got -0.1"),
+        (["demo", "--epochs", "two"], "must be an integer >= 1, got two"),
         (["nonsense"], "invalid choice"),
     ],
 )
@@ -81,6 +83,14 @@ def test_demo_refuses_existing_output_before_training(tmp_path):
     assert not (tmp_path / demo.PNG_NAME).exists()
 
 
+def test_console_script_points_at_main():
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    (entry,) = [e for e in scripts if e.name == "kd-keras"]
+    assert entry.value == "kd_keras.cli:main"
+    assert entry.load() is cli.main
+
+
+@pytest.mark.slow  # a fresh interpreter imports the whole stack again
 def test_module_entry_point_runs_in_a_fresh_interpreter():
     result = subprocess.run(
         [sys.executable, "-m", "kd_keras.cli", "--version"],

@@ -87,7 +87,9 @@ def count_macs_tflite(path) -> int:
 
     interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
-    shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in interpreter.get_tensor_details()}
+    shapes = {
+        t["index"]: tuple(int(d) for d in t["shape"]) for t in interpreter.get_tensor_details()
+    }
     total = 0
     for op in interpreter._get_ops_details():
         kind = op["op_name"]
@@ -162,7 +164,7 @@ def count_macs_artifact(artifact) -> int:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_peak_gflops(threads: int = 1, size: int = 1024, repeats: int = 5) -> float:
     """Peak float32 GFLOP/s of this CPU on `threads` threads (see module doc).
 
@@ -185,7 +187,9 @@ def cpu_peak_gflops(threads: int = 1, size: int = 1024, repeats: int = 5) -> flo
     return 2.0 * size**3 / best / 1e9
 
 
-def fraction_of_peak(macs: int, latency_ms: float, peak_gflops: float, batch_size: int = 1) -> float:
+def fraction_of_peak(
+    macs: int, latency_ms: float, peak_gflops: float, batch_size: int = 1
+) -> float:
     """Achieved FLOP/s (`2 * macs * batch_size / latency`) over `peak_gflops`."""
     if latency_ms <= 0 or peak_gflops <= 0:
         raise ValueError("latency_ms and peak_gflops must be positive.")
@@ -222,9 +226,7 @@ def _call_shapes(layer):
     shapes = []
     for node in getattr(layer, "_inbound_nodes", []):
         if node.input_tensors and node.output_tensors:
-            shapes.append(
-                (tuple(node.input_tensors[0].shape), tuple(node.output_tensors[0].shape))
-            )
+            shapes.append((tuple(node.input_tensors[0].shape), tuple(node.output_tensors[0].shape)))
     if not shapes:
         raise ValueError(
             f"Layer {layer.name!r} has no recorded call shapes: MACs are counted "

@@ -15,7 +15,8 @@ share; for real models it is negligible.
 
 Peak memory is the process's resident-set high-water mark (`VmHWM` in
 `/proc/self/status`) over load + runs, after resetting it through
-`/proc/self/clear_refs` (Linux). Elsewhere it falls back to
+`/proc/self/clear_refs` (Linux); `memory_delta_mb` is that peak minus the
+resident set before loading (like `benchmark_model`'s "footprint delta"). Elsewhere it falls back to
 `resource.getrusage(RUSAGE_SELF).ru_maxrss`, the lifetime peak, which can
 only grow; `memory_method` says which one a result used. tracemalloc is not
 used: it sees Python allocations only, not the runtimes' C++ arenas.
@@ -66,13 +67,16 @@ class LatencyResult:
     memory_method: str = ""
     source: str = "python"
     device: str = ""
+    delegate: str | None = None
     timings_ms: list[float] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def config(self) -> str:
         """`"threads=2 xnnpack"` style label of the runtime settings."""
         parts = [] if self.threads is None else [f"threads={self.threads}"]
-        if self.xnnpack is not None:
+        if self.delegate is not None:
+            parts.append(self.delegate)
+        elif self.xnnpack is not None:
             parts.append("xnnpack" if self.xnnpack else "no-xnnpack")
         return " ".join(parts) or "default"
 

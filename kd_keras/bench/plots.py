@@ -56,13 +56,14 @@ def plot_frontier(
     ```
     """
     plt = _pyplot()
-    names, points, sizes = [], [], []
+    names, runtimes, points, sizes = [], [], [], []
     for artifact in report.artifacts:
         result = artifact.latency_for(threads)
         if result is None or artifact.accuracy is None:
             continue
         latency = result.p50_ms if result.p50_ms is not None else result.mean_ms
-        names.append(f"{artifact.name}\n{artifact.runtime} {result.config}")
+        names.append(artifact.name)
+        runtimes.append(artifact.runtime)
         points.append((latency, artifact.accuracy))
         sizes.append(artifact.size.raw_bytes if artifact.size else None)
     if not points:
@@ -70,23 +71,49 @@ def plot_frontier(
     known = [s for s in sizes if s]
     largest = max(known) if known else 1
     # Area ∝ size, between 40 and 1200 pt² so the smallest stays visible.
-    areas = [40 + 1160 * (s / largest) if s else 80 for s in sizes]
+    areas = [40 + 1160 * (s / largest) if s else 60 for s in sizes]
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     xs, ys = [p[0] for p in points], [100 * p[1] for p in points]
-    ax.scatter(xs, ys, s=areas, alpha=0.55, edgecolors="black", linewidths=0.8, zorder=3)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, runtime in enumerate(dict.fromkeys(runtimes)):
+        idx = [i for i, r in enumerate(runtimes) if r == runtime]
+        ax.scatter(
+            [xs[i] for i in idx],
+            [ys[i] for i in idx],
+            s=[areas[i] for i in idx],
+            color=colors[k % len(colors)],
+            alpha=0.6,
+            edgecolors="black",
+            linewidths=0.8,
+            zorder=3,
+            label=runtime,
+        )
     front = pareto_front(points)
-    ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red",
-            label="Pareto frontier", zorder=2)
-    for name, x, y, size in zip(names, xs, ys, sizes):
-        label = name + (f"\n{size / 1024:.1f} KB" if size else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
+    ax.plot(
+        [xs[i] for i in front],
+        [ys[i] for i in front],
+        "--",
+        color="gray",
+        label="Pareto frontier",
+        zorder=2,
+    )
+    order = sorted(range(len(points)), key=lambda i: (xs[i], ys[i]))
+    for rank, i in enumerate(order):
+        label = names[i] + (f" ({sizes[i] / 1024:.1f} KB)" if sizes[i] else " (in memory)")
+        # Alternate above / below so neighbours' labels do not collide.
+        offset = (6, 10) if rank % 2 == 0 else (6, -16)
+        ax.annotate(label, (xs[i], ys[i]), textcoords="offset points", xytext=offset, fontsize=8)
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency (ms), threads={threads}")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # Fixed-size legend markers: their area would otherwise read as a size.
+    legend = ax.legend(loc="best", fontsize=8, markerscale=1.0)
+    for handle in legend.legend_handles:
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([50])
     ax.margins(x=0.25, y=0.15)
     return _save(fig, path, overwrite)
 
@@ -107,6 +134,8 @@ def plot_history(
     ```
     """
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     logs: Mapping[str, Sequence[float]] = getattr(history, "history", history)
     if not isinstance(logs, Mapping) or not logs:
         raise ValueError(
@@ -124,9 +153,10 @@ def plot_history(
                 ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=key)
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path, overwrite)

@@ -77,8 +77,10 @@ class BenchReport:
     artifacts: list[ArtifactReport]
     cpu_peak_gflops: dict[int, float] = dataclasses.field(default_factory=dict)
     machine: str = dataclasses.field(
-        default_factory=lambda: f"{platform.machine()} {platform.processor() or ''}".strip()
-        + f", {os.cpu_count()} logical CPUs"
+        default_factory=lambda: (
+            f"{platform.machine()} {platform.processor() or ''}".strip()
+            + f", {os.cpu_count()} logical CPUs"
+        )
     )
     command: str = ""
 
@@ -104,7 +106,9 @@ class BenchReport:
                     {
                         "model": artifact.name,
                         "runtime": artifact.runtime
-                        + ("" if not result or result.source == "python" else f" ({result.source})"),
+                        + (
+                            "" if not result or result.source == "python" else f" ({result.source})"
+                        ),
                         "config": result.config if result else "",
                         "size_kb": artifact.size.raw_bytes / 1024 if artifact.size else None,
                         "gzip_kb": artifact.size.gzip_bytes / 1024 if artifact.size else None,
@@ -135,7 +139,9 @@ class BenchReport:
             "|" + "|".join("---" for _ in header) + "|",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in self.formatted_rows()]
-        peaks = ", ".join(f"{t} thread(s): {g:.1f} GFLOP/s" for t, g in sorted(self.cpu_peak_gflops.items()))
+        peaks = ", ".join(
+            f"{t} thread(s): {g:.1f} GFLOP/s" for t, g in sorted(self.cpu_peak_gflops.items())
+        )
         first = next((r for a in self.artifacts for r in a.latency), None)
         lines += [
             "",
@@ -157,10 +163,11 @@ class BenchReport:
             lines += ["| Model | Criterion | Value | Bound | Passed |", "|---|---|---|---|---|"]
             for a in parity:
                 p = a.parity
-                value = p["max_abs_diff"] if p["criterion"] == "max_abs_diff" else p["top1_agreement"]
-                lines.append(
-                    f"| {a.name} | {p['criterion']} | {value:.3g} | {p['threshold']:g} | {p['passed']} |"
+                value = (
+                    p["max_abs_diff"] if p["criterion"] == "max_abs_diff" else p["top1_agreement"]
                 )
+                cells = [a.name, p["criterion"], f"{value:.3g}", f"{p['threshold']:g}", p["passed"]]
+                lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,12 +196,20 @@ class BenchReport:
             return
         table = Table(title="kd_keras benchmark", show_lines=False)
         for label in header:
-            table.add_column(label, justify="left" if label in ("Model", "Runtime", "Config") else "right")
+            table.add_column(
+                label, justify="left" if label in ("Model", "Runtime", "Config") else "right"
+            )
         for row in rows:
             table.add_row(*row)
-        (console or Console()).print(table)
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # a log file: do not squeeze to 80 columns
+                console = Console(width=200)
+        console.print(table)
 
-    def save(self, folder: str | os.PathLike, overwrite: bool = False, plot: bool = True) -> dict[str, Path]:
+    def save(
+        self, folder: str | os.PathLike, overwrite: bool = False, plot: bool = True
+    ) -> dict[str, Path]:
         """Writes `report.md`, `report.json` and (with `plot`) `frontier.png`
         into `folder`, atomically; returns their paths."""
         import json
@@ -294,7 +309,9 @@ def benchmark(
 
 def plain_table(header: list[str], rows: list[list[str]]) -> str:
     """Fixed-width text table (the fallback when rich is not installed)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join([line, "-" * len(line), *body])

@@ -11,7 +11,13 @@ export.to_onnx(student, "out/student.onnx")
 ```
 """
 
-from kd_keras.export.atomic import atomic_path, check_output_path, write_bytes, write_json, write_text
+from kd_keras.export.atomic import (
+    atomic_path,
+    check_output_path,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from kd_keras.export.onnx import to_onnx
 from kd_keras.export.parity import ParityError, ParityReport, check_parity, compare, load_report
 from kd_keras.export.runtime import Runner, load_runner, runtime_of

@@ -29,8 +29,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(
-            f"{path} already exists. Pass overwrite=True to replace it, or "
-            "choose another path."
+            f"{path} already exists. Pass overwrite=True to replace it, or choose another path."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

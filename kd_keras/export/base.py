@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Callable
 
 from kd_keras.export import atomic
-from kd_keras.export.parity import ParityReport, sample_inputs, verify_and_record
+from kd_keras.export.parity import (
+    ParityReport,
+    keras_outputs,
+    sample_inputs,
+    verify_and_record,
+)
 
 
 def publish(
@@ -32,6 +37,8 @@ def publish(
     """
     path = atomic.check_output_path(path, overwrite)
     inputs = sample_inputs(model, sample_data, num_samples=num_samples)
+    # Before writing: exporters such as ONNX need a model that has been called.
+    reference = keras_outputs(model, inputs)
     with atomic.atomic_path(path, overwrite=overwrite, directory=directory) as tmp:
         write(tmp)
         report = verify_and_record(
@@ -44,6 +51,7 @@ def publish(
             min_top1_agreement=min_top1_agreement,
             strict=strict,
             overwrite=True,
+            reference=reference,
         )
     return report
 

@@ -24,7 +24,8 @@ def to_onnx(
 ) -> ParityReport:
     """Exports `model` with `model.export(format="onnx")` (tf2onnx on the
     TensorFlow and JAX backends, `torch.onnx` on torch), re-loads it in
-    onnxruntime and checks max |keras - onnx| <= `atol` (default 1e-4).
+    onnxruntime and checks max |keras - onnx| <= `atol` (default 1e-4,
+    scaled by the largest |output| when that exceeds 1).
 
     Returns:
         The `ParityReport`, also written to `<path>.parity.json`.

@@ -29,7 +29,7 @@ class ParityError(AssertionError):
     `report` holds the figures.
     """
 
-    def __init__(self, report: "ParityReport"):
+    def __init__(self, report: ParityReport):
         self.report = report
         super().__init__(report.summary())
 
@@ -47,7 +47,8 @@ class ParityReport:
         mean_abs_diff: mean |keras - artifact|.
         top1_agreement: fraction of samples whose argmax agrees.
         criterion: `"max_abs_diff"` or `"top1_agreement"`.
-        threshold: the bound the criterion was held to.
+        threshold: the bound the criterion was held to; for float artifacts
+            `atol * max(1, max|keras output|)`.
         passed: whether it held.
     """
 
@@ -125,11 +126,15 @@ def compare(
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64).reshape(reference.shape)
     diff = np.abs(reference - candidate)
-    agreement = float(
-        np.mean(np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1))
-    )
+    agreement = float(np.mean(np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)))
     if quantization is None:
-        criterion, threshold = "max_abs_diff", DEFAULT_ATOL if atol is None else atol
+        criterion = "max_abs_diff"
+        atol = DEFAULT_ATOL if atol is None else float(atol)
+        if atol < 0:
+            raise ValueError(f"atol must be >= 0, got {atol}.")
+        # float32 rounding is relative: for outputs larger than 1 in magnitude
+        # the bound grows with them (atol * max|reference|).
+        threshold = atol * max(1.0, float(np.abs(reference).max()))
         passed = float(diff.max()) <= threshold
     else:
         criterion = "top1_agreement"
@@ -157,6 +162,7 @@ def check_parity(
     atol: float | None = None,
     min_top1_agreement: float | None = None,
     name: str | None = None,
+    reference: np.ndarray | None = None,
 ) -> ParityReport:
     """Runs `inputs` through `model` and the re-loaded `artifact` and compares.
 
@@ -167,6 +173,7 @@ def check_parity(
         quantization: `None` judges by `atol` on max |diff|; anything else by
             `min_top1_agreement`.
         name: what to call the artifact in the report (default: its path).
+        reference: the model's outputs on `inputs`, when already computed.
 
     Example:
 
@@ -175,7 +182,8 @@ def check_parity(
     ```
     """
     runner = artifact if isinstance(artifact, Runner) else load_runner(artifact)
-    reference = _first_output(model.predict(inputs, verbose=0, batch_size=256))
+    if reference is None:
+        reference = keras_outputs(model, inputs)
     candidate = runner.predict(inputs)
     return compare(
         reference,
@@ -198,6 +206,7 @@ def verify_and_record(
     min_top1_agreement: float | None,
     strict: bool,
     overwrite: bool,
+    reference: np.ndarray | None = None,
 ) -> ParityReport:
     """Checks the not-yet-published `tmp_artifact`, writes the figures beside
     `final_path`, and raises `ParityError` when `strict` and the check failed
@@ -210,6 +219,7 @@ def verify_and_record(
         atol=atol,
         min_top1_agreement=min_top1_agreement,
         name=str(final_path),
+        reference=reference,
     )
     atomic.write_json(report_path(final_path), report.to_dict(), overwrite=overwrite)
     if not report.passed:
@@ -222,6 +232,11 @@ def verify_and_record(
 def load_report(artifact: str | Path) -> ParityReport:
     """Reads the parity figures written beside `artifact`."""
     return ParityReport(**json.loads(report_path(artifact).read_text()))
+
+
+def keras_outputs(model, inputs: np.ndarray) -> np.ndarray:
+    """The model's (first) output on `inputs`, as NumPy."""
+    return _first_output(model.predict(inputs, verbose=0, batch_size=256))
 
 
 def _first_output(out):

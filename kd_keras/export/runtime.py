@@ -75,9 +75,7 @@ class TFLiteRunner(Runner):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         resolver = (
-            OpResolverType.AUTO
-            if xnnpack
-            else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
         source = (
             {"model_content": bytes(artifact)}

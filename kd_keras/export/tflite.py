@@ -11,7 +11,7 @@ from pathlib import Path
 from kd_keras.export.base import publish, require_tensorflow_backend
 from kd_keras.export.parity import ParityReport
 
-QUANTIZATIONS = (None, "dynamic", "int8", "float16")
+QUANTIZATIONS = (None, "dynamic", "int8", "float16", "qat")
 
 
 def to_tflite(
@@ -33,13 +33,16 @@ def to_tflite(
         path: the `.tflite` file to write (atomically).
         quantization: `None` (float32), `"dynamic"` (int8 weights, float
             activations), `"int8"` (full integer, needs
-            `representative_data`) or `"float16"` (float16 weights).
+            `representative_data`), `"float16"` (float16 weights) or
+            `"qat"` (a `kd_keras.quantization.quantize_model` model, whose
+            fake-quant ranges become int8 kernels).
         representative_data: calibration inputs for `"int8"`: an array, or an
             iterable / generator function of batches.
         overwrite: replace an existing `path`.
         sample_inputs: inputs for the parity check (default: the first
             samples of `representative_data`, else uniform noise).
-        atol: float32 criterion, max |keras - tflite| (default 1e-4).
+        atol: float32 criterion, max |keras - tflite| <= atol (default
+            1e-4), scaled by the largest |output| when that exceeds 1.
         min_top1_agreement: quantized criterion (default 0.99).
         strict: raise `ParityError` (and write nothing but the figures) when
             the check fails; `False` only warns.
@@ -59,9 +62,7 @@ def to_tflite(
     ```
     """
     if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}."
-        )
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
     if quantization == "int8" and representative_data is None:
         raise ValueError(
             'quantization="int8" calibrates activation ranges and needs '

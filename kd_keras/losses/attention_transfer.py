@@ -10,6 +10,7 @@ from kd_keras.losses.base import (
     DistillationLoss,
     check_same_positions,
     l2_normalize,
+    squeeze_trailing_ones,
     static_shape,
     to_float32,
     weighted_mean,
@@ -27,7 +28,8 @@ class AttentionTransfer(DistillationLoss):
     Features are channels-last, `(batch, H, W, C)` or `(batch, time, dim)`;
     the channel widths may differ, the positions must match. A
     `(batch, time)` weight masks padded positions out of the attention map
-    before it is normalized, a `(batch,)` weight selects samples.
+    before it is normalized, and the mean then runs over the unmasked
+    positions (every token counts once); a `(batch,)` weight selects samples.
 
     Args:
         teacher_layer, student_layer: the layers to compare (see
@@ -99,7 +101,7 @@ class AttentionTransfer(DistillationLoss):
         self._check(static_shape(teacher), static_shape(student))
         position_weights = None
         if weights is not None:
-            weights = to_float32(weights)
+            weights = squeeze_trailing_ones(to_float32(weights), 1)
             if len(weights.shape) > 1:
                 position_weights = weights
         difference = self.attention(student, position_weights) - self.attention(

@@ -29,7 +29,7 @@ def weighted_mean(values, weights=None):
     values = ops.cast(values, "float32")
     if weights is None:
         return ops.mean(values)
-    weights = ops.cast(weights, "float32")
+    weights = squeeze_trailing_ones(ops.cast(weights, "float32"), len(values.shape))
     for _ in range(len(values.shape) - len(weights.shape)):
         weights = ops.expand_dims(weights, -1)
     weights = ops.broadcast_to(weights, ops.shape(values))
@@ -38,6 +38,14 @@ def weighted_mean(values, weights=None):
     values = ops.where(weights > 0, values, ops.zeros_like(values))
     total = ops.sum(weights)
     return ops.divide(ops.sum(values * weights), ops.maximum(total, EPSILON))
+
+
+def squeeze_trailing_ones(x, rank: int):
+    """Drops trailing size-1 axes beyond `rank`: Keras sample weights often
+    arrive as `(batch, 1)`."""
+    while len(x.shape) > rank and x.shape[-1] == 1:
+        x = ops.squeeze(x, axis=-1)
+    return x
 
 
 def l2_normalize(x, axis: int = -1, epsilon: float = EPSILON):

@@ -10,6 +10,7 @@ from kd_keras.losses.base import (
     EPSILON,
     DistillationLoss,
     l2_normalize,
+    squeeze_trailing_ones,
     to_float32,
     weighted_mean,
 )
@@ -115,7 +116,7 @@ class RKD(DistillationLoss):
         student = ops.reshape(to_float32(student), (batch, -1))
         if weights is None:
             weights = ops.ones((batch,), dtype="float32")
-        weights = to_float32(weights)
+        weights = squeeze_trailing_ones(to_float32(weights), 1)
         if len(weights.shape) != 1:
             raise ValueError(
                 f"RKD relates whole samples, so weights must have shape (batch,), "

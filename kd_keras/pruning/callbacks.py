@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kd_keras.pruning import tfmot_bridge
 from kd_keras.pruning.wrapper import collect_pruned_layers
 
 
@@ -23,7 +24,21 @@ def remask_weights(model) -> None:
             weight.assign(masked)
 
 
-class UpdatePruningStep(keras.callbacks.Callback):
+class _TfKerasHooks:
+    """Lets tf_keras's `fit` (TFMOT bridge) take these Keras 3 callbacks: its
+    CallbackList asks each callback which batch hooks it implements."""
+
+    def _implements_train_batch_hooks(self):
+        return False
+
+    def _implements_test_batch_hooks(self):
+        return False
+
+    def _implements_predict_batch_hooks(self):
+        return False
+
+
+class UpdatePruningStep(_TfKerasHooks, keras.callbacks.Callback):
     """Starts the pruning step counters and re-masks the weights each epoch.
 
     Required by `fit` on a model with `PruneLowMagnitude` layers (also inside
@@ -42,8 +57,15 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.prunable_layers = []
+        self._tfmot_callback = None
 
     def on_train_begin(self, logs=None):
+        if tfmot_bridge.is_tf_keras(self.model):
+            # A tf_keras model pruned by TFMOT: its own callback does the work.
+            self._tfmot_callback = tfmot_bridge.update_pruning_step_callback()
+            self._tfmot_callback.set_model(self.model)
+            self._tfmot_callback.on_train_begin(logs)
+            return
         self.prunable_layers = collect_pruned_layers(self.model)
         for layer in self.prunable_layers:
             if not layer.built:
@@ -52,16 +74,39 @@ class UpdatePruningStep(keras.callbacks.Callback):
             if int(ops.convert_to_numpy(layer.pruning_step.value)) == -1:
                 layer.pruning_step.assign(0)
 
+    def _steps(self) -> list[int]:
+        return [int(ops.convert_to_numpy(layer.pruning_step.value)) for layer in self.prunable_layers]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._tfmot_callback is None:
+            self._epoch_start_steps = self._steps()
+
     def on_epoch_end(self, epoch, logs=None):
+        if self._tfmot_callback is not None:
+            self._tfmot_callback.on_epoch_end(epoch, logs)
+            return
+        idle = [layer.name for layer, before, after in
+                zip(self.prunable_layers, self._epoch_start_steps, self._steps()) if before == after]
+        if idle:
+            # Keras calls a model whose call() has no `training` argument in
+            # inference mode: nothing would ever be pruned.
+            raise RuntimeError(
+                f"Pruned layers {idle} were never called with training=True during "
+                "this epoch, so they were not pruned. If the model is subclassed, give "
+                "its call() a `training=None` argument and pass it to its layers."
+            )
         remask_weights(self.model)
 
     def on_train_end(self, logs=None):
+        if self._tfmot_callback is not None:
+            self._tfmot_callback = None
+            return
         remask_weights(self.model)
         for layer in self.prunable_layers:
             layer._step_callback_active = False
 
 
-class PruningSummaries(keras.callbacks.Callback):
+class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
     """Writes pruning scalars to TensorBoard under `log_dir/metrics`.
 
     For each pruned weight: `<layer>/<weight>_mask/sparsity` (fraction of
@@ -118,11 +163,18 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def _write(self):
         import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
 
+        # What tf.summary.scalar writes, without needing the tensorboard package.
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+            data_class=summary_pb2.DATA_CLASS_SCALAR,
+        )
         iteration = int(ops.convert_to_numpy(self.model.optimizer.iterations))
         with self._file_writer().as_default():
             for name, value in self.pruning_logs().items():
-                tf.summary.scalar(name, value, step=iteration)
+                tf.summary.write(name, tf.constant(value, tf.float32), step=iteration,
+                                 metadata=metadata)
         self._writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -131,6 +183,9 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._write()
+
+    def _implements_train_batch_hooks(self):
+        return self.update_freq != "epoch"
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

@@ -48,7 +48,7 @@ _REGISTRY: dict[type, tuple[tuple[str, ...], object]] = {
     layers.Conv2D: (("kernel",), -2),
     layers.Conv3D: (("kernel",), -2),
     layers.Conv2DTranspose: (("kernel",), -1),  # kernel is (h, w, filters, in)
-    layers.DepthwiseConv2D: (("depthwise_kernel",), None),
+    layers.DepthwiseConv2D: (("kernel",), None),
     layers.SeparableConv2D: (("pointwise_kernel",), -2),  # as TFMOT
     layers.EinsumDense: (("kernel",), _einsum_reduced_axis),
     layers.Embedding: (("embeddings",), -1),

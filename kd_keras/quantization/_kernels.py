@@ -42,6 +42,16 @@ def channel_axis(layer) -> int:
     return -2 if isinstance(layer, keras.layers.DepthwiseConv2D) else -1
 
 
+def weight_quantization_axis(layer) -> int | None:
+    """Per-channel axis of the int8 weight scales, `None` for per-tensor.
+
+    `Dense` is per-tensor, as in TFMOT: TFLite's `FULLY_CONNECTED` stores the
+    kernel transposed and the converter cannot move per-channel scales
+    across that transpose.
+    """
+    return None if isinstance(layer, keras.layers.Dense) else channel_axis(layer)
+
+
 def kernel_call(layer, inputs, kernel):
     """`layer`'s output before its activation, computed with `kernel`."""
     if isinstance(layer, keras.layers.Dense):

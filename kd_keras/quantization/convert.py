@@ -28,10 +28,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import keras
 import numpy as np
 
-import keras
-
+from kd_keras.quantization import tfmot_bridge
 from kd_keras.quantization.ptq import representative_dataset
 from kd_keras.quantization.qat import is_quantized, quantizer_layers
 
@@ -55,7 +55,8 @@ def _require_tensorflow(caller):
 def _check_mode(model, mode, representative_data, int8_io):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    qat = is_quantized(model)
+    tf_keras = tfmot_bridge.is_tf_keras_model(model)
+    qat = tfmot_bridge.is_tfmot_quantized(model) if tf_keras else is_quantized(model)
     if qat and mode is None:
         raise ValueError(
             f"{model.name!r} is a quantization-aware (QAT) model: converting it without "
@@ -87,7 +88,7 @@ def _check_mode(model, mode, representative_data, int8_io):
         raise ValueError(
             f"int8_io=True needs a fully integer model: mode='int8' or 'qat', not {mode!r}."
         )
-    if qat:
+    if qat and not tf_keras:
         untrained = [
             layer.name
             for layer in quantizer_layers(model)
@@ -141,7 +142,7 @@ def convert(
 
     Args:
         model: a Keras model with known input shapes (a `quantize_model`
-            model for `mode="qat"`).
+            model for `mode="qat"`), or a tf_keras model (TFMOT bridge).
         mode: `None`, `"dynamic"`, `"int8"`, `"float16"` or `"qat"` (see the
             module docstring).
         representative_data: for `mode="int8"` only: a NumPy array of
@@ -166,7 +167,8 @@ def convert(
     ```
     """
     tf = _require_tensorflow("convert")
-    if not isinstance(model, keras.Model):
+    tf_keras = tfmot_bridge.is_tf_keras_model(model)
+    if not (isinstance(model, keras.Model) or tf_keras):
         raise TypeError(f"convert expects a keras.Model, got {type(model).__name__}.")
     if not getattr(model, "inputs", None):
         raise ValueError(
@@ -175,9 +177,12 @@ def convert(
         )
     _check_mode(model, mode, representative_data, int8_io)
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [_concrete_function(tf, model)], model
-    )
+    if tf_keras:  # TFMOT's models convert the way TFMOT documents
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    else:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [_concrete_function(tf, model)]
+        )
     if mode is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
@@ -186,19 +191,17 @@ def convert(
         converter.representative_dataset = representative_dataset(
             representative_data, model, num_calibration_batches
         )
+    if mode == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # A QAT graph carries its own ranges; restricting supported_ops to INT8
+    # would make the converter ask for a representative dataset. Whether every
+    # op came out int8 is checked on the result instead.
     if mode in ("int8", "qat"):
-        if mode == "qat" and _has_float_layers(model):
-            # Skipped layers run in float between dequantize/quantize ops.
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS
-            ]
-        else:
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     try:
-        return bytes(converter.convert())
+        result = bytes(converter.convert())
     except Exception as err:  # the converter's own messages are long MLIR dumps
         hint = (
             " Layers TFLite cannot run in int8 can be kept in float with "
@@ -210,13 +213,32 @@ def convert(
             f"TFLite conversion of {model.name!r} (mode={mode!r}) failed.{hint} "
             f"Converter error: {str(err)[:2000]}"
         ) from err
+    if mode == "qat" and not tf_keras and not _has_float_layers(model):
+        _check_fully_int8(result, model.name)
+    return result
+
+
+def _check_fully_int8(model_bytes, name):
+    """A QAT model without skipped layers must not compute anything in float."""
+    boundary = {"QUANTIZE", "DEQUANTIZE"}
+    float_ops = [
+        op["op"]
+        for op in tflite_ops(model_bytes)
+        if op["op"] not in boundary and "float32" in op["inputs"] + op["outputs"]
+    ]
+    if float_ops:
+        raise RuntimeError(
+            f"The QAT model {name!r} converted with float ops left: {float_ops}. A layer "
+            f"output is missing its activation quantizer; keep that layer in float with "
+            f"quantize_model(model, skip_layers=[...]) or report the layer pattern."
+        )
 
 
 # --------------------------------------------------------------------------
 # Reading a .tflite back.
 
 
-def _interpreter(model_bytes: bytes, num_threads: int | None = None):
+def _interpreter(model_bytes: bytes, num_threads: int | None = None, delegates: bool = True):
     if not isinstance(model_bytes, (bytes, bytearray)):
         raise TypeError(
             f"Expected the .tflite content as bytes, got {type(model_bytes).__name__}; "
@@ -224,12 +246,18 @@ def _interpreter(model_bytes: bytes, num_threads: int | None = None):
         )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter as litert
     except ImportError:  # LiteRT is the maintained runtime; TF's still works
         import tensorflow as tf
 
-        Interpreter = tf.lite.Interpreter
-    interpreter = Interpreter(model_content=bytes(model_bytes), num_threads=num_threads)
+        litert = tf.lite
+    kwargs = {}
+    if not delegates:  # XNNPACK would replace the ops being inspected
+        resolvers = getattr(litert, "OpResolverType", None) or litert.experimental.OpResolverType
+        kwargs["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = litert.Interpreter(
+        model_content=bytes(model_bytes), num_threads=num_threads, **kwargs
+    )
     interpreter.allocate_tensors()
     return interpreter
 
@@ -244,7 +272,7 @@ def tflite_tensor_types(model_bytes: bytes) -> dict[str, str]:
     assert "float32" not in set(types.values())
     ```
     """
-    interpreter = _interpreter(model_bytes)
+    interpreter = _interpreter(model_bytes, delegates=False)
     return {t["name"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
 
 
@@ -259,7 +287,7 @@ def tflite_ops(model_bytes: bytes) -> list[dict]:
     [op for op in tflite_ops(b) if op["op"] == "FULLY_CONNECTED"][0]["inputs"]
     ```
     """
-    interpreter = _interpreter(model_bytes)
+    interpreter = _interpreter(model_bytes, delegates=False)
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     ops = []
     for op in interpreter._get_ops_details():

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
 import keras
+import numpy as np
 
 PTQ_MODES = ("dynamic", "int8", "float16")
 
 
 def _input_specs(model):
-    return [(t.name, tuple(t.shape[1:]), keras.backend.standardize_dtype(t.dtype)) for t in model.inputs]
+    return [
+        (t.name, tuple(t.shape[1:]), keras.backend.standardize_dtype(t.dtype))
+        for t in model.inputs
+    ]
 
 
 def _as_batches(data, num_inputs) -> Iterator:
     """Yield lists of per-input arrays from the accepted data forms."""
-    if isinstance(data, np.ndarray) or hasattr(data, "__array__") and not hasattr(data, "element_spec"):
+    is_dataset = hasattr(data, "element_spec")
+    if isinstance(data, np.ndarray) or (hasattr(data, "__array__") and not is_dataset):
         arrays = [np.asarray(data)]
     elif isinstance(data, (list, tuple)) and len(data) == num_inputs and num_inputs > 1 and all(
         hasattr(a, "shape") for a in data
@@ -136,7 +139,8 @@ def quantize_post_training(
 
     Args:
         model: a trained float model.
-        mode: `"dynamic"` (int8 weights, float activations), `"int8"` (full
+        mode: `"dynamic"` (int8 weights, float activations; TFLite leaves
+            weight tensors with fewer than 1024 elements in float), `"int8"` (full
             integer, calibrated on `representative_data`) or `"float16"`.
         representative_data: inputs drawn from the training data, required
             for `"int8"` (see `representative_dataset`).

@@ -7,9 +7,9 @@ fake-quantized weights and activations and converts, through
 
 How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 
-* `Dense` / `Conv1D` / `Conv2D` / `Conv3D` / `DepthwiseConv2D` get a
-  per-channel symmetric int8 weight quantizer and an activation quantizer on
-  their output.
+* `Conv1D` / `Conv2D` / `Conv3D` / `DepthwiseConv2D` get a per-channel
+  symmetric int8 weight quantizer (`Dense` a per-tensor one, as in TFMOT)
+  and an activation quantizer on their output.
 * A `BatchNormalization` that directly follows such a layer (and nothing
   else reads the layer's output) is **folded** into its kernel and bias with
   the BN's moving statistics when `quantize_model` is called, so the QAT
@@ -38,12 +38,11 @@ import inspect
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import ops
 
-from kd_keras.quantization import _kernels
+from kd_keras.quantization import _kernels, tfmot_bridge
 from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
@@ -89,7 +88,9 @@ def quantize_annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     ```
     """
     if not isinstance(layer, keras.layers.Layer):
-        raise TypeError(f"quantize_annotate_layer expects a keras Layer, got {type(layer).__name__}.")
+        raise TypeError(
+            f"quantize_annotate_layer expects a keras Layer, got {type(layer).__name__}."
+        )
     setattr(layer, _QUANTIZE_ANNOTATION, True)
     return layer
 
@@ -532,6 +533,9 @@ def quantize_model(
         ValueError: naming every layer without an int8 rule, with the
             `skip_layers=[...]` call that keeps them in float.
 
+    A tf_keras model is handed to TFMOT's own `quantize_model` (with a
+    `TFMOTBridgeNotice` warning saying so); `skip_layers` does not apply there.
+
     Example:
 
     ```python
@@ -541,6 +545,13 @@ def quantize_model(
     tflite_bytes = convert(qat, mode="qat", int8_io=True)
     ```
     """
+    if tfmot_bridge.is_tf_keras_model(model):
+        if skip_layers:
+            raise ValueError(
+                "skip_layers is a kd_keras option; for a tf_keras model use TFMOT's "
+                "quantize_annotate_layer / quantize_apply directly."
+            )
+        return tfmot_bridge.tfmot_quantize_model(model)
     model = _as_functional(model, "quantize_model")
     skipped = _skip_predicate(model, skip_layers)
     unsupported = [
@@ -548,7 +559,8 @@ def quantize_model(
         if not skipped(layer) and _layer_kind(layer) == "unsupported"
     ]
     if unsupported:
-        raise ValueError(_unsupported_message(unsupported, [l.name for l in model.layers if skipped(l)]))
+        skipped_names = [layer.name for layer in model.layers if skipped(layer)]
+        raise ValueError(_unsupported_message(unsupported, skipped_names))
     keep = lambda layer: not skipped(layer)  # noqa: E731
     plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)
 
@@ -558,7 +570,9 @@ def quantize_model(
             kernel = ops.convert_to_numpy(layer.kernel)
             return QuantizeWrapper(
                 _clone_kernel_layer(layer, plan.get(layer.name)),
-                weight_quantizer=PerChannelSymmetricQuantizer(axis=_kernels.channel_axis(layer)),
+                weight_quantizer=PerChannelSymmetricQuantizer(
+                    axis=_kernels.weight_quantization_axis(layer)
+                ),
                 output_quantizer=MovingAverageQuantizer(ema_decay=ema_decay),
                 preserve_sparsity=bool(np.any(kernel == 0)),
                 name=layer.name,
@@ -586,7 +600,9 @@ def quantize_model(
         return input_quantizers[id(tensor)]
 
     def call_layer(new, old, *args, **kwargs):
-        flat_inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        flat_inputs = [
+            t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)
+        ]
         if isinstance(new, QuantizeWrapper):
             args = keras.tree.map_structure(lambda t: ensure_quantized(t, new), args)
             carries_range = True

@@ -44,8 +44,8 @@ def fake_quant(x, min_vals, max_vals, num_bits=8, narrow_range=False, axis=None)
     """
     return keras.quantizers.fake_quant_with_min_max_vars(
         x,
-        ops.stop_gradient(min_vals),
-        ops.stop_gradient(max_vals),
+        ops.stop_gradient(ops.convert_to_tensor(min_vals, "float32")),
+        ops.stop_gradient(ops.convert_to_tensor(max_vals, "float32")),
         num_bits=num_bits,
         narrow_range=narrow_range,
         axis=axis,
@@ -93,8 +93,12 @@ class PerChannelSymmetricQuantizer(Quantizer):
 
     Args:
         num_bits: bit width, 8 for int8.
-        axis: the channel axis of the weight, `-1` for `Dense` and `Conv*D`
-            kernels, `-2` for `DepthwiseConv2D` kernels.
+        axis: the channel axis of the weight, `-1` for `Conv*D` kernels,
+            `-2` for `DepthwiseConv2D` kernels; `None` for one scale over the
+            whole tensor (what `quantize_model` uses for `Dense`, as TFMOT
+            does: the converter transposes a `Dense` kernel into TFLite's
+            `FULLY_CONNECTED` layout, which it cannot do for per-channel
+            scales).
 
     Example:
 
@@ -104,16 +108,18 @@ class PerChannelSymmetricQuantizer(Quantizer):
     ```
     """
 
-    def __init__(self, num_bits: int = 8, axis: int = -1):
+    def __init__(self, num_bits: int = 8, axis: int | None = -1):
         _check_num_bits(num_bits)
         self.num_bits = num_bits
-        self.axis = int(axis)
+        self.axis = None if axis is None else int(axis)
 
     def ranges(self, inputs):
         """The per-channel `(min, max)` that `__call__` quantizes with."""
         ndim = len(inputs.shape)
-        axis = self.axis % ndim
-        reduce_axes = tuple(i for i in range(ndim) if i != axis)
+        if self.axis is None:
+            reduce_axes = None
+        else:
+            reduce_axes = tuple(i for i in range(ndim) if i != self.axis % ndim)
         max_abs = ops.max(ops.abs(inputs), axis=reduce_axes)
         max_abs = ops.where(max_abs > 0, max_abs, ops.ones_like(max_abs))
         return -max_abs, max_abs
@@ -126,7 +132,7 @@ class PerChannelSymmetricQuantizer(Quantizer):
             max_vals,
             num_bits=self.num_bits,
             narrow_range=True,
-            axis=self.axis % len(inputs.shape),
+            axis=None if self.axis is None else self.axis % len(inputs.shape),
         )
 
     def get_config(self):

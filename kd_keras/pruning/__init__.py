@@ -1,0 +1,63 @@
+"""Magnitude pruning for Keras 3 with TFMOT's API, on every backend.
+
+Names follow `tfmot.sparsity.keras`: `prune_low_magnitude`, `strip_pruning`,
+`ConstantSparsity`, `PolynomialDecay`, `UpdatePruningStep`, `PruningSummaries`.
+tf_keras (Keras 2) models are handed to TFMOT itself (see `tfmot_bridge`).
+
+Example:
+
+```python
+from kd_keras import pruning
+
+pruned = pruning.prune_low_magnitude(
+    model, pruning_schedule=pruning.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000)
+)
+pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+pruned.fit(x, y, epochs=3, callbacks=[pruning.UpdatePruningStep()])
+print(pruning.sparsity_report(pruned))
+final = pruning.strip_pruning(pruned)
+```
+"""
+
+import keras
+
+from kd_keras.pruning.callbacks import PruningSummaries, UpdatePruningStep
+from kd_keras.pruning.impl import block_mask, m_by_n_mask, magnitude_mask
+from kd_keras.pruning.prune import prune_low_magnitude, strip_pruning
+from kd_keras.pruning.report import LayerSparsity, SparsityReport, sparsity_report
+from kd_keras.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from kd_keras.pruning.tfmot_bridge import TFMOTBridgeWarning
+from kd_keras.pruning.wrapper import PRUNABLE_LAYER_TYPES, PruneLowMagnitude
+
+
+def prune_scope():
+    """TFMOT compatibility: kd_keras pruning objects are registered Keras
+    serializables, so `.keras` files load without this scope."""
+    return keras.saving.custom_object_scope(
+        {
+            "PruneLowMagnitude": PruneLowMagnitude,
+            "ConstantSparsity": ConstantSparsity,
+            "PolynomialDecay": PolynomialDecay,
+        }
+    )
+
+
+__all__ = [
+    "PRUNABLE_LAYER_TYPES",
+    "ConstantSparsity",
+    "LayerSparsity",
+    "PolynomialDecay",
+    "PruneLowMagnitude",
+    "PruningSchedule",
+    "PruningSummaries",
+    "SparsityReport",
+    "TFMOTBridgeWarning",
+    "UpdatePruningStep",
+    "block_mask",
+    "m_by_n_mask",
+    "magnitude_mask",
+    "prune_low_magnitude",
+    "prune_scope",
+    "sparsity_report",
+    "strip_pruning",
+]

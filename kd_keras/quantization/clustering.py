@@ -1,0 +1,292 @@
+"""Weight clustering (k-means weight sharing) with TFMOT's API, in Keras 3.
+
+`cluster_weights(model, number_of_clusters=16)` wraps every `Dense` /
+`Conv*D` / `DepthwiseConv2D` so its kernel is replaced, in each forward pass,
+by the nearest of `number_of_clusters` trainable centroids. Gradients reach
+both the centroids (summed over the weights assigned to each, TFMOT's
+`GradientAggregation.SUM`) and the original weights (straight-through), so
+`fit` keeps moving weights between clusters. `strip_clustering` writes the
+clustered kernels into plain layers: each kernel then holds exactly
+`number_of_clusters` distinct values, which is what makes the `.tflite`
+compress (gzip) and what TFLite's palettized formats store.
+
+Biases and normalization parameters are not clustered (as in TFMOT).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable
+
+import keras
+import numpy as np
+from keras import ops
+
+from kd_keras.quantization import _kernels
+from kd_keras.quantization.qat import _as_functional
+
+
+class CentroidInitialization(str, enum.Enum):
+    """How centroids start (TFMOT's names and values).
+
+    * `LINEAR`: evenly spaced between the kernel's min and max.
+    * `KMEANS_PLUS_PLUS`: k-means++ seeding, refined by Lloyd iterations
+      until the assignment stops changing.
+    """
+
+    LINEAR = "CentroidInitialization.LINEAR"
+    KMEANS_PLUS_PLUS = "CentroidInitialization.KMEANS_PLUS_PLUS"
+
+
+def _as_init(value) -> CentroidInitialization:
+    try:
+        return CentroidInitialization(value)
+    except ValueError:
+        for member in CentroidInitialization:
+            if str(value).upper() in (member.name, member.value.upper()):
+                return member
+    raise ValueError(
+        f"cluster_centroids_init must be one of {[m.name for m in CentroidInitialization]}, "
+        f"got {value!r}."
+    )
+
+
+def _nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    return np.argmin(np.abs(values[:, None] - centroids[None, :]), axis=1)
+
+
+def init_centroids(
+    weights,
+    number_of_clusters: int,
+    method=CentroidInitialization.KMEANS_PLUS_PLUS,
+    seed: int = 0,
+    max_iterations: int = 100,
+) -> np.ndarray:
+    """Sorted initial centroids (float32) for the values of `weights`.
+
+    Example:
+
+    ```python
+    init_centroids(kernel, 16, CentroidInitialization.LINEAR)  # linspace(min, max, 16)
+    ```
+    """
+    method = _as_init(method)
+    values = np.asarray(weights, dtype="float64").ravel()
+    if method is CentroidInitialization.LINEAR:
+        return np.linspace(values.min(), values.max(), number_of_clusters).astype("float32")
+    distinct = np.unique(values)
+    if len(distinct) < number_of_clusters:
+        raise ValueError(
+            f"A kernel with {len(distinct)} distinct values cannot be split into "
+            f"{number_of_clusters} k-means clusters; use fewer clusters or LINEAR init."
+        )
+    rng = np.random.default_rng(seed)
+    centroids = [values[rng.integers(len(values))]]
+    for _ in range(1, number_of_clusters):
+        distance = np.min(np.abs(values[:, None] - np.array(centroids)[None, :]), axis=1) ** 2
+        centroids.append(values[rng.choice(len(values), p=distance / distance.sum())])
+    centroids = np.sort(np.array(centroids))
+    assignment = _nearest(values, centroids)
+    for _ in range(max_iterations):
+        for c in range(number_of_clusters):
+            members = values[assignment == c]
+            if len(members):
+                centroids[c] = members.mean()
+        new_assignment = _nearest(values, centroids)
+        if np.array_equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+    return np.sort(centroids).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class ClusterWeights(keras.layers.Wrapper):
+    """Runs a kernel layer with its kernel snapped to trainable centroids.
+
+    Args:
+        layer: a `Dense`, `Conv1D/2D/3D` or `DepthwiseConv2D` layer.
+        number_of_clusters: how many distinct kernel values remain.
+        cluster_centroids_init: a `CentroidInitialization`.
+
+    Example:
+
+    ```python
+    x = ClusterWeights(keras.layers.Dense(64), number_of_clusters=8)(x)
+    ```
+    """
+
+    def __init__(
+        self,
+        layer,
+        number_of_clusters: int,
+        cluster_centroids_init=CentroidInitialization.KMEANS_PLUS_PLUS,
+        **kwargs,
+    ):
+        super().__init__(layer, **kwargs)
+        if not _kernels.is_kernel_layer(layer):
+            raise ValueError(
+                f"ClusterWeights clusters kernel layers "
+                f"({[c.__name__ for c in _kernels.KERNEL_LAYERS]}); "
+                f"{layer.name!r} is a {type(layer).__name__}."
+            )
+        problem = _kernels.kernel_layer_problem(layer)
+        if problem:
+            raise ValueError(f"ClusterWeights: layer {layer.name!r} {problem}.")
+        if not isinstance(number_of_clusters, int) or number_of_clusters < 2:
+            raise ValueError(f"number_of_clusters must be an int >= 2, got {number_of_clusters!r}.")
+        self.number_of_clusters = number_of_clusters
+        self.cluster_centroids_init = _as_init(cluster_centroids_init)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.cluster_centroids = self.add_weight(
+            name="cluster_centroids",
+            shape=(self.number_of_clusters,),
+            initializer="zeros",
+            trainable=True,
+        )
+        self.reset_centroids()
+
+    def reset_centroids(self):
+        """Initialize the centroids from the layer's current kernel."""
+        kernel = ops.convert_to_numpy(self.layer.kernel)
+        self.cluster_centroids.assign(
+            init_centroids(kernel, self.number_of_clusters, self.cluster_centroids_init)
+        )
+
+    def clustered_kernel(self, straight_through: bool = True):
+        """The kernel with every weight replaced by its nearest centroid.
+
+        With `straight_through` the value is computed so that the original
+        weights receive gradients too (equal to the centroid up to float
+        rounding); without it, it is exactly the centroid (for stripping).
+        """
+        kernel = self.layer.kernel
+        centroids = ops.cast(self.cluster_centroids, kernel.dtype)
+        distance = ops.abs(ops.expand_dims(kernel, -1) - centroids)
+        assignment = ops.argmin(distance, axis=-1)
+        clustered = ops.take(centroids, assignment)
+        if not straight_through:
+            return clustered
+        # Straight-through: the original weights get the clustered kernel's
+        # gradient too, so weights can migrate between clusters.
+        return clustered + kernel - ops.stop_gradient(kernel)
+
+    def call(self, inputs):
+        outputs = _kernels.kernel_call(self.layer, inputs, self.clustered_kernel())
+        return self.layer.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            number_of_clusters=self.number_of_clusters,
+            cluster_centroids_init=self.cluster_centroids_init.value,
+        )
+        return config
+
+
+def _clone_with(model, make_layer, copy_weights):
+    """Clone a functional `model` layer by layer, then copy weights across."""
+    originals = {layer.name: layer for layer in model.layers}
+    made = {}
+
+    def clone_function(layer):
+        if layer.name not in made:
+            made[layer.name] = make_layer(layer)
+        return made[layer.name]
+
+    new_model = keras.models.clone_model(model, clone_function=clone_function)
+    for name, new_layer in made.items():
+        copy_weights(originals[name], new_layer)
+    return new_model
+
+
+def cluster_weights(
+    to_cluster: keras.Model,
+    number_of_clusters: int,
+    cluster_centroids_init=CentroidInitialization.KMEANS_PLUS_PLUS,
+    skip_layers: Iterable[str] | None = None,
+) -> keras.Model:
+    """Return a copy of `to_cluster` whose kernels train clustered.
+
+    Mirrors `tfmot.clustering.keras.cluster_weights`. A tf_keras model is
+    handed to TFMOT itself (see `kd_keras.quantization.tfmot_bridge`).
+
+    Args:
+        to_cluster: a trained Sequential / Functional model.
+        number_of_clusters: distinct values left in each kernel.
+        cluster_centroids_init: `CentroidInitialization.LINEAR` or
+            `KMEANS_PLUS_PLUS`.
+        skip_layers: names of kernel layers to leave unclustered.
+
+    Example:
+
+    ```python
+    clustered = cluster_weights(model, 16, CentroidInitialization.KMEANS_PLUS_PLUS)
+    clustered.compile(...); clustered.fit(x, y, epochs=1)
+    final = strip_clustering(clustered)
+    ```
+    """
+    from kd_keras.quantization import tfmot_bridge
+
+    if tfmot_bridge.is_tf_keras_model(to_cluster):
+        return tfmot_bridge.tfmot_cluster_weights(
+            to_cluster, number_of_clusters, cluster_centroids_init
+        )
+    model = _as_functional(to_cluster, "cluster_weights")
+    skip = set(skip_layers or ())
+    unknown = skip - {layer.name for layer in model.layers}
+    if unknown:
+        raise ValueError(f"skip_layers names layers not in {model.name!r}: {sorted(unknown)}.")
+    init = _as_init(cluster_centroids_init)
+
+    def make_layer(layer):
+        clone = type(layer).from_config(layer.get_config())
+        if _kernels.is_kernel_layer(layer) and layer.name not in skip:
+            return ClusterWeights(clone, number_of_clusters, init, name=layer.name)
+        return clone
+
+    def copy_weights(old, new):
+        if isinstance(new, ClusterWeights):
+            new.layer.set_weights(old.get_weights())
+            new.reset_centroids()
+        elif old.weights:
+            new.set_weights(old.get_weights())
+
+    return _clone_with(model, make_layer, copy_weights)
+
+
+def strip_clustering(model: keras.Model) -> keras.Model:
+    """Replace every `ClusterWeights` by its layer holding the clustered kernel.
+
+    Example:
+
+    ```python
+    final = strip_clustering(clustered)
+    len(np.unique(final.get_layer("conv1").kernel))  # == number_of_clusters
+    ```
+    """
+    from kd_keras.quantization import tfmot_bridge
+
+    if tfmot_bridge.is_tf_keras_model(model):
+        return tfmot_bridge.tfmot_strip_clustering(model)
+    model = _as_functional(model, "strip_clustering")
+
+    def make_layer(layer):
+        inner = layer.layer if isinstance(layer, ClusterWeights) else layer
+        config = inner.get_config()
+        config["name"] = layer.name
+        return type(inner).from_config(config)
+
+    def copy_weights(old, new):
+        if isinstance(old, ClusterWeights):
+            weights = old.layer.get_weights()
+            weights[0] = ops.convert_to_numpy(old.clustered_kernel(straight_through=False))
+            new.set_weights(weights)
+        elif old.weights:
+            new.set_weights(old.get_weights())
+
+    return _clone_with(model, make_layer, copy_weights)

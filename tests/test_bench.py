@@ -1,0 +1,213 @@
+"""kd_keras.bench: latency statistics, MACs, size, accuracy, report, plots."""
+
+import gzip
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from kd_keras import bench, export
+from kd_keras.data import load_digits
+from kd_keras.models import cnn_student
+
+TF_ONLY = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TFLite export needs TensorFlow"
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def student(digits):
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = cnn_student((8, 8, 1))
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x_train[:256], y_train[:256], epochs=1, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def onnx_path(student, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    export.to_onnx(student, path)
+    return path
+
+
+def test_percentile_matches_numpy():
+    rng = np.random.default_rng(0)
+    for values in ([3.0], [1.0, 2.0], list(rng.exponential(size=37)), list(rng.normal(size=1000))):
+        for q in (0, 1, 50, 90, 99, 100):
+            assert bench.percentile(values, q) == pytest.approx(np.percentile(values, q), abs=1e-12)
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        bench.percentile([1.0], 101)
+
+
+def test_latency_stats_match_numpy_on_recorded_timings(onnx_path, digits):
+    _, (x_test, _) = digits
+    result = bench.measure_latency(onnx_path, threads=1, runs=40, warmup=3, inputs=x_test)
+    timings = np.array(result.timings_ms)
+    assert len(timings) == 40 and result.runs == 40 and result.warmup_runs == 3
+    assert result.mean_ms == pytest.approx(timings.mean(), rel=1e-12)
+    assert result.std_ms == pytest.approx(timings.std(ddof=0), rel=1e-9)
+    assert result.min_ms == timings.min() and result.max_ms == timings.max()
+    for q in (50, 90, 99):
+        assert getattr(result, f"p{q}_ms") == pytest.approx(np.percentile(timings, q), rel=1e-12)
+    assert result.init_ms > 0 and result.first_ms > 0
+    assert result.peak_memory_mb > 0 and result.memory_method in ("VmHWM", "ru_maxrss")
+    assert result.config == "threads=1"
+
+
+def test_measure_latency_validates_arguments(onnx_path):
+    with pytest.raises(ValueError, match="runs >= 1"):
+        bench.measure_latency(onnx_path, runs=0)
+
+
+def _hand_model():
+    inputs = keras.Input((10, 10, 3))
+    x = layers.Conv2D(4, 3, name="conv")(inputs)  # 8x8x4, kernel 3x3x3x4
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(x)  # 8x8x8
+    x = layers.SeparableConv2D(5, 3, strides=2, padding="same", name="sep")(x)  # 4x4x5
+    x = layers.Conv2DTranspose(2, 2, strides=2, name="up")(x)  # 8x8x2 from 4x4x5
+    x = layers.Conv2D(6, 3, groups=2, padding="same", name="grouped")(x)  # 8x8x6, in 2/2=1
+    x = layers.Reshape((64, 6))(x)
+    x = layers.Dense(7, name="per_position")(x)  # 64 positions x 6 x 7
+    x = layers.Flatten()(x)
+    outputs = layers.Dense(3, name="head")(x)  # 448 x 3
+    return keras.Model(inputs, outputs)
+
+
+HAND_MACS = {
+    "conv": 8 * 8 * (3 * 3 * 3 * 4),
+    "dw": 8 * 8 * (3 * 3 * 4 * 2),
+    "sep": 4 * 4 * (3 * 3 * 8 * 1) + 4 * 4 * (8 * 5),
+    "up": 4 * 4 * (2 * 2 * 2 * 5),
+    "grouped": 8 * 8 * (3 * 3 * 1 * 6),
+    "per_position": 64 * 6 * 7,
+    "head": 448 * 3,
+}
+
+
+def test_macs_match_hand_arithmetic():
+    model = _hand_model()
+    rows = {row.name: row.macs for row in bench.macs_by_layer(model)}
+    assert rows == HAND_MACS
+    assert bench.count_macs(model) == sum(HAND_MACS.values())
+    student = cnn_student((8, 8, 1))
+    assert bench.count_macs(student) == 8 * 8 * 9 * 1 * 8 + 4 * 4 * 9 * 8 * 16 + 64 * 10
+
+
+def test_nested_model_counts_once_per_call():
+    inner = keras.Sequential([keras.Input((6,)), layers.Dense(4, name="d")], name="inner")
+    inputs = keras.Input((6,))
+    outputs = layers.Add()([inner(inputs), inner(inputs)])
+    model = keras.Model(inputs, outputs)
+    assert bench.count_macs(model) == 2 * 6 * 4
+
+
+@TF_ONLY
+def test_graph_counts_agree_with_keras_count(student, onnx_path, tmp_path):
+    path = tmp_path / "student.tflite"
+    export.to_tflite(student, path)
+    expected = bench.count_macs(student)
+    assert bench.count_macs_tflite(path) == expected
+    assert bench.count_macs_onnx(onnx_path) == expected
+
+
+def test_onnx_count_agrees_with_keras_count(student, onnx_path):
+    assert bench.count_macs_onnx(onnx_path) == bench.count_macs(student)
+
+
+def test_fraction_of_peak_arithmetic():
+    # 1e6 MACs in 1 ms = 2 GFLOP/s, against a 10 GFLOP/s peak.
+    assert bench.fraction_of_peak(1_000_000, 1.0, 10.0) == pytest.approx(0.2)
+    assert bench.fraction_of_peak(1_000_000, 1.0, 10.0, batch_size=4) == pytest.approx(0.8)
+    peak = bench.cpu_peak_gflops(1, size=256, repeats=2)
+    assert 0.1 < peak < 1e5
+
+
+def test_file_size(tmp_path):
+    data = bytes(50_000) + bytes(range(256)) * 10
+    path = tmp_path / "m.tflite"
+    path.write_bytes(data)
+    size = bench.file_size(path)
+    assert size.raw_bytes == len(data)
+    assert size.gzip_bytes == len(gzip.compress(data, compresslevel=9, mtime=0))
+    assert size.gzip_bytes < size.raw_bytes / 10  # runs of zeros compress away
+    folder = tmp_path / "sm"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(data)
+    (folder / "variables" / "v").write_bytes(b"x" * 100)
+    assert bench.file_size(folder).raw_bytes == len(data) + 100
+
+
+def test_accuracy_matches_numpy(student, onnx_path, digits):
+    _, (x_test, y_test) = digits
+    expected = np.mean(np.argmax(student.predict(x_test, verbose=0), -1) == y_test)
+    assert bench.evaluate_accuracy(student, x_test, y_test) == pytest.approx(expected)
+    assert bench.evaluate_accuracy(onnx_path, x_test, y_test) == pytest.approx(
+        expected, abs=1 / len(y_test)
+    )
+    one_hot = np.eye(10)[y_test]
+    assert bench.evaluate_accuracy(student, x_test, one_hot) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="samples"):
+        bench.evaluate_accuracy(student, x_test, y_test[:-1])
+
+
+def test_pareto_front():
+    points = [(1.0, 0.90), (2.0, 0.80), (3.0, 0.95), (0.5, 0.70), (3.5, 0.95)]
+    assert bench.pareto_front(points) == [3, 0, 2]
+
+
+def test_benchmark_report_files(student, onnx_path, digits, tmp_path, capsys):
+    _, (x_test, y_test) = digits
+    report = bench.benchmark(
+        {"keras": student, "onnx": onnx_path},
+        x_test[:200],
+        y_test[:200],
+        threads=(1, 2),
+        runs=5,
+        warmup=1,
+        measure_peak=False,
+        command="pytest",
+    )
+    rows = report.rows()
+    assert [(r["model"], r["config"]) for r in rows] == [
+        ("keras", "default"),
+        ("onnx", "threads=1"),
+        ("onnx", "threads=2"),
+    ]
+    assert rows[1]["macs"] == bench.count_macs(student)
+    assert rows[1]["size_kb"] == pytest.approx(onnx_path.stat().st_size / 1024)
+    markdown = report.to_markdown()
+    assert "| Model | Runtime | Config |" in markdown and "## Export parity" in markdown
+    report.print_table()
+    assert "onnx" in capsys.readouterr().out
+    paths = report.save(tmp_path / "report")
+    data = json.loads(paths["json"].read_text())
+    assert [a["name"] for a in data["artifacts"]] == ["keras", "onnx"]
+    assert paths["frontier"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        report.save(tmp_path / "report")
+
+
+def test_plot_history(tmp_path):
+    history = {"loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.8, 0.7], "accuracy": [0.5, 0.7, 0.8]}
+    path = bench.plot_history(history, tmp_path / "curves.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="History"):
+        bench.plot_history([], tmp_path / "x.png")
+
+
+def test_percentile_bounds_are_order_statistics():
+    values = [5.0, 1.0, 3.0]
+    assert bench.summarize(values)["p50_ms"] == 3.0
+    assert math.isclose(bench.summarize(values)["std_ms"], np.std(values))

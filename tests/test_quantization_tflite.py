@@ -1,0 +1,216 @@
+"""TFLite side of kd_keras.quantization (TensorFlow backend only): QAT ->
+fully int8 .tflite with matching predictions, PTQ modes, bad input, the
+TFMOT bridge on a tf_keras model, and distillation-aware QAT."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import kd_keras
+from kd_keras.data import load_digits
+from kd_keras.models import cnn_student
+from kd_keras.quantization import (
+    convert,
+    quantize_model,
+    quantize_post_training,
+    tflite_ops,
+    tflite_predict,
+    tflite_tensor_types,
+)
+from kd_keras.quantization.tfmot_bridge import TFMOTBridgeNotice
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="TFLite conversion and TFMOT need the TensorFlow backend",
+)
+
+COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), (xt, yt) = load_digits(test_fraction=0.25, seed=0)
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A tiny student trained on digits, and its QAT fine-tune."""
+    x, y, _, _ = digits
+    keras.utils.set_random_seed(0)
+    student = cnn_student(input_shape=(8, 8, 1))
+    student.compile(keras.optimizers.Adam(3e-3), LOSS, metrics=["accuracy"])
+    student.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    qat = quantize_model(student)
+    qat.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    qat.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    return student, qat
+
+
+def compute_ops(model_bytes):
+    return [op for op in tflite_ops(model_bytes) if op["op"] in COMPUTE_OPS]
+
+
+def test_qat_converts_to_fully_int8_and_agrees_with_keras(trained, digits):
+    _, qat = trained
+    _, _, xt, _ = digits
+    model_bytes = convert(qat, mode="qat", int8_io=True)
+    ops = compute_ops(model_bytes)
+    assert [op["op"] for op in ops] == ["CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
+    for op in ops:  # int8 activations and weights, int32 bias
+        assert op["inputs"] == ["int8", "int8", "int32"], op
+        assert op["outputs"] == ["int8"], op
+    assert "float32" not in set(tflite_tensor_types(model_bytes).values())
+    assert all(op["op"] not in ("QUANTIZE", "DEQUANTIZE") for op in tflite_ops(model_bytes))
+    keras_logits = keras.ops.convert_to_numpy(qat.predict(xt, verbose=0))
+    lite_logits = tflite_predict(model_bytes, xt)
+    agreement = np.mean(keras_logits.argmax(1) == lite_logits.argmax(1))
+    assert agreement >= 0.99, agreement
+
+
+def test_qat_with_float_io_keeps_int8_compute(trained):
+    _, qat = trained
+    model_bytes = convert(qat, mode="qat")
+    names = [op["op"] for op in tflite_ops(model_bytes)]
+    assert names[0] == "QUANTIZE" and names[-1] == "DEQUANTIZE"
+    assert all(op["inputs"][:2] == ["int8", "int8"] for op in compute_ops(model_bytes))
+
+
+def test_pruned_zeros_survive_into_the_tflite(digits):
+    x, y, _, _ = digits
+    student = cnn_student(input_shape=(8, 8, 1))
+    rng = np.random.default_rng(0)
+    kernel = keras.ops.convert_to_numpy(student.get_layer("conv2").kernel)
+    kernel[rng.random(kernel.shape) < 0.8] = 0.0
+    student.get_layer("conv2").kernel.assign(kernel)
+    qat = quantize_model(student)
+    qat.compile("adam", LOSS)
+    qat.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
+    from kd_keras.quantization.convert import _interpreter
+
+    interpreter = _interpreter(convert(qat, mode="qat"), delegates=False)
+    weights = [
+        interpreter.get_tensor(t["index"])
+        for t in interpreter.get_tensor_details()
+        if t["dtype"] == np.int8 and t["shape"].tolist() == [16, 3, 3, 8]
+    ]
+    assert len(weights) == 1
+    # TFLite stores (out, h, w, in); every pruned weight is an int8 zero
+    # (a tiny surviving weight may round to zero as well).
+    pruned = np.transpose(kernel, (3, 0, 1, 2)) == 0
+    assert np.all(weights[0][pruned] == 0)
+    assert np.mean(weights[0] == 0) < np.mean(pruned) + 0.02
+
+
+def test_ptq_modes_give_the_expected_tensor_types(trained, digits):
+    student, _ = trained
+    x, _, xt, _ = digits
+    float_bytes = convert(student)
+    assert {op["inputs"][1] for op in compute_ops(float_bytes)} == {"float32"}
+
+    dynamic = quantize_post_training(student, "dynamic")
+    # int8 weights, float activations; TFLite keeps weight tensors under 1024
+    # elements in float (conv1: 72, logits: 640), conv2 has 1152.
+    conv1, conv2, logits = compute_ops(dynamic)
+    assert conv2["inputs"][:2] == ["float32", "int8"] and conv2["outputs"] == ["float32"]
+    assert conv1["inputs"][:2] == logits["inputs"][:2] == ["float32", "float32"]
+
+    half = quantize_post_training(student, "float16")
+    assert "float16" in set(tflite_tensor_types(half).values())
+
+    full = quantize_post_training(
+        student, "int8", representative_data=x, num_calibration_batches=50, int8_io=True
+    )
+    for op in compute_ops(full):
+        assert op["inputs"] == ["int8", "int8", "int32"], op
+    agreement = np.mean(
+        tflite_predict(full, xt).argmax(1) == tflite_predict(float_bytes, xt).argmax(1)
+    )
+    assert agreement >= 0.95
+    assert len(full) < len(float_bytes)
+
+
+def test_bad_inputs_get_clear_errors(trained, digits):
+    student, qat = trained
+    x, _, _, _ = digits
+    with pytest.raises(ValueError, match=r"shape \(1, 8, 8\).*x\[\.\.\., None\]"):
+        quantize_post_training(student, "int8", representative_data=x[..., 0])
+    with pytest.raises(ValueError, match="uint8 but the model takes float32"):
+        quantize_post_training(student, "int8", representative_data=(x * 16).astype("uint8"))
+    with pytest.raises(ValueError, match="representative_data"):
+        quantize_post_training(student, "int8")
+    with pytest.raises(ValueError, match="without optimizations.*mode='qat'"):
+        convert(qat)
+    with pytest.raises(ValueError, match="mode='qat'"):
+        convert(qat, mode="dynamic")
+    with pytest.raises(ValueError, match="quantize_model"):
+        convert(student, mode="qat")
+    with pytest.raises(ValueError, match="int8_io"):
+        convert(student, mode="dynamic", int8_io=True)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        convert(student, mode="int4")
+    with pytest.raises(ValueError, match="never saw data"):
+        convert(quantize_model(student), mode="qat")
+
+
+def test_distillation_aware_qat_runs_inside_distiller_fit(trained, digits):
+    student, _ = trained
+    x, y, _, _ = digits
+    teacher = cnn_student(input_shape=(8, 8, 1), filters=(16, 32), name="teacher")
+    teacher.compile("adam", LOSS)
+    teacher.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    qat = quantize_model(student)
+    distiller = kd_keras.Distiller(
+        student=qat,
+        teacher=teacher,
+        losses=[kd_keras.losses.SoftTargetKD(temperature=4.0)],
+        alpha=0.1,
+    )
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    history = distiller.fit(x[:512], y[:512], epochs=1, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    model_bytes = convert(distiller.student, mode="qat")  # ranges were trained in fit
+    assert all(op["inputs"][:2] == ["int8", "int8"] for op in compute_ops(model_bytes))
+
+
+def _tf_keras_student():
+    import tf_keras
+
+    layers = tf_keras.layers
+    inputs = tf_keras.Input((8, 8, 1))
+    h = layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    h = layers.BatchNormalization()(h)
+    h = layers.ReLU()(h)
+    h = layers.MaxPooling2D()(h)
+    h = layers.Flatten()(h)
+    return tf_keras.Model(inputs, layers.Dense(10)(h))
+
+
+def test_tfmot_bridge_quantizes_and_clusters_tf_keras_models(digits):
+    from kd_keras.quantization import clustering
+
+    x, y, _, _ = digits
+    model = _tf_keras_student()
+    with pytest.warns(TFMOTBridgeNotice, match="TFMOT's quantize_model"):
+        qat = quantize_model(model)
+    assert any(type(layer).__name__.startswith("QuantizeWrapper") for layer in qat.layers)
+    qat.compile("adam", LOSS)
+    qat.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
+    model_bytes = convert(qat, mode="qat")
+    ops = compute_ops(model_bytes)
+    assert ops and all(op["inputs"][:2] == ["int8", "int8"] for op in ops)
+
+    with pytest.warns(TFMOTBridgeNotice, match="cluster_weights"):
+        clustered = clustering.cluster_weights(model, number_of_clusters=4)
+    clustered.compile("adam", LOSS)
+    clustered.fit(x[:128], y[:128], epochs=1, batch_size=32, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TFMOTBridgeNotice)
+        final = clustering.strip_clustering(clustered)
+    dense = [layer for layer in final.layers if type(layer).__name__ == "Dense"][0]
+    assert len(np.unique(dense.get_weights()[0])) <= 4
