@@ -33,8 +33,12 @@ from kd_keras import pruning
 from kd_keras.quantization import convert
 
 BATCH = 128
-TARGETS = [("50 %", {"final": 0.5}), ("80 %", {"final": 0.8}), ("90 %", {"final": 0.9}),
-           ("2:4", {"m_by_n": (2, 4)})]
+TARGETS = [
+    ("50 %", {"final": 0.5}),
+    ("80 %", {"final": 0.8}),
+    ("90 %", {"final": 0.9}),
+    ("2:4", {"m_by_n": (2, 4)}),
+]
 
 
 def copy_of(model):
@@ -45,19 +49,22 @@ def copy_of(model):
 
 def prune(dense, spec, steps_per_epoch, epochs):
     if "m_by_n" in spec:
-        return pruning.prune_low_magnitude(copy_of(dense), sparsity_m_by_n=spec["m_by_n"],
-                                           skip=["conv1"])
+        return pruning.prune_low_magnitude(
+            copy_of(dense), sparsity_m_by_n=spec["m_by_n"], skip=["conv1"]
+        )
     # Reach the target one epoch before the end, then recover at constant sparsity.
     end = max(steps_per_epoch * (epochs - 1), 1)
-    schedule = pruning.PolynomialDecay(0.0, spec["final"], begin_step=0, end_step=end,
-                                       frequency=max(end // 20, 1))
+    schedule = pruning.PolynomialDecay(
+        0.0, spec["final"], begin_step=0, end_step=end, frequency=max(end // 20, 1)
+    )
     return pruning.prune_low_magnitude(copy_of(dense), pruning_schedule=schedule)
 
 
 def fit_labels(model, x, y, epochs, lr=1e-3, callbacks=()):
     model.compile(keras.optimizers.Adam(lr), common.CE, metrics=["accuracy"])
-    model.fit(x, y, epochs=epochs, batch_size=BATCH, verbose=0, shuffle=True,
-              callbacks=list(callbacks))
+    model.fit(
+        x, y, epochs=epochs, batch_size=BATCH, verbose=0, shuffle=True, callbacks=list(callbacks)
+    )
     return model
 
 
@@ -66,15 +73,24 @@ def fit_distilled(student, teacher, x, y, logits, epochs, lr=1e-3, callbacks=())
         student, teacher, losses=[kd_keras.losses.SoftTargetKD(4.0)], alpha=0.1
     )
     distiller.compile(keras.optimizers.Adam(lr))
-    distiller.fit(x, {"labels": y, "teacher_logits": logits}, epochs=epochs, batch_size=BATCH,
-                  verbose=0, shuffle=True, callbacks=list(callbacks))
+    distiller.fit(
+        x,
+        {"labels": y, "teacher_logits": logits},
+        epochs=epochs,
+        batch_size=BATCH,
+        verbose=0,
+        shuffle=True,
+        callbacks=list(callbacks),
+    )
     return distiller.student
 
 
 def measure(name, model, xt, yt):
-    final = pruning.strip_pruning(model) if any(
-        isinstance(layer, pruning.PruneLowMagnitude) for layer in model._flatten_layers()
-    ) else model
+    final = (
+        pruning.strip_pruning(model)
+        if any(isinstance(layer, pruning.PruneLowMagnitude) for layer in model._flatten_layers())
+        else model
+    )
     report = pruning.sparsity_report(model)
     tflite = convert(final)
     return {
@@ -93,11 +109,14 @@ def main(argv=None):
     parser.add_argument("--prune-epochs", type=int, default=4, help="epochs of pruning")
     parser.add_argument("--teacher", help=".keras teacher (default: benchmarks/out cache)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="use only the first N training images (smoke)")
     args = parser.parse_args(argv)
 
     (x, y), (xt, yt) = common.data()
-    teacher = (keras.saving.load_model(args.teacher, compile=False) if args.teacher
-               else common.teacher())
+    x, y = x[: args.limit], y[: args.limit]
+    teacher = (
+        keras.saving.load_model(args.teacher, compile=False) if args.teacher else common.teacher()
+    )
     start = time.perf_counter()
     logits = teacher.predict(x, batch_size=512, verbose=0)
     teacher_acc = common.accuracy(teacher, xt, yt)
@@ -110,27 +129,46 @@ def main(argv=None):
     rows.append(measure("dense, distilled", dense_kd, xt, yt) | {"mode": "distilled"})
     for label, spec in TARGETS:
         keras.utils.set_random_seed(args.seed)
-        pruned = fit_labels(prune(dense, spec, steps, args.prune_epochs), x, y,
-                            args.prune_epochs, callbacks=[pruning.UpdatePruningStep()])
+        pruned = fit_labels(
+            prune(dense, spec, steps, args.prune_epochs),
+            x,
+            y,
+            args.prune_epochs,
+            callbacks=[pruning.UpdatePruningStep()],
+        )
         rows.append(measure(f"{label}, labels", pruned, xt, yt) | {"mode": "labels"})
         keras.utils.set_random_seed(args.seed)
-        pruned = fit_distilled(prune(dense, spec, steps, args.prune_epochs), teacher, x, y,
-                               logits, args.prune_epochs, callbacks=[pruning.UpdatePruningStep()])
-        rows.append(measure(f"{label}, distilled while pruning", pruned, xt, yt)
-                    | {"mode": "distilled"})
+        pruned = fit_distilled(
+            prune(dense, spec, steps, args.prune_epochs),
+            teacher,
+            x,
+            y,
+            logits,
+            args.prune_epochs,
+            callbacks=[pruning.UpdatePruningStep()],
+        )
+        rows.append(
+            measure(f"{label}, distilled while pruning", pruned, xt, yt) | {"mode": "distilled"}
+        )
         print(f"{label} done", flush=True)
 
     dense_gz = rows[0]["tflite_gzip"]
-    print(f"\nteacher test accuracy {teacher_acc:.4f}; dense student {args.epochs} epochs, "
-          f"then {args.prune_epochs} pruning epochs; backend {keras.backend.backend()}; "
-          f"{time.perf_counter() - start:.0f} s\n")
-    print("| student | test acc. | zeros (all params) | zeros (pruned layers) "
-          "| .tflite gzip (bytes) | gzip vs dense |")
+    print(
+        f"\nteacher test accuracy {teacher_acc:.4f}; dense student {args.epochs} epochs, "
+        f"then {args.prune_epochs} pruning epochs; backend {keras.backend.backend()}; "
+        f"{time.perf_counter() - start:.0f} s\n"
+    )
+    print(
+        "| student | test acc. | zeros (all params) | zeros (pruned layers) "
+        "| .tflite gzip (bytes) | gzip vs dense |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['accuracy'] * 100:.2f} % | {r['zeros_all'] * 100:.1f} % | "
-              f"{r['zeros_pruned'] * 100:.1f} % | {r['tflite_gzip']} | "
-              f"{r['tflite_gzip'] / dense_gz:.2f} |")
+        print(
+            f"| {r['name']} | {r['accuracy'] * 100:.2f} % | {r['zeros_all'] * 100:.1f} % | "
+            f"{r['zeros_pruned'] * 100:.1f} % | {r['tflite_gzip']} | "
+            f"{r['tflite_gzip'] / dense_gz:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=10, help="epochs of each student")
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=demo.TEMPERATURE)
-    parser.add_argument("--alpha", type=float, default=demo.ALPHA)
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
         "--limit", type=int, default=None,

@@ -11,7 +11,13 @@ distiller.fit(x_train, y_train, epochs=10)
 ```
 """
 
-from kd_keras import callbacks, losses, schedules
+import os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) buries the
+# progress bars on CPU machines; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kd_keras import callbacks, losses, quantization, schedules
 from kd_keras.callbacks import DistillationScheduler, NaNGuard
 from kd_keras.distiller import Distiller
 from kd_keras.features import record_outputs, resolve_layer
@@ -29,6 +35,7 @@ __all__ = [
     "cache_teacher_outputs",
     "callbacks",
     "losses",
+    "quantization",
     "random_ops_in_dataset",
     "record_outputs",
     "resolve_layer",

@@ -23,7 +23,9 @@ def _find_distiller(model):
 
 
 def _temperature_variables(distiller):
-    return [term.temperature for term in distiller.distillation_terms if hasattr(term, "temperature")]
+    return [
+        term.temperature for term in distiller.distillation_terms if hasattr(term, "temperature")
+    ]
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
@@ -71,14 +73,18 @@ class DistillationScheduler(keras.callbacks.Callback):
         if self.temperature is not None:
             value = self.temperature(epoch)
             if not value > 0:
-                raise ValueError(f"The temperature schedule gave {value} at epoch {epoch}; it must stay > 0.")
+                raise ValueError(
+                    f"The temperature schedule gave {value} at epoch {epoch}; it must stay > 0."
+                )
             for variable in _temperature_variables(distiller):
                 variable.assign(value)
             self._current["temperature"] = value
         if self.alpha is not None:
             value = self.alpha(epoch)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"The alpha schedule gave {value} at epoch {epoch}; it must stay in [0, 1].")
+                raise ValueError(
+                    f"The alpha schedule gave {value} at epoch {epoch}; it must stay in [0, 1]."
+                )
             distiller.alpha.assign(value)
             self._current["alpha"] = value
 
@@ -88,8 +94,12 @@ class DistillationScheduler(keras.callbacks.Callback):
 
     def get_config(self):
         return {
-            "temperature": None if self.temperature is None else keras.saving.serialize_keras_object(self.temperature),
-            "alpha": None if self.alpha is None else keras.saving.serialize_keras_object(self.alpha),
+            "temperature": None
+            if self.temperature is None
+            else keras.saving.serialize_keras_object(self.temperature),
+            "alpha": None
+            if self.alpha is None
+            else keras.saving.serialize_keras_object(self.alpha),
         }
 
 
@@ -109,7 +119,8 @@ class NaNGuard(keras.callbacks.Callback):
         if not logs:
             return
         bad = [
-            key for key, value in logs.items()
+            key
+            for key, value in logs.items()
             if key not in ("temperature", "alpha") and not math.isfinite(float(value))
         ]
         if not bad:

@@ -47,7 +47,7 @@ from kd_keras.models import cnn_student, cnn_teacher
 EPOCHS = 30
 TEACHER_EPOCHS = 30
 SEED = 0
-TEMPERATURE = 4.0
+TEMPERATURE = 8.0
 ALPHA = 0.1
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
@@ -103,6 +103,8 @@ def train_supervised(
     With `validate`, held-out accuracy is logged after every epoch (for the
     curves only: nothing is selected on it)."""
     (x_train, y_train), (x_test, y_test) = data
+    if verbose:
+        print(f"-- {name}")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -151,6 +153,8 @@ def train_distilled(
     cache the training logits counts as training time.
     """
     (x_train, y_train), (x_test, y_test) = data
+    if verbose:
+        print(f"-- {name}")
     cache = functools.partial(kd_keras.cache_teacher_outputs, teacher, verbose=0)
     start = time.perf_counter()
     train_targets = {"labels": y_train, "teacher_logits": cache(x_train)}
@@ -203,9 +207,9 @@ def compare(
 ) -> list[Result]:
     """Teacher, student from scratch and distilled student on `data`.
 
-    Both students start from the same initial weights (built after the same
-    seed) and see the batches in the same order, so the difference between
-    them is the teacher's soft targets alone. `validate=False` skips the
+    Both students start from the same initial weights and train with the
+    same shuffling seed, so the difference between them is the teacher's
+    soft targets. `validate=False` skips the
     per-epoch held-out evaluation (no curves, less time).
     """
     keras.utils.set_random_seed(seed)

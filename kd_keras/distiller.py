@@ -21,8 +21,10 @@ from kd_keras.validation import (
 try:  # Keras divides the loss by the replica count under tf.distribute.
     from keras.src.losses.loss import scale_loss_for_distribution
 except ImportError:  # pragma: no cover - older/newer private layout
+
     def scale_loss_for_distribution(value):
         return value
+
 
 #: Keys a target dict may hold. `teacher_logits` makes the step skip the
 #: teacher (offline KD); `label_mask` marks which samples have a label;
@@ -135,7 +137,13 @@ class Distiller(keras.Model):
         super().__init__(name=name, **kwargs)
         if not isinstance(student, keras.layers.Layer):
             raise TypeError(f"student must be a Keras model, got {type(student).__name__}.")
-        teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        teachers = (
+            []
+            if teacher is None
+            else list(teacher)
+            if isinstance(teacher, (list, tuple))
+            else [teacher]
+        )
         for t in teachers:
             if not isinstance(t, keras.layers.Layer):
                 raise TypeError(f"teacher must be a Keras model, got {type(t).__name__}.")
@@ -169,9 +177,15 @@ class Distiller(keras.Model):
         self.teachers = teachers
         self.distillation_terms = losses
         self._alpha_init = check_alpha(alpha)
-        self.alpha = keras.Variable(self._alpha_init, trainable=False, dtype="float32", name="alpha")
-        self._teacher_weights = None if teacher_weights is None else [float(w) for w in teacher_weights]
-        if self._teacher_weights is not None and len(self._teacher_weights) != max(len(teachers), 1):
+        self.alpha = keras.Variable(
+            self._alpha_init, trainable=False, dtype="float32", name="alpha"
+        )
+        self._teacher_weights = (
+            None if teacher_weights is None else [float(w) for w in teacher_weights]
+        )
+        if self._teacher_weights is not None and len(self._teacher_weights) != max(
+            len(teachers), 1
+        ):
             raise ValueError(
                 f"{len(self._teacher_weights)} teacher_weights for {len(teachers)} teachers."
             )
@@ -223,8 +237,11 @@ class Distiller(keras.Model):
 
     def _example_inputs(self, inputs):
         """A batch of 2 zero (float) / one (int) inputs shaped like `inputs`."""
+
         def example(spec):
-            shape = tuple(2 if i == 0 else (8 if d is None else d) for i, d in enumerate(spec.shape))
+            shape = tuple(
+                2 if i == 0 else (8 if d is None else d) for i, d in enumerate(spec.shape)
+            )
             dtype = getattr(spec, "dtype", "float32")
             if "int" in str(dtype):
                 return np.ones(shape, dtype=str(dtype))
@@ -249,7 +266,10 @@ class Distiller(keras.Model):
             t_features.append(features)
         for i, t_out in enumerate(t_outs):
             t_classes = output_classes(t_out)
-            if any(term.reads_logits for term in self.distillation_terms) and t_classes != s_classes:
+            if (
+                any(term.reads_logits for term in self.distillation_terms)
+                and t_classes != s_classes
+            ):
                 raise ValueError(
                     f"Teacher '{self.teachers[i].name}' predicts {t_classes} classes "
                     f"but the student '{self.student.name}' predicts {s_classes}. "
@@ -263,7 +283,9 @@ class Distiller(keras.Model):
             t_shape = (
                 tuple(t_features[0][term.teacher_layer].shape)
                 if term.teacher_layer and t_features
-                else tuple(t_outs[0].shape) if t_outs else tuple(s_out.shape)
+                else tuple(t_outs[0].shape)
+                if t_outs
+                else tuple(s_out.shape)
             )
             s_shape = tuple((s_features[term.student_layer] if term.student_layer else s_out).shape)
             term.build(t_shape, s_shape)
@@ -271,9 +293,7 @@ class Distiller(keras.Model):
 
     def build(self, input_shape=None):
         if not self.built and input_shape is not None:
-            spec = keras.tree.map_shape_structure(
-                lambda s: keras.KerasTensor(s), input_shape
-            )
+            spec = keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s), input_shape)
             self._build_terms(spec)
         self.built = True
 
@@ -340,7 +360,12 @@ class Distiller(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels, cached, label_mask, padding_mask = unpack_targets(y)
-        if padding_mask is None and isinstance(x, dict) and "padding_mask" in x and len(y_pred.shape) == 3:
+        if (
+            padding_mask is None
+            and isinstance(x, dict)
+            and "padding_mask" in x
+            and len(y_pred.shape) == 3
+        ):
             padding_mask = x["padding_mask"]
         student_features, self._step.student_features = self._step.student_features or {}, None
         teacher_out, self._step.teacher = self._step.teacher, None
@@ -357,7 +382,9 @@ class Distiller(keras.Model):
         term_labels = self._labels_for_terms(labels, label_mask, t_logits)
         distillation = ops.zeros((), dtype="float32")
         for term, tracker in zip(self.distillation_terms, self.term_trackers):
-            teachers = [f[term.teacher_layer] for f in t_features] if term.teacher_layer else t_logits
+            teachers = (
+                [f[term.teacher_layer] for f in t_features] if term.teacher_layer else t_logits
+            )
             student = student_features[term.student_layer] if term.student_layer else y_pred
             value = term(
                 teachers,
@@ -444,7 +471,9 @@ class Distiller(keras.Model):
         deserialize = keras.saving.deserialize_keras_object
         config["student"] = deserialize(config["student"], custom_objects=custom_objects)
         if config.get("teacher"):
-            config["teacher"] = [deserialize(t, custom_objects=custom_objects) for t in config["teacher"]]
+            config["teacher"] = [
+                deserialize(t, custom_objects=custom_objects) for t in config["teacher"]
+            ]
         config["losses"] = [deserialize(t, custom_objects=custom_objects) for t in config["losses"]]
         config["student_loss"] = deserialize(config["student_loss"], custom_objects=custom_objects)
         return cls(**config)

@@ -58,7 +58,9 @@ class MutualDistiller(keras.Model):
                 "logit term (SoftTargetKD, LogitsMSE, DKD), not a feature term."
             )
         self._alpha_init = check_alpha(alpha)
-        self.alpha = keras.Variable(self._alpha_init, trainable=False, dtype="float32", name="alpha")
+        self.alpha = keras.Variable(
+            self._alpha_init, trainable=False, dtype="float32", name="alpha"
+        )
         self.ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.trackers = []
         for i in range(len(students)):
@@ -101,9 +103,13 @@ class MutualDistiller(keras.Model):
         peers = len(y_pred) - 1
         for k, (out, (ce_tracker, kd_tracker, _)) in enumerate(zip(y_pred, self.trackers)):
             kd = ops.zeros((), dtype="float32")
-            for l, other in enumerate(y_pred):
-                if l != k:
-                    kd = kd + self.term([ops.stop_gradient(other)], out, labels=labels, weights=weights) / peers
+            for j, other in enumerate(y_pred):
+                if j != k:
+                    kd = (
+                        kd
+                        + self.term([ops.stop_gradient(other)], out, labels=labels, weights=weights)
+                        / peers
+                    )
             ce = ops.zeros((), dtype="float32")
             if labels is not None:
                 ce = weighted_mean(self.ce.call(labels, out), _combine_weights(weights, label_mask))
@@ -134,6 +140,8 @@ class MutualDistiller(keras.Model):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         deserialize = keras.saving.deserialize_keras_object
-        config["students"] = [deserialize(s, custom_objects=custom_objects) for s in config["students"]]
+        config["students"] = [
+            deserialize(s, custom_objects=custom_objects) for s in config["students"]
+        ]
         config["loss"] = deserialize(config["loss"], custom_objects=custom_objects)
         return cls(**config)

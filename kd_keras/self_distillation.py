@@ -27,7 +27,9 @@ class TeacherSnapshot(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if not isinstance(self.model, Distiller) or self.model.teacher is None:
-            raise TypeError("TeacherSnapshot steps a Distiller made by kd_keras.self_distillation().")
+            raise TypeError(
+                "TeacherSnapshot steps a Distiller made by kd_keras.self_distillation()."
+            )
         self._alpha = float(keras.ops.convert_to_numpy(self.model.alpha))
         if not self.snapshots:
             self.model.alpha.assign(1.0)

@@ -123,7 +123,9 @@ def _cache_dataset(teachers, is_prob, dataset, verbose):
             "or train with the teacher online (kd_keras.Distiller(student, "
             "teacher) without cached logits), which recomputes every step."
         )
-    x_only = dataset.map(lambda *e: keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0])
+    x_only = dataset.map(
+        lambda *e: keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0]
+    )
     logits = [_to_logits(t.predict(x_only, verbose=verbose), p) for t, p in zip(teachers, is_prob)]
     sizes = [int(tf.shape(keras.tree.flatten(b)[0])[0]) for b in x_only]
     if len(set(sizes[:-1])) > 1 or (len(sizes) > 1 and sizes[-1] > sizes[0]):
@@ -132,7 +134,9 @@ def _cache_dataset(teachers, is_prob, dataset, verbose):
             "with ds.batch(n) (the last batch may be smaller) before caching."
         )
     batch = sizes[0]
-    cached = tf.data.Dataset.from_tensor_slices(tuple(logits) if len(logits) > 1 else logits[0]).batch(batch)
+    cached = tf.data.Dataset.from_tensor_slices(
+        tuple(logits) if len(logits) > 1 else logits[0]
+    ).batch(batch)
 
     def attach(element, teacher_logits):
         bx, by, bw = keras.utils.unpack_x_y_sample_weight(element)

@@ -102,15 +102,30 @@ def _check_inputs_finite(x, where: str):
             )
 
 
+def _check_student_outputs_logits(student, sample_x):
+    """Catches a softmax inside a subclassed student's `call`, which the
+    layer inspection at construction cannot see."""
+    head = keras.tree.map_structure(lambda a: np.asarray(a)[:8], sample_x)
+    outputs = keras.ops.convert_to_numpy(keras.tree.flatten(student(head, training=False))[0])
+    if looks_like_probabilities(outputs):
+        raise ValueError(
+            f"The student '{student.name}' outputs probabilities (rows in [0, 1] "
+            "summing to 1), but distillation needs logits. Remove the softmax "
+            "from its last layer / call(); kd_keras applies softmax itself."
+        )
+
+
 def check_fit_data(distiller, x, y, validation_data=None) -> None:
     """Checks a sample of the training (and validation) data against the
     distiller: labels in range, cached logits shaped like the student's
     outputs and not probabilities, finite inputs."""
     from kd_keras.distiller import unpack_targets
 
-    num_classes = output_classes(distiller.student.outputs) if getattr(
-        distiller.student, "outputs", None
-    ) else None
+    num_classes = (
+        output_classes(distiller.student.outputs)
+        if getattr(distiller.student, "outputs", None)
+        else None
+    )
     pairs = [("training data", x, y)]
     if isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
         pairs.append(("validation_data", validation_data[0], validation_data[1]))
@@ -121,6 +136,8 @@ def check_fit_data(distiller, x, y, validation_data=None) -> None:
         if sample_x is None:
             continue
         _check_inputs_finite(sample_x, where)
+        if where == "training data" and any(t.reads_logits for t in distiller.distillation_terms):
+            _check_student_outputs_logits(distiller.student, sample_x)
         labels, cached, label_mask, _ = unpack_targets(sample_y)
         if num_classes is not None and labels is not None:
             _check_labels(labels, label_mask, num_classes, where)

@@ -56,7 +56,9 @@ def test_sample_weight_weights_both_terms():
 def test_fit_logs_every_term_and_predict_returns_student_outputs():
     x, y = data(64)
     distiller = make()
-    history = distiller.fit(x, y, epochs=2, batch_size=16, verbose=0, validation_data=data(16, seed=3))
+    history = distiller.fit(
+        x, y, epochs=2, batch_size=16, verbose=0, validation_data=data(16, seed=3)
+    )
     for key in ("loss", "student_loss", "soft_target_loss", "accuracy", "val_soft_target_loss"):
         assert key in history.history and len(history.history[key]) == 2
     np.testing.assert_allclose(
@@ -117,7 +119,9 @@ def test_cached_step_never_calls_the_teacher():
     logits = kd_keras.cache_teacher_outputs(distiller.teacher, x, verbose=0)
     calls = []
     original = distiller.teacher.call
-    object.__setattr__(distiller.teacher, "call", lambda *a, **k: calls.append(1) or original(*a, **k))
+    object.__setattr__(
+        distiller.teacher, "call", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     try:
         distiller.fit(x, {"labels": y, "teacher_logits": logits}, epochs=1, batch_size=8, verbose=0)
     finally:
@@ -140,6 +144,23 @@ def test_teacher_ending_in_softmax_is_used_through_log_probabilities():
 def test_student_ending_in_softmax_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="ends in a softmax.*Remove the final"):
         kd_keras.Distiller(mlp(8, activation="softmax", name="s"), mlp(16, name="t"))
+
+
+def test_subclassed_student_returning_probabilities_is_refused_before_training():
+    @keras.saving.register_keras_serializable(package="kd_keras_tests")
+    class SoftmaxInside(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(NUM_CLASSES)
+
+        def call(self, x):
+            return ops.softmax(self.dense(x))
+
+    x, y = data(16)
+    distiller = kd_keras.Distiller(SoftmaxInside(name="soft"), mlp(16, name="t"))
+    distiller.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="outputs probabilities.*Remove the softmax"):
+        distiller.fit(x, y, verbose=0)
 
 
 def test_class_count_mismatch_is_refused():
@@ -166,7 +187,9 @@ def test_unknown_hint_layer_lists_the_layers_that_exist():
 
     with pytest.raises(ValueError, match=r"'nope' not found.*\['hidden', 'logits', 'x'\]"):
         kd_keras.Distiller(
-            mlp(8, name="s"), mlp(16, name="t"), losses=[Hint(teacher_layer="hidden", student_layer="nope")]
+            mlp(8, name="s"),
+            mlp(16, name="t"),
+            losses=[Hint(teacher_layer="hidden", student_layer="nope")],
         )
 
 
@@ -233,13 +256,17 @@ def test_student_saves_alone_and_distiller_round_trips_in_safe_mode(tmp_path):
     distiller.student.save(student_path)
     student = keras.saving.load_model(student_path, safe_mode=True)
     assert {w.path.split("/")[0] for w in student.weights} <= {"hidden", "logits"}
-    np.testing.assert_allclose(student.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        student.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6
+    )
 
     path = os.path.join(tmp_path, "distiller.keras")
     distiller.save(path)
     restored = keras.saving.load_model(path, safe_mode=True)
     assert isinstance(restored, kd_keras.Distiller)
-    np.testing.assert_allclose(restored.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6
+    )
     np.testing.assert_allclose(loss_value(restored, x, y), loss_value(distiller, x, y), rtol=1e-5)
     restored.fit(x, y, epochs=1, batch_size=8, verbose=0)  # and it trains on
 
@@ -249,7 +276,9 @@ def test_multi_teacher_target_is_the_weighted_mean_of_softened_distributions():
     t1, t2 = mlp(16, name="t1", seed=1), mlp(24, name="t2", seed=3)
     student = mlp(8, name="s", seed=2)
     term = SoftTargetKD(2.0, teacher_temperatures=[1.0, 4.0])
-    distiller = kd_keras.Distiller(student, [t1, t2], losses=[term], alpha=0.0, teacher_weights=[3.0, 1.0])
+    distiller = kd_keras.Distiller(
+        student, [t1, t2], losses=[term], alpha=0.0, teacher_weights=[3.0, 1.0]
+    )
     distiller.compile(optimizer="adam")
     from tiny import softmax
 
@@ -264,7 +293,9 @@ def test_unlabeled_batches_train_on_distillation_alone():
     x, y = data(32)
     distiller = make(alpha=0.4, temperature=2.0)
     t, s = numpy_of(distiller.teacher(x)), numpy_of(distiller.student(x))
-    np.testing.assert_allclose(loss_value(distiller, x, None), 0.6 * np_soft_target(t, s, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss_value(distiller, x, None), 0.6 * np_soft_target(t, s, 2.0), rtol=1e-5
+    )
     history = distiller.fit(x, epochs=1, batch_size=8, verbose=0)
     assert history.history["student_loss"][0] == 0.0
 
@@ -302,7 +333,9 @@ def test_token_level_kd_padded_positions_contribute_exactly_nothing():
     target = {"labels": labels, "padding_mask": padding}
     t, s = numpy_of(teacher(tokens)), numpy_of(student(tokens))
     keep = padding > 0
-    expected = 0.5 * np_sparse_ce(labels[keep], s[keep]).mean() + 0.5 * np_soft_target(t[keep], s[keep], 2.0)
+    expected = 0.5 * np_sparse_ce(labels[keep], s[keep]).mean() + 0.5 * np_soft_target(
+        t[keep], s[keep], 2.0
+    )
     np.testing.assert_allclose(loss_value(distiller, tokens, target), expected, rtol=1e-5)
     # Changing what sits at padded positions (tokens and labels) changes nothing.
     tokens2 = np.where(keep, tokens, 7).astype("int32")
@@ -321,8 +354,12 @@ def test_hint_on_a_layer_inside_a_nested_model():
     student = keras.Sequential([inner], name="wrapped")
     student.build((None, 8, 8, 1))
     distiller = kd_keras.Distiller(
-        student, conv(8, name="teacher", seed=1),
-        losses=[SoftTargetKD(2.0), Hint(teacher_layer="block1", student_layer="backbone/block1", name="hint")],
+        student,
+        conv(8, name="teacher", seed=1),
+        losses=[
+            SoftTargetKD(2.0),
+            Hint(teacher_layer="block1", student_layer="backbone/block1", name="hint"),
+        ],
     )
     distiller.compile(optimizer="adam")
     x, y = images(16)

@@ -11,10 +11,15 @@ from kd_keras import export
 from kd_keras.data import load_digits
 from kd_keras.export import atomic
 from kd_keras.export.base import publish
+from kd_keras.export.onnx import onnx_export_available
 from kd_keras.models import cnn_student
 
 TF_ONLY = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TFLite / SavedModel export needs TensorFlow"
+)
+NEEDS_ONNX_EXPORT = pytest.mark.skipif(
+    not onnx_export_available(),
+    reason=f"Keras ONNX export is not installed for {keras.backend.backend()} (jax2onnx)",
 )
 
 
@@ -73,6 +78,7 @@ def test_tflite_float_parity(student, digits, tmp_path):
     assert written == report.to_dict()
 
 
+@NEEDS_ONNX_EXPORT
 def test_onnx_float_parity(student, digits, tmp_path):
     _, (x_test, _) = digits
     path = tmp_path / "student.onnx"
@@ -114,6 +120,7 @@ def test_int8_top1_agreement(student, digits, tmp_path):
     assert report.top1_agreement >= 0.99
 
 
+@NEEDS_ONNX_EXPORT
 def test_refuses_to_overwrite(student, tmp_path):
     path = tmp_path / "student.onnx"
     path.write_bytes(b"precious")
@@ -125,6 +132,7 @@ def test_refuses_to_overwrite(student, tmp_path):
     assert export.runtime_of(path) == "onnx"
 
 
+@NEEDS_ONNX_EXPORT
 def test_failed_parity_publishes_nothing(student, tmp_path):
     """A writer that produces the wrong model: strict parity refuses it, and
     neither the artifact nor a temp file is left behind."""

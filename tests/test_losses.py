@@ -225,7 +225,7 @@ def gradients(layer: keras.layers.Layer, fn):
         with keras.StatelessScope(state_mapping=mapping):
             return fn()
 
-    return [numpy(g) for g in jax.grad(pure)([v.value for v in variables])]
+    return [numpy(g) for g in jax.jit(jax.grad(pure))([v.value for v in variables])]
 
 
 # --------------------------------------------------------------------------

@@ -29,9 +29,16 @@ def test_mutual_fit_trains_every_student_and_logs_each():
     mutual = kd_keras.MutualDistiller([a, b])
     mutual.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = mutual.fit(x, y, epochs=2, batch_size=16, verbose=0)
-    for key in ("student_0_accuracy", "student_1_accuracy", "student_0_mutual_loss", "student_1_ce"):
+    for key in (
+        "student_0_accuracy",
+        "student_1_accuracy",
+        "student_0_mutual_loss",
+        "student_1_ce",
+    ):
         assert key in history.history
-    assert not np.allclose(before[0], a.get_weights()[0]) and not np.allclose(before[1], b.get_weights()[0])
+    assert not np.allclose(before[0], a.get_weights()[0]) and not np.allclose(
+        before[1], b.get_weights()[0]
+    )
     assert len(mutual.predict(x, verbose=0)) == 2
 
 

@@ -14,8 +14,14 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TFMOT runs on tf_keras / TensorFlow only"
 )
 
-SCHEDULE = {"initial_sparsity": 0.05, "final_sparsity": 0.85, "begin_step": 1, "end_step": 9,
-            "power": 3, "frequency": 2}
+SCHEDULE = {
+    "initial_sparsity": 0.05,
+    "final_sparsity": 0.85,
+    "begin_step": 1,
+    "end_step": 9,
+    "power": 3,
+    "frequency": 2,
+}
 STEPS, BATCH = 12, 4
 
 
@@ -36,8 +42,10 @@ def _build(lib):
 
 def _data():
     rng = np.random.default_rng(7)
-    return (rng.normal(size=(STEPS * BATCH, 6, 6, 4)).astype("float32"),
-            rng.integers(0, 3, STEPS * BATCH))
+    return (
+        rng.normal(size=(STEPS * BATCH, 6, 6, 4)).astype("float32"),
+        rng.integers(0, 3, STEPS * BATCH),
+    )
 
 
 def _record(base, get_masks):
@@ -53,13 +61,19 @@ def _record(base, get_masks):
 
 
 def _tfmot_masks(model):
-    return {layer.layer.name: (int(layer.pruning_step.numpy()), layer.pruning_vars[0][1].numpy())
-            for layer in model.layers if hasattr(layer, "pruning_vars") and layer.pruning_vars}
+    return {
+        layer.layer.name: (int(layer.pruning_step.numpy()), layer.pruning_vars[0][1].numpy())
+        for layer in model.layers
+        if hasattr(layer, "pruning_vars") and layer.pruning_vars
+    }
 
 
 def _kd_masks(model):
-    return {layer.layer.name: (int(layer.pruning_step.numpy()), layer.masks[0].numpy())
-            for layer in model.layers if isinstance(layer, pruning.PruneLowMagnitude)}
+    return {
+        layer.layer.name: (int(layer.pruning_step.numpy()), layer.masks[0].numpy())
+        for layer in model.layers
+        if isinstance(layer, pruning.PruneLowMagnitude)
+    }
 
 
 def test_schedules_equal_tfmot_at_every_step(tfmot):
@@ -67,10 +81,14 @@ def test_schedules_equal_tfmot_at_every_step(tfmot):
 
     pairs = [
         (tfmot.sparsity.keras.PolynomialDecay(**SCHEDULE), pruning.PolynomialDecay(**SCHEDULE)),
-        (tfmot.sparsity.keras.PolynomialDecay(0.2, 0.9, 10, 1000, power=2, frequency=7),
-         pruning.PolynomialDecay(0.2, 0.9, 10, 1000, power=2, frequency=7)),
-        (tfmot.sparsity.keras.ConstantSparsity(0.7, 5, 500, 3),
-         pruning.ConstantSparsity(0.7, 5, 500, 3)),
+        (
+            tfmot.sparsity.keras.PolynomialDecay(0.2, 0.9, 10, 1000, power=2, frequency=7),
+            pruning.PolynomialDecay(0.2, 0.9, 10, 1000, power=2, frequency=7),
+        ),
+        (
+            tfmot.sparsity.keras.ConstantSparsity(0.7, 5, 500, 3),
+            pruning.ConstantSparsity(0.7, 5, 500, 3),
+        ),
     ]
     for theirs, ours in pairs:
         for step in range(0, 1100, 3):
@@ -107,24 +125,41 @@ def test_same_masks_as_tfmot_at_every_step(tfmot, options):
     t_model = tf_keras.models.clone_model(ref, clone_function=tfmot_wrap)
 
     k_model = pruning.prune_low_magnitude(
-        ours, pruning_schedule=pruning.PolynomialDecay(**SCHEDULE),
-        skip=["conv"] if dense_only else None, **options,
+        ours,
+        pruning_schedule=pruning.PolynomialDecay(**SCHEDULE),
+        skip=["conv"] if dense_only else None,
+        **options,
     )
     x, y = _data()
     t_model.compile(tf_keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
     k_model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
     t_rec = _record(tf_keras.callbacks.Callback, _tfmot_masks)
     k_rec = _record(keras.callbacks.Callback, _kd_masks)
-    t_model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0,
-                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), t_rec])
-    k_model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0,
-                callbacks=[pruning.UpdatePruningStep(), k_rec])
+    t_model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        shuffle=False,
+        verbose=0,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), t_rec],
+    )
+    k_model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        shuffle=False,
+        verbose=0,
+        callbacks=[pruning.UpdatePruningStep(), k_rec],
+    )
 
     assert len(t_rec.history) == len(k_rec.history) == STEPS
     sparsities = []
     for step, (theirs, mine) in enumerate(zip(t_rec.history, k_rec.history), start=1):
-        assert sorted(theirs) == sorted(mine) == (["hidden", "logits"] if dense_only
-                                                  else ["conv", "hidden", "logits"])
+        assert (
+            sorted(theirs)
+            == sorted(mine)
+            == (["hidden", "logits"] if dense_only else ["conv", "hidden", "logits"])
+        )
         for name in theirs:
             assert theirs[name][0] == mine[name][0] == step
             np.testing.assert_array_equal(mine[name][1], theirs[name][1], err_msg=f"{name} {step}")
@@ -150,8 +185,9 @@ def test_bridge_prunes_tf_keras_model_with_tfmot(tfmot):
     assert wrapped == ["conv", "hidden"]
     pruned.compile("adam", "sparse_categorical_crossentropy")
     x, y = _data()
-    pruned.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
-               callbacks=[pruning.UpdatePruningStep()])  # delegates to TFMOT's callback
+    pruned.fit(
+        x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[pruning.UpdatePruningStep()]
+    )  # delegates to TFMOT's callback
     report = pruning.sparsity_report(pruned)
     rows = {row.name: row for row in report.layers}
     assert rows["hidden"].pruned and rows["hidden"].zeros == 64 * 8 // 2
@@ -159,14 +195,24 @@ def test_bridge_prunes_tf_keras_model_with_tfmot(tfmot):
     with pytest.warns(pruning.TFMOTBridgeWarning):
         stripped = pruning.strip_pruning(pruned)
     assert [type(layer).__name__ for layer in stripped.layers] == [
-        "InputLayer", "Conv2D", "Flatten", "Dense", "Dense"]
+        "InputLayer",
+        "Conv2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
     assert (stripped.get_layer("hidden").kernel.numpy() == 0).sum() == 64 * 8 // 2
 
 
 def test_bridge_rejects_unprunable_layer_in_explicit_list(tfmot):
     import tf_keras
 
-    model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(4, name="d"),
-                                 tf_keras.layers.LayerNormalization(name="norm")])
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((4,)),
+            tf_keras.layers.Dense(4, name="d"),
+            tf_keras.layers.LayerNormalization(name="norm"),
+        ]
+    )
     with pytest.warns(pruning.TFMOTBridgeWarning), pytest.raises(ValueError, match="'norm'"):
         pruning.prune_low_magnitude(model, prunable=["norm"])

@@ -274,6 +274,14 @@ def test_unsupported_layer_is_named_with_the_skip_list_fix():
         quantize_model(model, skip_layers=["nope"])
 
 
+def test_batch_norm_that_cannot_be_folded_is_refused():
+    # tiny.conv: Conv2D(activation="relu") -> BatchNormalization: nothing to fold into.
+    with pytest.raises(ValueError, match="(?s)'bn' .*cannot be folded.*skip_layers=\\['bn'\\]"):
+        quantize_model(tiny.conv())
+    qat = quantize_model(tiny.conv(), skip_layers=["bn"])
+    assert type(qat.get_layer("bn")) is keras.layers.BatchNormalization
+
+
 def test_quantize_annotate_layer_quantizes_only_annotated_layers():
     inputs = keras.Input((6,), name="x")
     h = quantize_annotate_layer(keras.layers.Dense(8, name="q"))(inputs)

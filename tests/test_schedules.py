@@ -99,7 +99,9 @@ def test_scheduled_temperature_reaches_the_loss():
     t = keras.ops.convert_to_numpy(distiller.teacher(x))
     s = keras.ops.convert_to_numpy(distiller.student(x))
     np.testing.assert_allclose(
-        history.history["soft_target_loss"], [np_soft_target(t, s, 1.0), np_soft_target(t, s, 5.0)], rtol=1e-4
+        history.history["soft_target_loss"],
+        [np_soft_target(t, s, 1.0), np_soft_target(t, s, 5.0)],
+        rtol=1e-4,
     )
 
 
@@ -108,4 +110,6 @@ def test_scheduler_refuses_out_of_range_values():
     distiller = kd_keras.Distiller(mlp(8, name="s"), mlp(16, name="t"))
     distiller.compile(optimizer="adam")
     with pytest.raises(ValueError, match="it must stay in \\[0, 1\\]"):
-        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[kd_keras.DistillationScheduler(alpha=1.5)])
+        distiller.fit(
+            x, y, epochs=1, verbose=0, callbacks=[kd_keras.DistillationScheduler(alpha=1.5)]
+        )

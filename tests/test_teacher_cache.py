@@ -22,11 +22,15 @@ def test_numpy_cache_equals_teacher_outputs_and_softmax_teachers_give_log_probs(
     teacher = mlp(16, name="t")
     np.testing.assert_allclose(
         kd_keras.cache_teacher_outputs(teacher, x, batch_size=7, verbose=0),
-        keras.ops.convert_to_numpy(teacher(x)), rtol=1e-5, atol=1e-6,
+        keras.ops.convert_to_numpy(teacher(x)),
+        rtol=1e-5,
+        atol=1e-6,
     )
     prob_teacher = mlp(16, name="pt", activation="softmax")
     cached = kd_keras.cache_teacher_outputs(prob_teacher, x, verbose=0)
-    np.testing.assert_allclose(cached, np.log(keras.ops.convert_to_numpy(prob_teacher(x))), rtol=1e-5)
+    np.testing.assert_allclose(
+        cached, np.log(keras.ops.convert_to_numpy(prob_teacher(x))), rtol=1e-5
+    )
 
 
 def test_ensemble_cache_is_one_array_per_teacher():
@@ -44,7 +48,9 @@ def test_dataset_cache_pairs_each_image_with_its_own_logits_even_after_shuffling
     for bx, target in ds:
         expected = keras.ops.convert_to_numpy(teacher(bx))
         np.testing.assert_allclose(target["teacher_logits"].numpy(), expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(target["labels"].numpy(), y[[np.flatnonzero((x == r).all(1))[0] for r in bx.numpy()]])
+        np.testing.assert_array_equal(
+            target["labels"].numpy(), y[[np.flatnonzero((x == r).all(1))[0] for r in bx.numpy()]]
+        )
         seen += len(bx)
     assert seen == 50
 

@@ -35,7 +35,9 @@ def data(n=64, features=6, classes=NUM_CLASSES, seed=0):
 
 def images(n=32, seed=0):
     rng = np.random.default_rng(seed)
-    return rng.random((n, 8, 8, 1)).astype("float32"), rng.integers(0, NUM_CLASSES, n).astype("int32")
+    return rng.random((n, 8, 8, 1)).astype("float32"), rng.integers(0, NUM_CLASSES, n).astype(
+        "int32"
+    )
 
 
 def softmax(z, axis=-1):

@@ -59,7 +59,5 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None):
     splits = []
     for split in ("train", "test"):
         images, labels = (read_idx(_find(folder, stem)) for stem in _FILES[split])
-        splits.append(
-            ((images.astype("float32") / 255.0)[..., None], labels.astype("int32"))
-        )
+        splits.append(((images.astype("float32") / 255.0)[..., None], labels.astype("int32")))
     return tuple(splits)

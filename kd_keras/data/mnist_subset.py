@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from kd_keras.data.splits import train_test_split
 
 

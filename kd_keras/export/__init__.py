@@ -18,7 +18,7 @@ from kd_keras.export.atomic import (
     write_json,
     write_text,
 )
-from kd_keras.export.onnx import to_onnx
+from kd_keras.export.onnx import onnx_export_available, to_onnx
 from kd_keras.export.parity import ParityError, ParityReport, check_parity, compare, load_report
 from kd_keras.export.runtime import Runner, load_runner, runtime_of
 from kd_keras.export.saved_model import to_saved_model
@@ -34,6 +34,7 @@ __all__ = [
     "compare",
     "load_report",
     "load_runner",
+    "onnx_export_available",
     "runtime_of",
     "to_onnx",
     "to_saved_model",

@@ -11,6 +11,19 @@ from kd_keras.export.base import publish
 from kd_keras.export.parity import ParityReport
 
 DEFAULT_OPSET = 17
+# What Keras's ONNX export needs on each backend.
+_BACKEND_REQUIREMENT = {"tensorflow": "tf2onnx", "jax": "jax2onnx", "torch": "torch"}
+
+
+def onnx_export_available() -> bool:
+    """Whether `to_onnx` can run on the current Keras backend (TensorFlow
+    needs tf2onnx, JAX jax2onnx, torch torch.onnx)."""
+    import importlib.util
+
+    import keras
+
+    module = _BACKEND_REQUIREMENT.get(keras.backend.backend())
+    return module is not None and importlib.util.find_spec(module) is not None
 
 
 def to_onnx(
@@ -37,6 +50,15 @@ def to_onnx(
     print(report.summary())
     ```
     """
+    if not onnx_export_available():
+        import keras
+
+        backend = keras.backend.backend()
+        raise ImportError(
+            f"ONNX export on the {backend} backend needs "
+            f"`pip install {_BACKEND_REQUIREMENT.get(backend, 'tf2onnx')}`; or save the model "
+            "(model.save('m.keras')) and export it under KERAS_BACKEND=tensorflow."
+        )
     opset = int(opset)
     if opset < 9:
         raise ValueError(f"opset must be >= 9 (onnxruntime's oldest), got {opset}.")

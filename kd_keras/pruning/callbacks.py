@@ -68,14 +68,18 @@ class UpdatePruningStep(_TfKerasHooks, keras.callbacks.Callback):
             return
         self.prunable_layers = collect_pruned_layers(self.model)
         for layer in self.prunable_layers:
-            if not layer.built:
-                continue
             layer._step_callback_active = True
-            if int(ops.convert_to_numpy(layer.pruning_step.value)) == -1:
+            # A fresh counter starts at 0; a restored model keeps its step. (A
+            # layer built later, in the first traced step, starts from -1, which
+            # the wrapper counts as 0.)
+            if layer.built and int(ops.convert_to_numpy(layer.pruning_step.value)) == -1:
                 layer.pruning_step.assign(0)
 
     def _steps(self) -> list[int]:
-        return [int(ops.convert_to_numpy(layer.pruning_step.value)) for layer in self.prunable_layers]
+        return [
+            int(ops.convert_to_numpy(layer.pruning_step.value)) if layer.built else -1
+            for layer in self.prunable_layers
+        ]
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._tfmot_callback is None:
@@ -85,8 +89,13 @@ class UpdatePruningStep(_TfKerasHooks, keras.callbacks.Callback):
         if self._tfmot_callback is not None:
             self._tfmot_callback.on_epoch_end(epoch, logs)
             return
-        idle = [layer.name for layer, before, after in
-                zip(self.prunable_layers, self._epoch_start_steps, self._steps()) if before == after]
+        idle = [
+            layer.name
+            for layer, before, after in zip(
+                self.prunable_layers, self._epoch_start_steps, self._steps()
+            )
+            if before == after
+        ]
         if idle:
             # Keras calls a model whose call() has no `training` argument in
             # inference mode: nothing would ever be pruned.
@@ -140,8 +149,9 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
             try:
                 import tensorflow as tf
             except ImportError as e:  # TensorBoard files are written with tf.summary.
-                raise ImportError("PruningSummaries needs TensorFlow installed to write "
-                                  "TensorBoard event files.") from e
+                raise ImportError(
+                    "PruningSummaries needs TensorFlow installed to write TensorBoard event files."
+                ) from e
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
         return self._writer
 
@@ -155,7 +165,9 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
                 logs[f"{layer.name}/{threshold.name}/threshold"] = float(
                     ops.convert_to_numpy(threshold.value)
                 )
-            step = ops.convert_to_tensor(max(int(ops.convert_to_numpy(layer.pruning_step.value)), 0))
+            step = ops.convert_to_tensor(
+                max(int(ops.convert_to_numpy(layer.pruning_step.value)), 0)
+            )
             logs[f"{layer.name}/target_sparsity"] = float(
                 ops.convert_to_numpy(layer.pruning_schedule(step)[1])
             )
@@ -173,8 +185,9 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
         iteration = int(ops.convert_to_numpy(self.model.optimizer.iterations))
         with self._file_writer().as_default():
             for name, value in self.pruning_logs().items():
-                tf.summary.write(name, tf.constant(value, tf.float32), step=iteration,
-                                 metadata=metadata)
+                tf.summary.write(
+                    name, tf.constant(value, tf.float32), step=iteration, metadata=metadata
+                )
         self._writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):

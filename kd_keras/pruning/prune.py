@@ -54,8 +54,7 @@ class _Selection:
         if isinstance(entry, str):
             if entry not in self.by_name:
                 raise ValueError(
-                    f"No layer named '{entry}' in the model. Layer names: "
-                    f"{sorted(self.by_name)}."
+                    f"No layer named '{entry}' in the model. Layer names: {sorted(self.by_name)}."
                 )
             layer = self.by_name[entry]
             if explicit and not is_prunable(layer):
@@ -114,7 +113,10 @@ def _replace_in_place(obj, replace: Callable[[Any], Any], seen: set[int]) -> Non
             tracker.replace_tracked_value("layers", old, new)
         return new
 
-    for name, value in list(vars(obj).items()):
+    attributes = dict(vars(obj))
+    # On torch, Keras layers are torch Modules: sub-layers live in `_modules`.
+    attributes.update(vars(obj).get("_modules") or {})
+    for name, value in list(attributes.items()):
         if name.startswith("_"):  # Keras bookkeeping (e.g. `_layers`), kept by the tracker
             continue
         if isinstance(value, keras.layers.Layer):
@@ -188,14 +190,17 @@ def prune_low_magnitude(
         return tfmot_bridge.prune_low_magnitude(to_prune, prunable=prunable, skip=skip, **params)
     if isinstance(to_prune, (list, tuple)):
         return [
-            layer if isinstance(layer, (PruneLowMagnitude, keras.layers.InputLayer))
+            layer
+            if isinstance(layer, (PruneLowMagnitude, keras.layers.InputLayer))
             else PruneLowMagnitude(layer, **params)
             for layer in to_prune
         ]
     if isinstance(to_prune, PruneLowMagnitude):
         return to_prune
     if isinstance(to_prune, keras.Model):
-        return _prune_model(to_prune, _Selection(to_prune, prunable, skip), params)
+        pruned = _prune_model(to_prune, _Selection(to_prune, prunable, skip), params)
+        _check_something_pruned(to_prune, pruned)
+        return pruned
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **params, **kwargs)
     raise ValueError(
@@ -220,6 +225,17 @@ def _prune_model(model, select: _Selection, params: dict):
         return keras.models.clone_model(model, clone_function=wrap)
     _replace_in_place(model, wrap, set())
     return model
+
+
+def _check_something_pruned(model, pruned):
+    if not any(isinstance(layer, PruneLowMagnitude) for layer in _all_layers(pruned)):
+        raise ValueError(
+            f"Nothing to prune in model '{model.name}': no layer was selected (prunable "
+            f"types: {', '.join(cls.__name__ for cls in PRUNABLE_LAYER_TYPES)}). Check "
+            "`prunable` / `skip`; a subclassed model's layers must be attributes or lists "
+            "of layers."
+        )
+    return pruned
 
 
 def strip_pruning(model):

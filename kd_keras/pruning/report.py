@@ -70,12 +70,18 @@ class SparsityReport:
     def table(self) -> str:
         header = ("layer", "type", "params", "zeros", "sparsity")
         rows = [
-            (r.name + (" *" if r.pruned else ""), r.type, str(r.params), str(r.zeros),
-             f"{r.sparsity:.2%}")
+            (
+                r.name + (" *" if r.pruned else ""),
+                r.type,
+                str(r.params),
+                str(r.zeros),
+                f"{r.sparsity:.2%}",
+            )
             for r in self.layers
         ]
-        rows.append(("total", "", str(self.total_params), str(self.total_zeros),
-                     f"{self.sparsity:.2%}"))
+        rows.append(
+            ("total", "", str(self.total_params), str(self.total_zeros), f"{self.sparsity:.2%}")
+        )
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
         def line(row):
@@ -86,8 +92,9 @@ class SparsityReport:
 
         rule = "-" * len(line(header))
         footer = "(* = pruned layer)" if any(r.pruned for r in self.layers) else ""
-        return "\n".join([line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1]),
-                          footer]).rstrip()
+        return "\n".join(
+            [line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1]), footer]
+        ).rstrip()
 
     def __str__(self) -> str:
         return self.table()
@@ -122,8 +129,9 @@ def _layer_rows(model):
 
 def _tf_keras_rows(model):
     layers = list(model._flatten_layers(include_self=False, recursive=True))
-    wrappers = {id(layer): layer for layer in layers
-                if type(layer).__name__ == "PruneLowMagnitude"}  # TFMOT's wrapper
+    wrappers = {
+        id(layer): layer for layer in layers if type(layer).__name__ == "PruneLowMagnitude"
+    }  # TFMOT's wrapper
     inner = {id(layer.layer) for layer in wrappers.values()}
     for layer in layers:
         if id(layer) in wrappers:  # count weight * mask

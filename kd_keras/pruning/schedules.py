@@ -71,7 +71,9 @@ class PruningSchedule(abc.ABC):
                 + (" (or end_step=-1 to prune until training ends)." if allow_negative_1 else ".")
             )
         if frequency <= 0:
-            raise ValueError(f"frequency must be > 0 (prune every `frequency` steps), got {frequency}.")
+            raise ValueError(
+                f"frequency must be > 0 (prune every `frequency` steps), got {frequency}."
+            )
         return begin_step, end_step, frequency
 
     @staticmethod

@@ -112,7 +112,6 @@ def prune_low_magnitude(
         return prune(to_prune, **params)
 
     import tf_keras
-
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
         PruneRegistry,
     )

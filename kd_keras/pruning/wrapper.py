@@ -163,7 +163,9 @@ class PruneLowMagnitude(layers.Wrapper):
             )
         block_size = _check_pair(block_size, "block_size")
         if block_pooling_type not in ("AVG", "MAX"):
-            raise ValueError(f"block_pooling_type must be 'AVG' or 'MAX', got {block_pooling_type!r}.")
+            raise ValueError(
+                f"block_pooling_type must be 'AVG' or 'MAX', got {block_pooling_type!r}."
+            )
         if sparsity_m_by_n is not None:
             sparsity_m_by_n = _check_pair(sparsity_m_by_n, "sparsity_m_by_n")
             if sparsity_m_by_n[0] >= sparsity_m_by_n[1]:
@@ -192,19 +194,28 @@ class PruneLowMagnitude(layers.Wrapper):
             base = weight.name.split("/")[-1]
             self.masks.append(
                 self.add_weight(
-                    name=f"{base}_mask", shape=weight.shape, dtype=weight.dtype,
-                    initializer="ones", trainable=False,
+                    name=f"{base}_mask",
+                    shape=weight.shape,
+                    dtype=weight.dtype,
+                    initializer="ones",
+                    trainable=False,
                 )
             )
             self.thresholds.append(
                 self.add_weight(
-                    name=f"{base}_threshold", shape=(), dtype=weight.dtype,
-                    initializer="zeros", trainable=False,
+                    name=f"{base}_threshold",
+                    shape=(),
+                    dtype=weight.dtype,
+                    initializer="zeros",
+                    trainable=False,
                 )
             )
         self.pruning_step = self.add_weight(
-            name="pruning_step", shape=(), dtype="int32",
-            initializer=keras.initializers.Constant(-1), trainable=False,
+            name="pruning_step",
+            shape=(),
+            dtype="int32",
+            initializer=keras.initializers.Constant(-1),
+            trainable=False,
         )
         self.built = True
 
@@ -277,7 +288,9 @@ class PruneLowMagnitude(layers.Wrapper):
         if training:
             if not self._step_callback_active:
                 raise RuntimeError(_CALLBACK_MISSING.format(name=self.name))
-            step = ops.add(self.pruning_step.value, 1)
+            # -1 (never started) counts as 0: the layer may be built inside
+            # the first traced step, after UpdatePruningStep.on_train_begin.
+            step = ops.add(ops.maximum(self.pruning_step.value, 0), 1)
             self.pruning_step.assign(step)
             masks, thresholds = self._new_masks(step)
             for var, value in zip(self.masks + self.thresholds, list(masks) + list(thresholds)):

@@ -1,7 +1,23 @@
 """Native Keras 3 quantization: QAT that converts to a fully int8 TFLite,
 post-training quantization, weight clustering, and a TFMOT bridge for
-tf_keras models."""
+tf_keras models.
 
+```python
+from kd_keras.quantization import convert, quantize_model
+
+qat = quantize_model(student)                  # BN folded, ReLU fused, int8 fake-quant
+qat.compile("adam", loss, metrics=["accuracy"])
+qat.fit(x, y, epochs=2)                        # or as the student of kd_keras.Distiller
+tflite_bytes = convert(qat, mode="qat", int8_io=True)   # fully int8 .tflite
+```
+"""
+
+from kd_keras.quantization.clustering import (
+    CentroidInitialization,
+    ClusterWeights,
+    cluster_weights,
+    strip_clustering,
+)
 from kd_keras.quantization.convert import (
     convert,
     tflite_ops,
@@ -23,8 +39,14 @@ from kd_keras.quantization.quantizers import (
     Quantizer,
     fake_quant,
 )
+from kd_keras.quantization.tfmot_bridge import TFMOTBridgeNotice
 
 __all__ = [
+    "CentroidInitialization",
+    "ClusterWeights",
+    "TFMOTBridgeNotice",
+    "cluster_weights",
+    "strip_clustering",
     "MovingAverageQuantizer",
     "PerChannelSymmetricQuantizer",
     "QuantizeLayer",

@@ -1,11 +1,13 @@
 """The one place where a Keras model becomes TFLite bytes, and readers of the
 result (tensor types, op list, predictions) used to verify it.
 
-`convert` traces the model's inference call into a `tf.function` with a free
-batch dimension and hands its concrete function to
-`tf.lite.TFLiteConverter.from_concrete_functions`: for Keras 3 models this is
-the path that keeps the `FakeQuant*` ops of a QAT model visible to the
-converter (and it needs no SavedModel on disk). The TensorFlow backend is
+`convert` exports the model with `model.export(format="tf_saved_model")`
+(inference call, free batch dimension) into a temporary folder and reads it
+with `tf.lite.TFLiteConverter.from_saved_model`: for Keras 3 models this path
+freezes the weights into constants and keeps the `FakeQuant*` ops of a QAT
+model visible to the converter. (`from_keras_model` does not accept Keras 3
+models; `from_concrete_functions` with the model as trackable keeps the
+variables as resources and fails on the FakeQuant ops.) The TensorFlow backend is
 required; models trained on JAX or torch are saved to `.keras` and reloaded
 under `KERAS_BACKEND=tensorflow` for conversion.
 
@@ -26,6 +28,7 @@ Modes:
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import keras
@@ -116,17 +119,20 @@ def _has_float_layers(model) -> bool:
     return False
 
 
-def _concrete_function(tf, model):
-    specs = [
-        tf.TensorSpec((None,) + tuple(t.shape[1:]), dtype=t.dtype, name=t.name)
-        for t in model.inputs
-    ]
-
-    @tf.function(input_signature=specs, autograph=False)
-    def serve(*inputs):
-        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
-
-    return serve.get_concrete_function()
+def _configure(tf, converter, mode, calibration, int8_io):
+    if mode is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # A QAT graph carries its own ranges; restricting supported_ops to INT8
+    # would make the converter ask for a representative dataset. Whether every
+    # op came out int8 is checked on the result instead.
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
 
 
 def convert(
@@ -177,42 +183,32 @@ def convert(
         )
     _check_mode(model, mode, representative_data, int8_io)
 
-    if tf_keras:  # TFMOT's models convert the way TFMOT documents
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    else:
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [_concrete_function(tf, model)]
-        )
-    if mode is not None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if mode == "int8":
-        converter.representative_dataset = representative_dataset(
-            representative_data, model, num_calibration_batches
-        )
-    if mode == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    # A QAT graph carries its own ranges; restricting supported_ops to INT8
-    # would make the converter ask for a representative dataset. Whether every
-    # op came out int8 is checked on the result instead.
-    if mode in ("int8", "qat"):
-        if int8_io:
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-    try:
-        result = bytes(converter.convert())
-    except Exception as err:  # the converter's own messages are long MLIR dumps
-        hint = (
-            " Layers TFLite cannot run in int8 can be kept in float with "
-            "quantize_model(model, skip_layers=[...])."
-            if mode in ("int8", "qat")
-            else ""
-        )
-        raise RuntimeError(
-            f"TFLite conversion of {model.name!r} (mode={mode!r}) failed.{hint} "
-            f"Converter error: {str(err)[:2000]}"
-        ) from err
+    # Checked before anything is exported, so bad data fails fast.
+    calibration = (
+        representative_dataset(representative_data, model, num_calibration_batches)
+        if mode == "int8"
+        else None
+    )
+    with tempfile.TemporaryDirectory(prefix="kd_keras_tflite_") as workdir:
+        if tf_keras:  # TFMOT's models convert the way TFMOT documents
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        else:
+            model.export(workdir, format="tf_saved_model", verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(workdir)
+        _configure(tf, converter, mode, calibration, int8_io)
+        try:
+            result = bytes(converter.convert())
+        except Exception as err:  # the converter's own messages are long MLIR dumps
+            hint = (
+                " Layers TFLite cannot run in int8 can be kept in float with "
+                "quantize_model(model, skip_layers=[...])."
+                if mode in ("int8", "qat")
+                else ""
+            )
+            raise RuntimeError(
+                f"TFLite conversion of {model.name!r} (mode={mode!r}) failed.{hint} "
+                f"Converter error: {str(err)[:2000]}"
+            ) from err
     if mode == "qat" and not tf_keras and not _has_float_layers(model):
         _check_fully_int8(result, model.name)
     return result

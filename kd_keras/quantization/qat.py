@@ -55,20 +55,47 @@ _L = keras.layers
 #: Layers that leave values unchanged or only move them: their output carries
 #: the input's quantization range.
 PASS_THROUGH_LAYERS = (
-    _L.InputLayer, _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D,
-    _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D,
-    _L.Flatten, _L.Reshape, _L.Permute, _L.Dropout, _L.SpatialDropout1D,
-    _L.SpatialDropout2D, _L.GaussianNoise, _L.GaussianDropout, _L.Identity,
-    _L.ZeroPadding1D, _L.ZeroPadding2D, _L.Cropping1D, _L.Cropping2D,
-    _L.UpSampling1D, _L.UpSampling2D,
+    _L.InputLayer,
+    _L.MaxPooling1D,
+    _L.MaxPooling2D,
+    _L.MaxPooling3D,
+    _L.GlobalMaxPooling1D,
+    _L.GlobalMaxPooling2D,
+    _L.GlobalMaxPooling3D,
+    _L.Flatten,
+    _L.Reshape,
+    _L.Permute,
+    _L.Dropout,
+    _L.SpatialDropout1D,
+    _L.SpatialDropout2D,
+    _L.GaussianNoise,
+    _L.GaussianDropout,
+    _L.Identity,
+    _L.ZeroPadding1D,
+    _L.ZeroPadding2D,
+    _L.Cropping1D,
+    _L.Cropping2D,
+    _L.UpSampling1D,
+    _L.UpSampling2D,
 )
 #: Layers that compute new values without a kernel: their output is quantized.
 OUTPUT_QUANTIZED_LAYERS = (
-    _L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum,
-    _L.Concatenate, _L.AveragePooling1D, _L.AveragePooling2D,
-    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.ReLU,
-    _L.LeakyReLU, _L.BatchNormalization, _L.Rescaling,
+    _L.Add,
+    _L.Subtract,
+    _L.Multiply,
+    _L.Average,
+    _L.Maximum,
+    _L.Minimum,
+    _L.Concatenate,
+    _L.AveragePooling1D,
+    _L.AveragePooling2D,
+    _L.GlobalAveragePooling1D,
+    _L.GlobalAveragePooling2D,
+    _L.ReLU,
+    _L.LeakyReLU,
 )
+# A BatchNormalization is only supported folded into the layer before it: on
+# its own it becomes float MUL/ADD with unquantized constants in TFLite.
 _QUANTIZE_ANNOTATION = "_kd_keras_quantize"
 
 
@@ -315,6 +342,8 @@ def _plan_fusions(model, fold_batch_norm: bool, fuse_activation: bool, keep) -> 
     for layer in model.layers:
         if not (_kernels.is_kernel_layer(layer) and keep(layer)):
             continue
+        if _kernels.kernel_layer_problem(layer):
+            continue
         if _kernels.activation_name(layer) != "linear":
             continue
         fusion, tail = _Fusion(), layer
@@ -463,6 +492,11 @@ def _unsupported_message(layers, skip_hint) -> str:
     for layer in layers:
         why = _kernels.kernel_layer_problem(layer) if _kernels.is_kernel_layer(layer) else None
         reason = why or "has no int8 quantization rule"
+        if type(layer) is keras.layers.BatchNormalization:
+            reason = (
+                "does not directly follow a Conv/Dense with a linear activation, so it "
+                "cannot be folded (put it before the activation, or keep it in float)"
+            )
         if "Prune" in type(layer).__name__:
             reason += "; call strip_pruning(model) before quantize_model"
         if isinstance(layer, keras.Model):
@@ -554,15 +588,17 @@ def quantize_model(
         return tfmot_bridge.tfmot_quantize_model(model)
     model = _as_functional(model, "quantize_model")
     skipped = _skip_predicate(model, skip_layers)
+    keep = lambda layer: not skipped(layer)  # noqa: E731
+    plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)
+    absorbed = _absorbed_names(plan)
     unsupported = [
-        layer for layer in model.layers
-        if not skipped(layer) and _layer_kind(layer) == "unsupported"
+        layer
+        for layer in model.layers
+        if not skipped(layer) and layer.name not in absorbed and _layer_kind(layer) == "unsupported"
     ]
     if unsupported:
         skipped_names = [layer.name for layer in model.layers if skipped(layer)]
         raise ValueError(_unsupported_message(unsupported, skipped_names))
-    keep = lambda layer: not skipped(layer)  # noqa: E731
-    plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)
 
     def make_layer(layer):
         kind = "skip" if skipped(layer) else _layer_kind(layer)

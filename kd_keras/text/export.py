@@ -1,0 +1,148 @@
+"""TFLite export of a text student: int32 `token_ids`, `segment_ids` and
+`padding_mask` inputs of a fixed sequence length, the tokenizer outside the
+graph (saved beside the model as a keras-hub preprocessor preset), and the
+parity check of `kd_keras.export` run in LiteRT before anything is written.
+
+`kd_keras.export.to_tflite` feeds one input array; a text model takes three,
+so this module converts with `kd_keras.export`'s converter and compares with
+its `compare`, running the LiteRT interpreter on the three named inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kd_keras.export import ParityError, ParityReport, compare, write_bytes, write_json
+from kd_keras.export.base import require_tensorflow_backend
+from kd_keras.export.tflite import convert_to_flatbuffer
+
+TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+QUANTIZATIONS = (None, "dynamic")
+
+
+def fixed_length_model(model: keras.Model, sequence_length: int) -> keras.Model:
+    """`model` behind three int32 inputs of shape `(batch, sequence_length)`,
+    the signature a phone app fills from its own tokenizer."""
+    inputs = {
+        name: keras.Input(shape=(int(sequence_length),), dtype="int32", name=name)
+        for name in TOKEN_INPUTS
+    }
+    return keras.Model(inputs, model(inputs), name=f"{model.name}_int32")
+
+
+def run_tflite(flatbuffer: bytes, inputs: dict, num_threads: int = 1) -> np.ndarray:
+    """Runs a text model's flatbuffer in LiteRT one sample at a time on the
+    named int32 inputs and returns the stacked outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer, num_threads=num_threads)
+    runner = interpreter.get_signature_runner()
+    names = list(interpreter.get_signature_list().values())[0]["inputs"]
+    missing = [n for n in TOKEN_INPUTS if n not in names]
+    if missing:
+        raise ValueError(f"The TFLite model has inputs {names}, lacking {missing}.")
+    outputs = []
+    for i in range(len(inputs["token_ids"])):
+        feed = {n: np.asarray(inputs[n][i : i + 1], dtype=np.int32) for n in TOKEN_INPUTS}
+        result = runner(**feed)
+        outputs.append(next(iter(result.values())))
+    return np.concatenate(outputs)
+
+
+def export_text_tflite(
+    model: keras.Model,
+    folder: str | os.PathLike,
+    sample_inputs: dict,
+    quantization: str | None = None,
+    overwrite: bool = False,
+    atol: float | None = None,
+    min_top1_agreement: float | None = None,
+) -> ParityReport:
+    """Writes `<folder>/model[_dynamic].tflite`, its parity report
+    (`.parity.json`) and the model's preprocessor preset (tokenizer
+    vocabulary and sequence length), after checking the LiteRT outputs on
+    `sample_inputs` against Keras (float: max |diff| <= atol; dynamic-range
+    int8: top-1 agreement).
+
+    Args:
+        model: a keras-hub text classifier (its preprocessor is saved).
+        folder: output folder (created).
+        sample_inputs: tokenized inputs (`kd_keras.text.tokenize`); their
+            length fixes the model's sequence length.
+        quantization: `None` (float32) or `"dynamic"` (int8 weights).
+
+    Example:
+
+    ```python
+    tokens = kd_keras.text.tokenize(student, test_texts[:64])
+    export_text_tflite(student, "out/student", tokens, quantization="dynamic")
+    ```
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
+    missing = [n for n in TOKEN_INPUTS if n not in sample_inputs]
+    if missing:
+        raise ValueError(
+            f"sample_inputs lacks {missing}: pass kd_keras.text.tokenize(model, texts)."
+        )
+    require_tensorflow_backend("TFLite conversion")
+    folder = Path(folder)
+    path = folder / ("model.tflite" if quantization is None else f"model_{quantization}.tflite")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    sample = {n: np.asarray(sample_inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
+    wrapped = fixed_length_model(model, sample["token_ids"].shape[1])
+    flatbuffer = convert_to_flatbuffer(wrapped, quantization)
+    reference = keras.ops.convert_to_numpy(wrapped(sample, training=False))
+    report = compare(
+        reference,
+        run_tflite(flatbuffer, sample),
+        quantization=quantization,
+        atol=atol,
+        min_top1_agreement=min_top1_agreement,
+        artifact=str(path),
+        runtime="tflite",
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path.with_name(path.name + ".parity.json"), report.to_dict(), overwrite=True)
+    if not report.passed:
+        raise ParityError(report)
+    write_bytes(path, flatbuffer, overwrite=overwrite)
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is not None and not (folder / "preprocessor.json").exists():
+        preprocessor.save_to_preset(str(folder))
+    return report
+
+
+def tflite_latency_ms(
+    flatbuffer: bytes | str | os.PathLike,
+    sequence_length: int,
+    num_threads: int = 1,
+    warmup: int = 10,
+    runs: int = 100,
+) -> float:
+    """Median (p50) milliseconds of one batch-1 invoke of a text TFLite
+    model at `sequence_length`, on `num_threads` CPU threads (inputs: a
+    full-length sequence of token id 1)."""
+    import time
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not isinstance(flatbuffer, bytes):
+        flatbuffer = Path(flatbuffer).read_bytes()
+    interpreter = Interpreter(model_content=flatbuffer, num_threads=num_threads)
+    runner = interpreter.get_signature_runner()
+    feed = {n: np.ones((1, int(sequence_length)), np.int32) for n in TOKEN_INPUTS}
+    feed["segment_ids"][:] = 0
+    for _ in range(warmup):
+        runner(**feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner(**feed)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))

@@ -1,0 +1,174 @@
+"""kd_keras.pipeline: YAML validation, and a run killed mid-distillation that
+resumes without redoing finished stages."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+from kd_keras.pipeline import STAGES, ConfigError, validate_config
+
+MINIMAL = {
+    "data": {"name": "digits"},
+    "teacher": {"builder": "cnn_teacher"},
+    "student": {"builder": "cnn_student"},
+}
+
+
+def _with(**sections):
+    config = {k: dict(v) for k, v in MINIMAL.items()}
+    for key, value in sections.items():
+        config[key] = value
+    return config
+
+
+def test_defaults_fill_in():
+    config = validate_config(_with())
+    assert config["distill"]["temperature"] == 4.0 and config["bench"]["threads"] == [1, 2]
+    assert config["quantize"]["modes"] == ["int8"] and config["prune"]["enabled"] is True
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            _with(distill={"epoch": 3}),
+            r"unknown key 'distill.epoch'; did you mean 'distill.epochs'",
+        ),
+        (_with(distil={"epochs": 3}), r"unknown key 'distil'; did you mean 'distill'"),
+        (
+            _with(distill={"epochs": "five"}),
+            r"'distill.epochs' must be an integer >= 1, got 'five'",
+        ),
+        (_with(distill={"alpha": 1.5}), r"'distill.alpha' must be a number in \[0, 1\]"),
+        (_with(quantize={"modes": ["int4"]}), r"'quantize.modes' must be a list of dynamic"),
+        (_with(data={"name": "cifar"}), r"'data.name' must be one of"),
+        (_with(data={"name": "npz"}), r"'data.path' must name a .npz"),
+        (
+            _with(teacher={"builder": "cnn_teacher", "path": "t.keras"}),
+            r"exactly one of 'teacher.path'",
+        ),
+        (
+            {"data": {"name": "digits"}, "student": {"builder": "cnn_student"}},
+            r"missing section 'teacher'",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(config, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, source="pipeline.yaml")
+
+
+def test_load_config_uses_safe_load(tmp_path):
+    from kd_keras.pipeline import load_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text("data: !!python/object/apply:os.system ['echo unsafe']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+PIPELINE = """\
+run_dir: {run_dir}
+seed: 0
+data: {{name: digits, max_train: 256, max_test: 128}}
+teacher:
+  builder: cnn_teacher
+  epochs: 1
+  kwargs: {{filters: [4, 8], dense_units: 16}}
+student: {{builder: cnn_student, kwargs: {{filters: [4, 8]}}}}
+distill: {{epochs: 40, batch_size: 64}}
+prune: {{epochs: 1, final_sparsity: 0.5}}
+quantize: {{modes: [dynamic]}}
+export: {{formats: [tflite]}}
+bench: {{threads: [1], runs: 3, warmup: 1}}
+"""
+
+
+def _start(config_path, log_path):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    log = open(log_path, "w")  # noqa: SIM115 - closed by the caller via the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kd_keras.cli", "run", str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    return process, log
+
+
+@pytest.mark.slow  # three TensorFlow start-ups and a kill: ~2-3 minutes on 2 cores
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the pipeline exports TFLite")
+def test_killed_mid_distillation_resumes_without_rerunning_stages(tmp_path):
+    run_dir = tmp_path / "run"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(PIPELINE.format(run_dir=run_dir))
+    process, log = _start(config, tmp_path / "first.log")
+    backup = run_dir / "distill" / "backup"
+    # Kill once distillation has checkpointed at least one epoch.
+    checkpoint = backup / "training_metadata.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    log.close()
+    first = (tmp_path / "first.log").read_text()
+    assert checkpoint.exists(), f"distillation never checkpointed:\n{first[-2000:]}"
+    assert (run_dir / ".stages" / "teacher.json").exists()
+    assert not (run_dir / ".stages" / "distill.json").exists(), "killed too late"
+    teacher_marker = (run_dir / ".stages" / "teacher.json").read_bytes()
+
+    process, log = _start(config, tmp_path / "second.log")
+    assert process.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log.close()
+    second = (tmp_path / "second.log").read_text()
+    assert "[teacher] finished earlier, skipping" in second
+    assert "[teacher] running" not in second
+    # BackupAndRestore: distillation resumed after the last finished epoch.
+    epochs = [int(e) for e in re.findall(r"Epoch (\d+)/40", second)]
+    assert epochs and epochs[0] > 1, second[-3000:]
+    assert (run_dir / ".stages" / "teacher.json").read_bytes() == teacher_marker
+    assert sorted(p.stem for p in (run_dir / ".stages").iterdir()) == sorted(STAGES)
+    files = sorted(
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if p.is_file() and ".stages" not in p.parts and "backup" not in p.parts
+    )
+    assert files == sorted(
+        [
+            "config.json",
+            "teacher/teacher.keras",
+            "teacher/history.json",
+            "distill/student.keras",
+            "distill/history.json",
+            "prune/student_pruned.keras",
+            "prune/history.json",
+            "export/teacher.tflite",
+            "export/teacher.tflite.parity.json",
+            "export/student.tflite",
+            "export/student.tflite.parity.json",
+            "export/student_pruned.tflite",
+            "export/student_pruned.tflite.parity.json",
+            "export/student_pruned_dynamic.tflite",
+            "export/student_pruned_dynamic.tflite.parity.json",
+            "report/report.md",
+            "report/report.json",
+            "report/frontier.png",
+            "report/curves.png",
+        ]
+    )
+    # A third run has nothing left to do.
+    from kd_keras.pipeline import Pipeline, load_config
+
+    messages = []
+    Pipeline(load_config(config), log=messages.append).run()
+    assert messages == [
+        f"[{stage}] finished earlier, skipping ({run_dir / '.stages' / (stage + '.json')})"
+        for stage in STAGES
+    ]
