@@ -73,63 +73,22 @@ def fit_keras_distillation(teacher, x, y, xt, yt, seed, epochs, batch_size):
     return common.accuracy(student, xt, yt), timer.median()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batch-size", type=int, default=128)
-    # Chosen by benchmarks/tune_distillation.py on a validation split of the
-    # training set (see RESULTS.md), never on the test set.
-    parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument(
-        "--timing-only",
-        action="store_true",
-        help="one seed, epoch times only (run on a quiet machine)",
-    )
-    parser.add_argument("--labelled", type=int, default=6000)
-    parser.add_argument("--skip-few-labels", action="store_true")
-    args = parser.parse_args(argv)
-    if args.timing_only:
-        args.seeds, args.skip_few_labels = args.seeds[:1], True
-    stem = "distillation_timing" if args.timing_only else "distillation"
-
-    (x, y), (xt, yt) = common.data()
-    teacher = common.teacher()
-    teacher_acc = common.accuracy(teacher, xt, yt)
-    start = time.perf_counter()
-    logits = kd_keras.cache_teacher_outputs(teacher, x, batch_size=1024, verbose=0)
-    cache_seconds = time.perf_counter() - start
+def main_table(args, x, y, xt, yt, teacher, logits, header):
+    """Scratch vs kd_keras (cached / online) vs keras.distillation, per seed."""
     cached_target = {"labels": y, "teacher_logits": logits}
-
     rows = {k: [] for k in ("scratch", "kd_cached", "kd_online", "keras")}
+    kd = {"temperature": args.temperature, "alpha": args.alpha}
     for seed in args.seeds:
-        common_args = {"seed": seed, "epochs": args.epochs, "batch_size": args.batch_size}
-        rows["scratch"].append(fit_scratch(x, y, xt, yt, **common_args))
-        rows["kd_cached"].append(
-            fit_kd(
-                None,
-                cached_target,
-                x,
-                xt,
-                yt,
-                temperature=args.temperature,
-                alpha=args.alpha,
-                **common_args,
-            )
-        )
-        rows["kd_online"].append(
-            fit_kd(
-                teacher, y, x, xt, yt, temperature=args.temperature, alpha=args.alpha, **common_args
-            )
-        )
-        rows["keras"].append(fit_keras_distillation(teacher, x, y, xt, yt, **common_args))
+        run = {"seed": seed, "epochs": args.epochs, "batch_size": args.batch_size}
+        rows["scratch"].append(fit_scratch(x, y, xt, yt, **run))
+        rows["kd_cached"].append(fit_kd(None, cached_target, x, xt, yt, **kd, **run))
+        rows["kd_online"].append(fit_kd(teacher, y, x, xt, yt, **kd, **run))
+        rows["keras"].append(fit_keras_distillation(teacher, x, y, xt, yt, **run))
         print(
             f"seed {seed}: "
             + ", ".join(f"{k}={v[-1][0]:.4f} ({v[-1][1]:.2f}s/epoch)" for k, v in rows.items()),
             flush=True,
         )
-
     scratch_time = np.mean([t for _, t in rows["scratch"]])
     keras_time = np.mean([t for _, t in rows["keras"]])
     labels = {
@@ -142,10 +101,7 @@ def main(argv=None):
         "keras": "keras.distillation.Distiller, LogitsDistillation() defaults",
     }
     lines = [
-        f"Fashion-MNIST 60k/10k, {args.epochs} epochs, batch {args.batch_size}, Adam 1e-3, "
-        f"seeds {args.seeds}. Teacher test accuracy {teacher_acc * 100:.2f} %, "
-        f"{teacher.count_params():,} params; student {common.student(0).count_params():,} "
-        f"params. Caching the teacher's logits took {cache_seconds:.1f} s once.",
+        header,
         "",
         "| model | test accuracy % (mean ± std) | Δ vs scratch (pt) "
         "| epoch time / scratch | epoch time / keras.distillation |",
@@ -160,57 +116,106 @@ def main(argv=None):
             f"| {(np.mean(accs) - scratch_mean) * 100:+.2f} | "
             f"{t / scratch_time:.2f} | {t / keras_time:.2f} |"
         )
-    results = {"teacher_accuracy": teacher_acc, "cache_seconds": cache_seconds, "rows": rows}
+    return lines, rows
 
-    if not args.skip_few_labels:
-        mask = few_labels_split(y, args.labelled, seed=0)
-        steps_ratio = len(y) // args.labelled
-        few = {"scratch": [], "kd": []}
-        for seed in args.seeds:
-            few["scratch"].append(
-                fit_scratch(
-                    x[mask], y[mask], xt, yt, seed, args.epochs * steps_ratio, args.batch_size
-                )[0]
-            )
-            target = {
-                "labels": np.where(mask, y, 0),
-                "label_mask": mask.astype("float32"),
-                "teacher_logits": logits,
-            }
-            few["kd"].append(
-                fit_kd(
-                    None,
-                    target,
-                    x,
-                    xt,
-                    yt,
-                    seed,
-                    args.epochs,
-                    args.batch_size,
-                    args.temperature,
-                    args.alpha,
-                )[0]
-            )
-            print(
-                f"few-labels seed {seed}: scratch={few['scratch'][-1]:.4f} kd={few['kd'][-1]:.4f}",
-                flush=True,
-            )
-        gain = (np.mean(few["kd"]) - np.mean(few["scratch"])) * 100
-        lines += [
-            "",
-            f"Few labels: {args.labelled:,} labelled images (class-balanced, seed 0); the "
-            f"distilled student also sees all {len(y):,} images as transfer data (label_mask). "
-            f"Same optimizer steps: scratch runs {args.epochs * steps_ratio} epochs on the "
-            f"{args.labelled:,}, kd_keras {args.epochs} epochs on {len(y):,}.",
-            "",
-            "| model | test accuracy % (mean ± std) | Δ vs scratch (pt) |",
-            "|---|---|---|",
-            f"| student on {args.labelled:,} labels alone "
-            f"| {common.mean_spread(few['scratch'])} | +0.00 |",
-            f"| kd_keras: {args.labelled:,} labels + {len(y):,} transfer images "
-            f"| {common.mean_spread(few['kd'])} | {gain:+.2f} |",
-        ]
-        results["few_labels"] = few
+
+def few_labels_table(args, x, y, xt, yt, logits):
+    """`args.labelled` labels + all images as transfer data, vs those labels
+    alone, with the same number of optimizer steps."""
+    mask = few_labels_split(y, args.labelled, seed=0)
+    steps_ratio = len(y) // args.labelled
+    target = {
+        "labels": np.where(mask, y, 0),
+        "label_mask": mask.astype("float32"),
+        "teacher_logits": logits,
+    }
+    few = {"scratch": [], "kd": []}
+    for seed in args.seeds:
+        scratch_epochs = args.epochs * steps_ratio
+        few["scratch"].append(
+            fit_scratch(x[mask], y[mask], xt, yt, seed, scratch_epochs, args.batch_size)[0]
+        )
+        few["kd"].append(
+            fit_kd(
+                None,
+                target,
+                x,
+                xt,
+                yt,
+                seed,
+                args.epochs,
+                args.batch_size,
+                args.temperature,
+                args.alpha,
+            )[0]
+        )
+        print(
+            f"few-labels seed {seed}: scratch={few['scratch'][-1]:.4f} kd={few['kd'][-1]:.4f}",
+            flush=True,
+        )
+    gain = (np.mean(few["kd"]) - np.mean(few["scratch"])) * 100
+    lines = [
+        f"Few labels: {args.labelled:,} labelled images (class-balanced, seed 0); the "
+        f"distilled student (T={args.temperature:g}, alpha={args.alpha:g}, cached logits) "
+        f"also sees all {len(y):,} images as transfer data (label_mask). Same optimizer "
+        f"steps: scratch runs {args.epochs * steps_ratio} epochs on the {args.labelled:,}, "
+        f"kd_keras {args.epochs} epochs on {len(y):,}. Seeds {args.seeds}.",
+        "",
+        "| model | test accuracy % (mean ± std) | Δ vs scratch (pt) |",
+        "|---|---|---|",
+        f"| student on {args.labelled:,} labels alone "
+        f"| {common.mean_spread(few['scratch'])} | +0.00 |",
+        f"| kd_keras: {args.labelled:,} labels + {len(y):,} transfer images "
+        f"| {common.mean_spread(few['kd'])} | {gain:+.2f} |",
+    ]
+    return lines, few
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch-size", type=int, default=128)
+    # Chosen by benchmarks/tune_distillation.py on a validation split of the
+    # training set (see RESULTS.md), never on the test set.
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--labelled", type=int, default=6000)
+    parser.add_argument(
+        "--part",
+        choices=("all", "main", "few-labels"),
+        default="all",
+        help="run both tables, or one (e.g. in two processes)",
+    )
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="main table, first seed only: epoch-time ratios on a quiet machine",
+    )
+    args = parser.parse_args(argv)
+    if args.timing_only:
+        args.seeds, args.part = args.seeds[:1], "main"
+    stem = "distillation_timing" if args.timing_only else f"distillation_{args.part}"
+
+    (x, y), (xt, yt) = common.data()
+    teacher = common.teacher()
+    teacher_acc = common.accuracy(teacher, xt, yt)
+    start = time.perf_counter()
+    logits = kd_keras.cache_teacher_outputs(teacher, x, batch_size=1024, verbose=0)
+    cache_seconds = time.perf_counter() - start
+    header = (
+        f"Fashion-MNIST 60k/10k, {args.epochs} epochs, batch {args.batch_size}, Adam 1e-3, "
+        f"seeds {args.seeds}. Teacher test accuracy {teacher_acc * 100:.2f} %, "
+        f"{teacher.count_params():,} params; student {common.student(0).count_params():,} "
+        f"params. Caching the teacher's logits took {cache_seconds:.1f} s once."
+    )
+    lines, results = [], {"teacher_accuracy": teacher_acc, "cache_seconds": cache_seconds}
+    if args.part in ("all", "main"):
+        table, results["rows"] = main_table(args, x, y, xt, yt, teacher, logits, header)
+        lines += table + [""]
+    if args.part in ("all", "few-labels"):
+        table, results["few_labels"] = few_labels_table(args, x, y, xt, yt, logits)
+        lines += table
     table = "\n".join(lines)
     print(table)
     common.OUT.mkdir(parents=True, exist_ok=True)

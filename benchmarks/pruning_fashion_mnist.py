@@ -7,7 +7,9 @@ single input channel, so it stays dense there), each
 
   (a) fine-tuned with labels only while pruning, and
   (b) distilled while pruning: kd_keras.Distiller in the same `fit`,
-      soft targets (T = 4, alpha = 0.1) from the reference teacher.
+      soft targets (T and alpha as chosen by benchmarks/tune_distillation.py
+      on a training-set validation split: T = 2, alpha = 0.5) from the
+      reference teacher.
 
 The dense distilled student (trained with the Distiller from scratch for the
 dense epochs) is the reference for (b). Each row: test accuracy, zero
@@ -68,9 +70,11 @@ def fit_labels(model, x, y, epochs, lr=1e-3, callbacks=()):
     return model
 
 
-def fit_distilled(student, teacher, x, y, logits, epochs, lr=1e-3, callbacks=()):
+def fit_distilled(
+    student, teacher, x, y, logits, epochs, lr=1e-3, callbacks=(), temperature=2.0, alpha=0.5
+):
     distiller = kd_keras.Distiller(
-        student, teacher, losses=[kd_keras.losses.SoftTargetKD(4.0)], alpha=0.1
+        student, teacher, losses=[kd_keras.losses.SoftTargetKD(temperature)], alpha=alpha
     )
     distiller.compile(keras.optimizers.Adam(lr))
     distiller.fit(
@@ -109,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--prune-epochs", type=int, default=4, help="epochs of pruning")
     parser.add_argument("--teacher", help=".keras teacher (default: benchmarks/out cache)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke)")
     args = parser.parse_args(argv)
 
@@ -125,7 +131,8 @@ def main(argv=None):
     rows = []
     dense = fit_labels(common.student(args.seed), x, y, args.epochs)
     rows.append(measure("dense, labels", dense, xt, yt) | {"mode": "labels"})
-    dense_kd = fit_distilled(common.student(args.seed), teacher, x, y, logits, args.epochs)
+    kd = {"temperature": args.temperature, "alpha": args.alpha}
+    dense_kd = fit_distilled(common.student(args.seed), teacher, x, y, logits, args.epochs, **kd)
     rows.append(measure("dense, distilled", dense_kd, xt, yt) | {"mode": "distilled"})
     for label, spec in TARGETS:
         keras.utils.set_random_seed(args.seed)
@@ -146,6 +153,7 @@ def main(argv=None):
             logits,
             args.prune_epochs,
             callbacks=[pruning.UpdatePruningStep()],
+            **kd,
         )
         rows.append(
             measure(f"{label}, distilled while pruning", pruned, xt, yt) | {"mode": "distilled"}

@@ -17,7 +17,7 @@ import os
 # progress bars on CPU machines; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kd_keras import callbacks, losses, quantization, schedules
+from kd_keras import bench, callbacks, export, losses, pruning, quantization, schedules
 from kd_keras.callbacks import DistillationScheduler, NaNGuard
 from kd_keras.distiller import Distiller
 from kd_keras.features import record_outputs, resolve_layer
@@ -27,6 +27,9 @@ from kd_keras.teacher_cache import cache_teacher_outputs, random_ops_in_dataset
 
 __version__ = "0.1.0"
 __all__ = [
+    "bench",
+    "export",
+    "pruning",
     "DistillationScheduler",
     "Distiller",
     "MutualDistiller",

@@ -255,6 +255,11 @@ class Distiller(keras.Model):
         """Runs one tiny forward pass of every model to learn the shapes the
         terms see, checks them, and builds the terms' own weights (hint
         projections) so a saved Distiller loads its weights back."""
+        # Functional models with dict inputs (keras-hub tasks) list `inputs`
+        # flat; the structure they are called with is the dict.
+        structure = getattr(self.student, "_inputs_struct", None)
+        if isinstance(structure, dict):
+            inputs = structure
         x = self._example_inputs(inputs)
         with record_outputs(self.student, self._student_paths) as s_features:
             s_out = self.student(x, training=False)

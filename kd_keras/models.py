@@ -14,6 +14,16 @@ import keras
 from keras import layers
 
 
+def _conv_blocks(x, filters: Sequence[int]):
+    """conv3x3 (no bias) - BN - ReLU (`block{i}`) - 2x2 max-pool, per width."""
+    for i, f in enumerate(filters, start=1):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"block{i}")(x)
+        x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    return x
+
+
 def cnn_teacher(
     input_shape: Sequence[int] = (28, 28, 1),
     num_classes: int = 10,
@@ -27,12 +37,7 @@ def cnn_teacher(
     With the defaults on 28x28x1 it has about 1.25 M parameters.
     """
     inputs = keras.Input(tuple(input_shape), name="image")
-    x = inputs
-    for i, f in enumerate(filters, start=1):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"block{i}")(x)
-        x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = _conv_blocks(inputs, filters)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="embedding")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
@@ -51,12 +56,7 @@ def cnn_student(
     With the defaults on 28x28x1 it has about 9.2 k parameters.
     """
     inputs = keras.Input(tuple(input_shape), name="image")
-    x = inputs
-    for i, f in enumerate(filters, start=1):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"block{i}")(x)
-        x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = _conv_blocks(inputs, filters)
     x = layers.Flatten(name="embedding")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)

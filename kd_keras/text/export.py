@@ -146,3 +146,27 @@ def tflite_latency_ms(
         runner(**feed)
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times))
+
+
+def load_text_preprocessor(folder: str | os.PathLike):
+    """The preprocessor (tokenizer and sequence length) saved beside an
+    exported text model, to turn strings into its int32 inputs.
+
+    Example:
+
+    ```python
+    preprocessor = load_text_preprocessor("out/student")
+    inputs = preprocessor(["a new sentence"])  # token_ids, segment_ids, padding_mask
+    ```
+    """
+    import json
+
+    config_file = Path(folder) / "preprocessor.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"No preprocessor.json in {folder}: export with export_text_tflite(model, ...) "
+            "where model has a preprocessor."
+        )
+    preprocessor = keras.saving.deserialize_keras_object(json.loads(config_file.read_text()))
+    preprocessor.load_preset_assets(str(folder))
+    return preprocessor

@@ -219,6 +219,7 @@ class AttentionMapLoss(_AttachedTerm, DistillationLoss):
 
 def attention_map_loss(p_teacher, p_student, key_mask, query_weights, mode: str = "kl"):
     """The maths of `AttentionMapLoss` on tensors (see its docstring)."""
+    p_teacher, p_student = ops.cast(p_teacher, "float32"), ops.cast(p_student, "float32")
     if p_teacher.shape[1] != p_student.shape[1]:
         p_teacher = ops.mean(p_teacher, axis=1, keepdims=True)
         p_student = ops.mean(p_student, axis=1, keepdims=True)
