@@ -37,7 +37,9 @@ class TeacherSnapshot(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch > 0 and epoch % self.every == 0:
             for target, source in zip(self.model.teacher.weights, self.model.student.weights):
-                target.assign(source)
+                # A host copy, not the array itself: on JAX two variables
+                # sharing one buffer break the trainer's buffer donation.
+                target.assign(keras.ops.convert_to_numpy(source))
             self.snapshots.append(epoch)
             self.model.alpha.assign(self._alpha)
 
