@@ -13,6 +13,7 @@ from kd_keras import bench, export
 from kd_keras.data import load_digits
 from kd_keras.export.onnx import onnx_export_available
 from kd_keras.models import cnn_student
+from tiny import digits_student
 
 TF_ONLY = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TFLite export needs TensorFlow"
@@ -32,13 +33,7 @@ def digits():
 @pytest.fixture(scope="module")
 def student(digits):
     (x_train, y_train), _ = digits
-    keras.utils.set_random_seed(0)
-    model = cnn_student((8, 8, 1))
-    model.compile(
-        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    model.fit(x_train[:256], y_train[:256], epochs=1, batch_size=64, verbose=0)
-    return model
+    return digits_student(x_train[:256], y_train[:256], epochs=1, batch_size=64)
 
 
 @pytest.fixture(scope="module")

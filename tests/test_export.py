@@ -13,6 +13,7 @@ from kd_keras.export import atomic
 from kd_keras.export.base import publish
 from kd_keras.export.onnx import onnx_export_available
 from kd_keras.models import cnn_student
+from tiny import digits_student
 
 TF_ONLY = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TFLite / SavedModel export needs TensorFlow"
@@ -39,15 +40,8 @@ def digits():
 @pytest.fixture(scope="module")
 def student(digits):
     (x_train, y_train), _ = digits
-    keras.utils.set_random_seed(0)
-    model = cnn_student((8, 8, 1))
-    model.compile(
-        optimizer="adam",
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
     # Trained enough that few test logits are near-ties, which int8 may flip.
-    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
-    return model
+    return digits_student(x_train, y_train, epochs=8, batch_size=32)
 
 
 def _keras_logits(model, x):

@@ -60,3 +60,17 @@ def np_soft_target(t_logits, s_logits, temperature, weights=None):
 def np_sparse_ce(labels, logits):
     p = softmax(logits)
     return -np.log(np.take_along_axis(p, labels[..., None].astype(int), -1)[..., 0])
+
+
+def digits_student(x_train, y_train, epochs: int, batch_size: int):
+    """The reference digits student (`cnn_student((8, 8, 1))`), seeded and
+    trained with labels: the model the export and bench tests convert."""
+    from kd_keras.models import cnn_student
+
+    keras.utils.set_random_seed(0)
+    model = cnn_student((8, 8, 1))
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    return model
