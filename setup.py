@@ -9,7 +9,7 @@ EXTRAS = {
     "tensorflow": ["tensorflow-cpu>=2.16", "tf_keras>=2.16"],
     "hub": ["keras-hub>=0.20", "safetensors"],
     "tfmot": ["tensorflow-model-optimization>=0.8", "tf_keras>=2.16"],
-    "data": ["tensorflow-datasets", "scikit-learn", "matplotlib"],
+    "data": ["tensorflow-datasets", "importlib_resources", "scikit-learn", "matplotlib"],
     "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
     "test": ["pytest", "ruff"],
 }

@@ -6,12 +6,19 @@ test accuracy through the LiteRT interpreter, .tflite size raw and gzipped,
 and 1-thread latency (batch 1, warm-up then N timed runs, median) as a ratio
 to the float .tflite measured in the same run.
 
-Rows: float TFLite, dynamic range, full-int8 PTQ, QAT (labels), QAT +
-distillation (kd_keras.Distiller with the cached reference teacher),
-clustering (16 clusters), pruned 80 % + QAT int8 (kd_keras.pruning), and
-TFMOT QAT on the same architecture rebuilt in tf_keras.
+Rows: float TFLite, dynamic range, full-int8 PTQ, float16 PTQ; then the
+rows that train further (each --qat-epochs at lr 1e-4): the float model
+fine-tuned the same epochs (the fair reference for them), QAT (labels), QAT +
+distillation (kd_keras.Distiller on cached teacher logits, T = 2, alpha =
+0.5), clustering (16 clusters), pruned 80 % + QAT int8 (labels, and
+distilled in both stages), and TFMOT QAT on the same architecture rebuilt in
+tf_keras. "Δ vs ref" compares PTQ rows with the float model they were made
+from and trained rows with the equally trained float model. "payload gzip"
+is gzip of the flatbuffer's weight buffers alone: the part that scales with
+the model, without the graph's fixed few kilobytes.
 
     python -m benchmarks.quantization_fashion_mnist --epochs 4 --qat-epochs 2
+    python -m benchmarks.quantization_fashion_mnist --filters 32 64   # a wider student
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 import kd_keras
 from benchmarks import common
 from kd_keras import pruning
+from kd_keras.models import cnn_student
 from kd_keras.quantization import (
     convert,
     quantize_model,
@@ -75,14 +83,14 @@ def compile_fit(model, x, y, epochs, lr, callbacks=()):
     return model
 
 
-def tf_keras_student():
+def tf_keras_student(filters=(8, 16)):
     """kd_keras.models.cnn_student rebuilt layer for layer in tf_keras."""
     import tf_keras
 
     layers = tf_keras.layers
     inputs = tf_keras.Input((28, 28, 1), name="image")
     x = inputs
-    for i, f in enumerate((8, 16), start=1):
+    for i, f in enumerate(filters, start=1):
         x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
         x = layers.ReLU(name=f"block{i}")(x)
@@ -91,14 +99,60 @@ def tf_keras_student():
     return tf_keras.Model(inputs, layers.Dense(10, name="logits")(x), name="student_tf_keras")
 
 
+def payload_bytes(model_bytes) -> bytes:
+    """The flatbuffer's constant buffers (weights, biases, quantization
+    constants) concatenated: what grows with the parameter count."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    return b"".join(bytes(b.data) for b in model.buffers if b.data is not None)
+
+
+def distilled_fit(student, x, y, logits, epochs, lr, callbacks=()):
+    distiller = kd_keras.Distiller(
+        student=student,
+        teacher=None,
+        losses=[kd_keras.losses.SoftTargetKD(temperature=2.0)],
+        alpha=0.5,
+    )
+    distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
+    distiller.fit(
+        x,
+        {"labels": y, "teacher_logits": logits},
+        epochs=epochs,
+        batch_size=BATCH,
+        verbose=2,
+        callbacks=list(callbacks),
+    )
+    return distiller.student
+
+
+def copy_of(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def prune_80(student, steps, epochs):
+    """80 % magnitude pruning reached after 3/4 of the steps, then held."""
+    end = max(int(steps * epochs * 0.75), 1)
+    return pruning.prune_low_magnitude(
+        copy_of(student),
+        pruning_schedule=pruning.PolynomialDecay(0.0, 0.8, 0, end, frequency=max(end // 40, 1)),
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=4, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2, help="QAT / fine-tune epochs")
+    parser.add_argument("--filters", type=int, nargs=2, default=[8, 16], help="student widths")
     parser.add_argument("--calibration-batches", type=int, default=200)
     parser.add_argument("--latency-runs", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="smoke test: first N images")
+    parser.add_argument("--skip-tfmot", action="store_true")
+    parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args()
 
     (x, y), (xt, yt) = common.data()
@@ -107,14 +161,16 @@ def main():
     sample = xt[:1]
     rows = []
 
-    def record(name, model_bytes, note=""):
+    def record(name, model_bytes, ref, note=""):
         accuracy = float(np.mean(tflite_predict(model_bytes, xt).argmax(1) == yt))
         rows.append(
             {
                 "name": name,
+                "ref": ref,
                 "accuracy": accuracy,
                 "raw": len(model_bytes),
                 "gz": len(gzip.compress(model_bytes, 9)),
+                "payload_gz": len(gzip.compress(payload_bytes(model_bytes), 9)),
                 "latency": latency_ms(model_bytes, sample, runs=args.latency_runs),
                 "latency64": latency_ms(model_bytes, xt[:64], runs=max(args.latency_runs // 10, 5)),
                 "note": note,
@@ -122,98 +178,162 @@ def main():
         )
         print(f"{name}: acc {accuracy:.4f} size {len(model_bytes)}", flush=True)
 
+    def make_student():
+        keras.utils.set_random_seed(args.seed)
+        return cnn_student(filters=tuple(args.filters))
+
     start = time.time()
-    student = compile_fit(common.student(args.seed), x, y, args.epochs, 1e-3)
-    float_bytes = convert(student)
-    record("float32 TFLite", float_bytes)
-    record("dynamic range (PTQ)", quantize_post_training(student, "dynamic"),
-           "weights < 1024 elements stay float")
+    student = compile_fit(make_student(), x, y, args.epochs, 1e-3)
+    params = student.count_params()
+    record("float32 TFLite", convert(student), "float")
+    record(
+        "dynamic range (PTQ)",
+        quantize_post_training(student, "dynamic"),
+        "float",
+        "weights < 1024 elements stay float",
+    )
     record(
         "full int8 (PTQ)",
         quantize_post_training(
-            student, "int8", representative_data=x[:args.calibration_batches],
-            num_calibration_batches=args.calibration_batches, int8_io=True,
+            student,
+            "int8",
+            representative_data=x[: args.calibration_batches],
+            num_calibration_batches=args.calibration_batches,
+            int8_io=True,
         ),
+        "float",
         f"{args.calibration_batches} calibration samples, int8 I/O",
     )
-    record("float16 (PTQ)", quantize_post_training(student, "float16"))
+    record("float16 (PTQ)", quantize_post_training(student, "float16"), "float")
+
+    tuned = f"+{args.qat_epochs} epochs at lr 1e-4"
+    keras.utils.set_random_seed(args.seed)
+    longer = compile_fit(copy_of(student), x, y, args.qat_epochs, 1e-4)
+    record(f"float32, {tuned}", convert(longer), "float+", "reference of the rows below")
 
     keras.utils.set_random_seed(args.seed)
     qat = compile_fit(quantize_model(student), x, y, args.qat_epochs, 1e-4)
-    record("QAT int8 (labels)", convert(qat, mode="qat", int8_io=True),
-           f"+{args.qat_epochs} QAT epochs")
+    record("QAT int8 (labels)", convert(qat, mode="qat", int8_io=True), "float+", tuned)
 
+    logits = common.teacher().predict(x, batch_size=512, verbose=0)
     keras.utils.set_random_seed(args.seed)
-    distiller = kd_keras.Distiller(
-        student=quantize_model(student),
-        teacher=common.teacher(),
-        losses=[kd_keras.losses.SoftTargetKD(temperature=4.0)],
-        alpha=0.1,
+    qat_kd = distilled_fit(quantize_model(student), x, y, logits, args.qat_epochs, 1e-4)
+    record(
+        "QAT int8 + distillation",
+        convert(qat_kd, mode="qat", int8_io=True),
+        "float+",
+        f"{tuned}; teacher 1.23 M params, T=2, alpha=0.5",
     )
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-4), metrics=["accuracy"])
-    distiller.fit(x, y, epochs=args.qat_epochs, batch_size=BATCH, verbose=2)
-    record("QAT int8 + distillation", convert(distiller.student, mode="qat", int8_io=True),
-           "teacher 1.23 M params, T=4, alpha=0.1")
 
     keras.utils.set_random_seed(args.seed)
     clustered = compile_fit(
         cluster_weights(student, 16, CentroidInitialization.KMEANS_PLUS_PLUS),
-        x, y, args.qat_epochs, 1e-4,
+        x,
+        y,
+        args.qat_epochs,
+        1e-4,
     )
-    record("clustering, 16 clusters (float)", convert(strip_clustering(clustered)),
-           "k-means++ init")
+    record(
+        "clustering, 16 clusters (float)",
+        convert(strip_clustering(clustered)),
+        "float+",
+        f"{tuned}, k-means++ init",
+    )
 
+    steps = int(np.ceil(len(x) / BATCH))
+    prune_note = f"+{args.qat_epochs} pruning (lr 1e-3) + {args.qat_epochs} QAT epochs"
     keras.utils.set_random_seed(args.seed)
-    pruned = pruning.prune_low_magnitude(
-        student, pruning_schedule=pruning.ConstantSparsity(0.8, begin_step=0, frequency=100)
+    pruned = compile_fit(
+        prune_80(student, steps, args.qat_epochs),
+        x,
+        y,
+        args.qat_epochs,
+        1e-3,
+        callbacks=[pruning.UpdatePruningStep()],
     )
-    pruned = compile_fit(pruned, x, y, args.qat_epochs, 1e-3,
-                         callbacks=[pruning.UpdatePruningStep()])
     stripped = pruning.strip_pruning(pruned)
     pruned_qat = compile_fit(quantize_model(stripped), x, y, args.qat_epochs, 1e-4)
-    record("pruned 80 % + QAT int8", convert(pruned_qat, mode="qat", int8_io=True),
-           f"+{args.qat_epochs} pruning + {args.qat_epochs} QAT epochs, kernel sparsity "
-           f"{sparsity(stripped):.2f}")
+    record(
+        "pruned 80 % + QAT int8",
+        convert(pruned_qat, mode="qat", int8_io=True),
+        "float",
+        f"{prune_note}, kernel sparsity {sparsity(stripped):.2f}",
+    )
+    keras.utils.set_random_seed(args.seed)
+    pruned = distilled_fit(
+        prune_80(student, steps, args.qat_epochs),
+        x,
+        y,
+        logits,
+        args.qat_epochs,
+        1e-3,
+        callbacks=[pruning.UpdatePruningStep()],
+    )
+    stripped = pruning.strip_pruning(pruned)
+    pruned_qat = distilled_fit(quantize_model(stripped), x, y, logits, args.qat_epochs, 1e-4)
+    record(
+        "pruned 80 % + QAT int8, distilled",
+        convert(pruned_qat, mode="qat", int8_io=True),
+        "float",
+        f"{prune_note}, both with the teacher",
+    )
 
+    if not args.skip_tfmot:
+        tfmot_rows(args, x, y, record)
+
+    refs = {"float": rows[0], "float+": rows[4]}
+    base = rows[0]
+    print(
+        f"\nFashion-MNIST test ({len(yt):,} images), student filters {tuple(args.filters)} "
+        f"({params:,} params), seed {args.seed}, {args.epochs} float epochs, "
+        f"{args.qat_epochs} QAT/fine-tune epochs, total {time.time() - start:.0f} s\n"
+    )
+    print(
+        "| model | accuracy | Δ vs ref (pt) | .tflite bytes | gzip bytes | gzip × smaller | "
+        "payload gzip × smaller | 1-thread latency × float (batch 1) | (batch 64) | note |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref = refs[r["ref"]]
+        print(
+            f"| {r['name']} | {r['accuracy']:.4f} | "
+            f"{100 * (r['accuracy'] - ref['accuracy']):+.2f} | {r['raw']:,} | {r['gz']:,} | "
+            f"{base['gz'] / r['gz']:.2f} | {base['payload_gz'] / r['payload_gz']:.2f} | "
+            f"{r['latency'] / base['latency']:.2f} | "
+            f"{r['latency64'] / base['latency64']:.2f} | {r['note']} |"
+        )
+    print(
+        f"\nfloat32 latency: {base['latency']:.4f} ms at batch 1 (median of "
+        f"{args.latency_runs}), {base['latency64']:.3f} ms at batch 64; 1 thread, "
+        f"LiteRT interpreter with its default XNNPACK delegate"
+    )
+    if args.out:
+        import json
+
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "params": params, "rows": rows}, f, indent=1)
+
+
+def tfmot_rows(args, x, y, record):
+    """The same architecture in tf_keras, through real TFMOT QAT."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
     keras.utils.set_random_seed(args.seed)
-    tf_student = tf_keras_student()
-    tf_student.compile(
-        tf_keras.optimizers.Adam(1e-3),
-        tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    tf_student = tf_keras_student(tuple(args.filters))
+    ce = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    tf_student.compile(tf_keras.optimizers.Adam(1e-3), ce, metrics=["accuracy"])
     tf_student.fit(x, y, epochs=args.epochs, batch_size=BATCH, verbose=2)
-    record("TFMOT float32 (tf_keras)", convert(tf_student))
+    record("TFMOT float32 (tf_keras)", convert(tf_student), "float")
     tf_qat = tfmot.quantization.keras.quantize_model(tf_student)
-    tf_qat.compile(
-        tf_keras.optimizers.Adam(1e-4),
-        tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    tf_qat.compile(tf_keras.optimizers.Adam(1e-4), ce, metrics=["accuracy"])
     tf_qat.fit(x, y, epochs=args.qat_epochs, batch_size=BATCH, verbose=2)
-    record("TFMOT QAT int8 (tf_keras)", convert(tf_qat, mode="qat", int8_io=True),
-           "same arch, data, epochs")
-
-    base = rows[0]
-    print(f"\nFashion-MNIST test (10,000 images), seed {args.seed}, "
-          f"{args.epochs} float epochs, {args.qat_epochs} QAT/fine-tune epochs, "
-          f"total {time.time() - start:.0f} s\n")
-    print("| model | accuracy | Δ vs float (pt) | .tflite bytes | gzip bytes | "
-          "gzip × smaller | 1-thread latency × float (batch 1) | (batch 64) | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['name']} | {r['accuracy']:.4f} | "
-            f"{100 * (r['accuracy'] - base['accuracy']):+.2f} | {r['raw']:,} | {r['gz']:,} | "
-            f"{base['gz'] / r['gz']:.2f} | {r['latency'] / base['latency']:.2f} | "
-            f"{r['latency64'] / base['latency64']:.2f} | {r['note']} |"
-        )
-    print(f"\nfloat32 latency: {base['latency']:.4f} ms at batch 1 (median of "
-          f"{args.latency_runs}), {base['latency64']:.3f} ms at batch 64; 1 thread, "
-          f"LiteRT interpreter with its default XNNPACK delegate")
+    record(
+        "TFMOT QAT int8 (tf_keras)",
+        convert(tf_qat, mode="qat", int8_io=True),
+        "float+",
+        "same arch, data, epochs",
+    )
 
 
 if __name__ == "__main__":

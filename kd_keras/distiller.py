@@ -351,6 +351,18 @@ class Distiller(keras.Model):
             )
         return self.teacher_forward(x)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch backend: Keras's torch `train_step` clears the previous
+        step's gradients with `torch.nn.Module.zero_grad`, which reaches only
+        registered torch parameters. Models that set their attributes through
+        `object.__setattr__` while being built (keras-hub backbones) leave
+        their variables out of the Distiller's `parameters()`, so their
+        gradients would add up over the steps; every trainable variable's
+        gradient is dropped instead."""
+        for variable in self.trainable_variables:
+            if getattr(variable.value, "grad", None) is not None:
+                variable.value.grad = None
+
     def train_step(self, *args):
         if keras.backend.backend() == "tensorflow":
             # The teacher runs before the GradientTape opens, so the tape

@@ -140,3 +140,65 @@ def test_missing_pipeline_module_is_ignored_but_broken_one_raises(plugin_module,
     monkeypatch.setattr(cli, "PIPELINE_COMMANDS", "kdk_test_broken")
     with pytest.raises(ModuleNotFoundError, match="kdk_no_such_dependency"):
         cli.build_parser()
+
+
+def test_registered_sub_commands():
+    parser = cli.build_parser()
+    for command in ("run", "distill", "prune", "quantize", "export", "bench"):
+        assert parser.parse_args([command, *_minimal(command)]).command == command
+
+
+def _minimal(command):
+    return {
+        "run": ["p.yaml"],
+        "distill": ["--teacher", "t.keras", "--student-builder", "cnn_student",
+                    "--data", "digits", "--out", "s.keras"],
+        "prune": ["s.keras", "--data", "digits", "--sparsity", "0.5", "--out", "p.keras"],
+        "quantize": ["s.keras", "--data", "digits", "--out", "q.tflite"],
+        "export": ["s.keras", "--out", "s.tflite"],
+        "bench": ["s.tflite"],
+    }[command]  # fmt: skip
+
+
+def test_text_task_is_handed_to_the_text_pipeline(tmp_path, monkeypatch, capsys):
+    from kd_keras.pipeline import cli_commands
+
+    (tmp_path / "kdk_text_pipeline.py").write_text(
+        textwrap.dedent(
+            """
+            import json, pathlib
+
+            def run_text_pipeline(config_path, run_dir):
+                pathlib.Path(run_dir, "called.json").write_text(
+                    json.dumps([str(config_path), str(run_dir)]))
+                return {"bench": {"markdown": "report.md"}}
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli_commands, "TEXT_PIPELINE", "kdk_text_pipeline")
+    config = tmp_path / "text.yaml"
+    # Not an image config at all: the text pipeline validates its own keys.
+    config.write_text("task: text\ndata: {name: bbc}\nstudent: {num_layers: 2}\n")
+    assert cli.main(["run", str(config), "--run-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "called.json").read_text() == f'["{config}", "{tmp_path}"]'
+    assert "report: report.md" in capsys.readouterr().err
+
+
+def test_text_task_without_the_text_pipeline_says_so(tmp_path, monkeypatch, capsys):
+    from kd_keras.pipeline import cli_commands
+
+    monkeypatch.setattr(cli_commands, "TEXT_PIPELINE", "kd_keras.no_such_text.pipeline")
+    config = tmp_path / "text.yaml"
+    config.write_text("task: text\n")
+    assert cli.main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "has 'task: text'" in err and "kd_keras.no_such_text.pipeline" in err
+
+
+def test_run_reports_a_bad_key_and_exits_2(tmp_path, capsys):
+    config = tmp_path / "p.yaml"
+    config.write_text("data: {name: digits}\nteacher: {builder: cnn_teacher}\n"
+                      "student: {builder: cnn_student}\nprune: {m_by_n: '3:2'}\n")  # fmt: skip
+    assert cli.main(["run", str(config)]) == 2
+    assert "'prune.m_by_n' must be 'M:N'" in capsys.readouterr().err

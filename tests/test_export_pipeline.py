@@ -29,8 +29,34 @@ def _with(**sections):
 
 def test_defaults_fill_in():
     config = validate_config(_with())
-    assert config["distill"]["temperature"] == 4.0 and config["bench"]["threads"] == [1, 2]
+    assert config["distill"]["temperature"] == 2.0 and config["distill"]["alpha"] == 0.5
+    assert config["bench"]["threads"] == [1, 2]
     assert config["quantize"]["modes"] == ["int8"] and config["prune"]["enabled"] is True
+    assert config["quantize"]["method"] == "ptq" and config["quantize"]["distill"] is False
+    assert config["prune"]["final_sparsity"] == 0.5 and config["prune"]["m_by_n"] is None
+    assert config["prune"]["distill"] is False and config["task"] == "image"
+    m_by_n = validate_config(_with(prune={"m_by_n": "2:4"}))["prune"]
+    assert m_by_n["final_sparsity"] is None and m_by_n["m_by_n"] == "2:4"
+
+
+def test_every_schema_key_is_documented():
+    from kd_keras.pipeline import config
+
+    for section, keys in config.SCHEMA.items():
+        assert f"{section}:" in config.__doc__, section
+        for key in keys if isinstance(keys, dict) else ():
+            assert f"{key}:" in config.__doc__, f"{section}.{key}"
+
+
+def test_examples_validate():
+    from pathlib import Path
+
+    from kd_keras.pipeline import load_config
+
+    for path in sorted(Path(__file__).parent.parent.glob("examples/*.yaml")):
+        raw = path.read_text()
+        if "task: text" not in raw:
+            load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -57,6 +83,23 @@ def test_defaults_fill_in():
             {"data": {"name": "digits"}, "student": {"builder": "cnn_student"}},
             r"missing section 'teacher'",
         ),
+        (
+            _with(prune={"m_by_n": "2:4", "final_sparsity": 0.5}),
+            r"'prune.m_by_n' and 'prune.final_sparsity' exclude each other",
+        ),
+        (_with(prune={"m_by_n": "4:2"}), r"'prune.m_by_n' must be 'M:N' with 1 <= M < N"),
+        (_with(prune={"distill": "yes"}), r"'prune.distill' must be true or false"),
+        (_with(quantize={"method": "aqt"}), r"'quantize.method' must be ptq or qat"),
+        (
+            _with(quantize={"method": "qat", "modes": ["dynamic"]}),
+            r"'quantize.modes' is \['dynamic'\], but quantize.method qat",
+        ),
+        (
+            _with(quantize={"method": "qat"}, export={"formats": ["onnx"]}),
+            r"add tflite to 'export.formats'",
+        ),
+        (_with(quantize={"epoch": 2}), r"unknown key 'quantize.epoch'; did you mean"),
+        (_with(task="audio"), r"'task' must be image"),
     ],
 )
 def test_bad_config_names_the_key(config, message):
@@ -149,6 +192,7 @@ def test_killed_mid_distillation_resumes_without_rerunning_stages(tmp_path):
             "distill/history.json",
             "prune/student_pruned.keras",
             "prune/history.json",
+            "prune/sparsity.json",
             "export/teacher.tflite",
             "export/teacher.tflite.parity.json",
             "export/student.tflite",
@@ -172,3 +216,56 @@ def test_killed_mid_distillation_resumes_without_rerunning_stages(tmp_path):
         f"[{stage}] finished earlier, skipping ({run_dir / '.stages' / (stage + '.json')})"
         for stage in STAGES
     ]
+
+
+QAT_PIPELINE = """\
+run_dir: {run_dir}
+data: {{name: digits, max_train: 256, max_test: 128}}
+teacher: {{builder: cnn_teacher, epochs: 1, kwargs: {{filters: [4, 8], dense_units: 16}}}}
+student: {{builder: cnn_student, kwargs: {{filters: [4, 8]}}}}
+distill: {{epochs: 1, temperature: 2.0, alpha: 0.5}}
+prune: {{epochs: 1, m_by_n: "2:4", distill: true}}
+quantize: {{method: qat, epochs: 1, distill: true}}
+export: {{formats: [tflite]}}
+bench: {{threads: [1], runs: 2, warmup: 1}}
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the pipeline exports TFLite")
+def test_pipeline_with_m_by_n_pruning_and_distilled_qat(tmp_path):
+    import json
+
+    import numpy as np
+
+    from kd_keras.pipeline import Pipeline, load_config
+    from kd_keras.quantization.convert import tflite_tensor_types
+
+    config_path = tmp_path / "qat.yaml"
+    config_path.write_text(QAT_PIPELINE.format(run_dir=tmp_path / "run"))
+    messages = []
+    results = Pipeline(load_config(config_path), log=messages.append).run()
+    run = tmp_path / "run"
+    assert sorted(p.stem for p in (run / ".stages").iterdir()) == sorted(STAGES)
+    # Both training stages distilled: the teacher's term is in their history.
+    for stage in ("prune", "quantize"):
+        history = json.loads((run / stage / "history.json").read_text())
+        assert "soft_target_loss" in history, stage
+    # 2:4 on every layer whose input splits into groups of 4 (conv1 has 1 channel).
+    sparsity = json.loads((run / "prune" / "sparsity.json").read_text())
+    rows = {row["name"]: row for row in sparsity["layers"]}
+    assert rows["conv1"]["pruned"] is False and rows["conv1"]["zeros"] == 0
+    assert rows["conv2"]["zeros"] * 2 == rows["conv2"]["params"]
+    assert results["quantize"]["method"] == "qat"
+    qat = results["export"]["artifacts"]["student_pruned qat_int8"]
+    assert set(tflite_tensor_types(open(qat, "rb").read()).values()) <= {"int8", "int32"}
+    # The saved pruned student is exactly 2:4 sparse in conv2.
+    pruned = keras.saving.load_model(results["prune"]["student"])
+    kernel = keras.ops.convert_to_numpy(pruned.get_layer("conv2").kernel)
+    assert np.all((np.moveaxis(kernel, 2, -1).reshape(-1, 4) == 0).sum(-1) == 2)
+    report = json.loads((run / "report" / "report.json").read_text())
+    benched = {row["name"]: row for row in report["artifacts"]}
+    assert benched["student_pruned qat_int8"]["parity"]["quantization"] == "qat"
+    # A re-run has nothing to do.
+    again = []
+    Pipeline(load_config(config_path), log=again.append).run()
+    assert all("finished earlier, skipping" in m for m in again) and len(again) == len(STAGES)

@@ -396,3 +396,24 @@ def test_export_student_to_tflite_with_int32_inputs_and_tokenizer(tmp_path):
         export_text_tflite(student, tmp_path, x)
     with pytest.raises(ValueError, match="tokenize"):
         export_text_tflite(student, tmp_path / "b", {"token_ids": x["token_ids"]})
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="ONNX export via tf2onnx")
+def test_export_student_to_onnx_matches_keras_and_refuses_overwrite(tmp_path):
+    from kd_keras.text.export import export_text_onnx, run_onnx
+
+    student = text.build_student(tiny_classifier(), num_layers=1, hidden_dim=8, num_heads=1)
+    x = token_inputs([1, 3, 6, 2], seed=6)
+    report = export_text_onnx(student, tmp_path, x)
+    assert report.passed and report.runtime == "onnx" and report.max_abs_diff <= 1e-4
+    # Padding changes nothing in ONNX either: positions past the mask are ignored.
+    x2 = {k: v.copy() for k, v in x.items()}
+    x2["token_ids"][x["padding_mask"] == 0] = 50
+    np.testing.assert_allclose(
+        run_onnx(tmp_path / "model.onnx", x2), numpy_(student(x)), atol=1e-4
+    )
+    assert (tmp_path / "model.onnx.parity.json").exists()
+    assert (tmp_path / "preprocessor.json").exists()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_text_onnx(student, tmp_path, x)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

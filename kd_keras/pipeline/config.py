@@ -1,19 +1,55 @@
 """The pipeline's YAML file: read with `yaml.safe_load`, checked against a
 schema before anything trains, with errors that name the bad key.
 
-Example `pipeline.yaml`:
+Example `pipeline.yaml` with every key (values shown are the defaults where
+a key is optional; `#` comments say when a key applies):
 
 ```yaml
-run_dir: runs/digits
+task: image              # `task: text` hands the file to kd_keras.text.pipeline
+run_dir: runs/pipeline
 seed: 0
-data: {name: digits}
-teacher: {builder: cnn_teacher, epochs: 10}
-student: {builder: cnn_student, kwargs: {filters: [8, 16]}}
-distill: {epochs: 20, temperature: 4.0, alpha: 0.1}
-prune: {final_sparsity: 0.5, epochs: 3}
-quantize: {modes: [int8]}
-export: {formats: [tflite, onnx]}
-bench: {threads: [1, 2], runs: 100}
+data:
+  name: digits           # digits | fashion_mnist | npz | tfds | image_folder
+  path: null             # npz: the .npz file; image_folder: the folder;
+                         # fashion_mnist: folder of the IDX files (optional)
+  test_fraction: 0.25    # digits / image_folder without train/ and test/
+  max_train: null        # keep only the first N training / test samples
+  max_test: null
+  tfds_name: null        # tfds: e.g. fashion_mnist
+  data_dir: null         # tfds: TFDS data folder (prepared datasets)
+  manual_dir: null       # tfds: source files to build from (never downloaded)
+  train_split: train     # tfds
+  test_split: test       # tfds
+  image_size: null       # image_folder: [height, width] to resize to
+  color_mode: grayscale  # image_folder: grayscale | rgb | rgba
+teacher:                 # exactly one of path / builder / preset
+  path: null             # a .keras file
+  builder: null          # cnn_teacher | cnn_student
+  preset: null           # keras-hub preset name or local preset folder
+  kwargs: {}             # builder arguments
+  epochs: 10             # training of a built teacher, fine-tuning of a preset
+  batch_size: 64
+  learning_rate: 0.001
+student: {builder: cnn_student, kwargs: {}}   # path / builder, as the teacher
+distill: {epochs: 10, temperature: 2.0, alpha: 0.5, batch_size: 64, learning_rate: 0.001}
+prune:
+  enabled: true
+  final_sparsity: 0.5    # unstructured magnitude pruning, or
+  m_by_n: null           # "2:4": structured, exclusive with final_sparsity
+  distill: false         # fine-tune from the teacher (distill.temperature / alpha)
+  epochs: 2
+  batch_size: 64
+  learning_rate: 0.0005
+quantize:
+  method: ptq            # ptq: post-training, at export | qat: quantization-aware training
+  modes: [int8]          # ptq: any of dynamic / int8 / float16; qat: [int8]
+  calibration_samples: 256   # ptq int8
+  epochs: 2              # qat
+  batch_size: 64         # qat
+  learning_rate: 0.0001  # qat
+  distill: false         # qat inside the Distiller with the teacher
+export: {formats: [tflite]}        # tflite / onnx
+bench: {threads: [1, 2], xnnpack: [true], runs: 50, warmup: 5}
 ```
 """
 
@@ -25,8 +61,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-BUILDERS = ("cnn_teacher", "cnn_student")
-DATASETS = ("digits", "fashion_mnist", "npz")
+from kd_keras.pipeline.steps import (
+    BUILDERS,
+    DATASETS,
+    DEFAULT_ALPHA,
+    DEFAULT_TEMPERATURE,
+    PTQ_MODES,
+    parse_m_by_n,
+)
 
 # section -> key -> (check, description, default). A default of REQUIRED
 # must be given; None means optional.
@@ -59,6 +101,19 @@ _str = lambda v: isinstance(v, str) and v != ""  # noqa: E731
 _dict = lambda v: isinstance(v, dict)  # noqa: E731
 _bool = lambda v: isinstance(v, bool)  # noqa: E731
 
+
+def _m_by_n(value) -> bool:
+    try:
+        parse_m_by_n(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _size(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_int(1)(x) for x in v)
+
+
 MODEL_KEYS = {
     "path": (_str, "a .keras file", None),
     "builder": (_choice(BUILDERS), f"one of {list(BUILDERS)}", None),
@@ -67,40 +122,81 @@ MODEL_KEYS = {
     "batch_size": (_int(1), "an integer >= 1", 64),
     "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-3),
 }
+TEACHER_KEYS = {
+    **MODEL_KEYS,
+    "preset": (_str, "a keras-hub preset name or a local preset folder", None),
+}
+# data keys that only one source reads: key -> the data.name it belongs to.
+SOURCE_KEYS = {
+    "tfds_name": "tfds",
+    "data_dir": "tfds",
+    "manual_dir": "tfds",
+    "train_split": "tfds",
+    "test_split": "tfds",
+    "image_size": "image_folder",
+    "color_mode": "image_folder",
+}
 
 SCHEMA: dict[str, Any] = {
+    "task": (_choice(("image",)), "image (text configs go to kd_keras.text.pipeline)", "image"),
     "run_dir": (_str, "a folder path", "runs/pipeline"),
     "seed": (_int(0), "an integer >= 0", 0),
     "data": {
         "name": (_choice(DATASETS), f"one of {list(DATASETS)}", REQUIRED),
         "path": (_str, "a file or folder path", None),
-        "test_fraction": (_number(0, 1, open_low=True), "a number in (0, 1]", 0.25),
+        "test_fraction": (
+            lambda v: _number(0, 1, open_low=True)(v) and v < 1,
+            "a number in (0, 1)",
+            0.25,
+        ),
         "max_train": (_int(1), "an integer >= 1", None),
         "max_test": (_int(1), "an integer >= 1", None),
+        "tfds_name": (_str, "a TensorFlow Datasets name, e.g. fashion_mnist", None),
+        "data_dir": (_str, "a folder path (TFDS's data_dir)", None),
+        "manual_dir": (_str, "a folder of the dataset's source files", None),
+        "train_split": (_str, "a TFDS split, e.g. train or train[:90%]", None),
+        "test_split": (_str, "a TFDS split, e.g. test", None),
+        "image_size": (_size, "[height, width], two integers >= 1", None),
+        "color_mode": (
+            _choice(("grayscale", "rgb", "rgba")),
+            "one of grayscale / rgb / rgba",
+            None,
+        ),
     },
-    "teacher": MODEL_KEYS,
+    "teacher": TEACHER_KEYS,
     "student": MODEL_KEYS,
     "distill": {
         "epochs": (_int(1), "an integer >= 1", 10),
-        "temperature": (_number(0, open_low=True), "a number > 0", 4.0),
-        "alpha": (_number(0, 1), "a number in [0, 1]", 0.1),
+        "temperature": (_number(0, open_low=True), "a number > 0", DEFAULT_TEMPERATURE),
+        "alpha": (_number(0, 1), "a number in [0, 1]", DEFAULT_ALPHA),
         "batch_size": (_int(1), "an integer >= 1", 64),
         "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-3),
     },
     "prune": {
         "enabled": (_bool, "true or false", True),
-        "final_sparsity": (_number(0, 1), "a number in [0, 1)", 0.5),
+        "final_sparsity": (
+            lambda v: _number(0, 1)(v) and v < 1,
+            "a number in [0, 1) (0.5 when m_by_n is not set)",
+            None,
+        ),
+        "m_by_n": (_m_by_n, "'M:N' with 1 <= M < N, e.g. '2:4'", None),
+        "distill": (_bool, "true or false", False),
         "epochs": (_int(1), "an integer >= 1", 2),
         "batch_size": (_int(1), "an integer >= 1", 64),
         "learning_rate": (_number(0, open_low=True), "a number > 0", 5e-4),
     },
     "quantize": {
+        "method": (_choice(("ptq", "qat")), "ptq or qat", "ptq"),
         "modes": (
-            _list_of(_choice(("dynamic", "int8", "float16"))),
+            _list_of(_choice(PTQ_MODES)),
             "a list of dynamic / int8 / float16",
             ["int8"],
         ),
         "calibration_samples": (_int(1), "an integer >= 1", 256),
+        "epochs": (_int(1), "an integer >= 1", 2),
+        "batch_size": (_int(1), "an integer >= 1", 64),
+        "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-4),
+        "distill": (_bool, "true or false", False),
     },
     "export": {
         "formats": (_list_of(_choice(("tflite", "onnx"))), "a list of tflite / onnx", ["tflite"]),
@@ -119,6 +215,19 @@ class ConfigError(ValueError):
     """A pipeline file that cannot run; the message names the key."""
 
 
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The YAML file's content, read with `yaml.safe_load` (no validation)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist.")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and validates a pipeline YAML file; returns it with defaults.
 
@@ -129,16 +238,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     config["distill"]["epochs"]
     ```
     """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    return validate_config(raw, source=str(path))
+    return validate_config(read_yaml(path), source=str(path))
 
 
 def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
@@ -151,19 +251,69 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections.")
     config = _validate_section(raw, SCHEMA, prefix="", source=source)
-    for section in ("teacher", "student"):
-        spec = config[section]
-        if (spec.get("path") is None) == (spec.get("builder") is None):
-            raise ConfigError(
-                f"{source}: {section} needs exactly one of '{section}.path' (a .keras "
-                f"file) or '{section}.builder' ({' / '.join(BUILDERS)})."
-            )
-    if config["data"]["name"] == "npz" and not config["data"].get("path"):
+    _check_models(config, source)
+    _check_data(config["data"], source)
+    _check_prune(config["prune"], source)
+    if config["quantize"]["method"] == "qat" and config["quantize"]["modes"] != ["int8"]:
         raise ConfigError(
-            f"{source}: data.name is npz, so 'data.path' must name a .npz file with "
-            "x_train, y_train, x_test, y_test."
+            f"{source}: 'quantize.modes' is {config['quantize']['modes']}, but "
+            "quantize.method qat trains int8 ranges and exports int8 only: use "
+            "modes: [int8], or method: ptq for dynamic / float16."
+        )
+    if config["quantize"]["method"] == "qat" and "tflite" not in config["export"]["formats"]:
+        raise ConfigError(
+            f"{source}: quantize.method is qat, whose int8 model is a .tflite: add tflite "
+            "to 'export.formats'."
         )
     return config
+
+
+def _check_models(config, source):
+    hints = {"path": "a .keras file", "builder": " / ".join(BUILDERS), "preset": "keras-hub"}
+    choices = {"teacher": ("path", "builder", "preset"), "student": ("path", "builder")}
+    for section, keys in choices.items():
+        given = [f"{section}.{k}" for k in keys if config[section].get(k) is not None]
+        if len(given) != 1:
+            options = " or ".join(f"'{section}.{k}' ({hints[k]})" for k in keys)
+            raise ConfigError(
+                f"{source}: {section} needs exactly one of {options}; got {given or 'none'}."
+            )
+
+
+def _check_data(spec, source):
+    name = spec["name"]
+    for key, owner in SOURCE_KEYS.items():
+        if spec.get(key) is not None and owner != name:
+            raise ConfigError(
+                f"{source}: 'data.{key}' applies to data.name: {owner}, not {name}; "
+                f"remove it or set data.name: {owner}."
+            )
+    needs = {
+        "npz": [("path", "a .npz file with x_train, y_train, x_test, y_test")],
+        "image_folder": [("path", "a folder of <class>/<images> (or train/ and test/)")],
+        "tfds": [
+            ("tfds_name", "the TensorFlow Datasets name, e.g. fashion_mnist"),
+            ("data_dir", "TFDS's data folder (prepared data, or where to build it)"),
+        ],
+    }
+    for key, what in needs.get(name, []):
+        if not spec.get(key):
+            raise ConfigError(f"{source}: data.name is {name}, so 'data.{key}' must name {what}.")
+    if name == "tfds" and spec.get("path") is not None:
+        raise ConfigError(
+            f"{source}: 'data.path' is not read by data.name: tfds; use 'data.data_dir' "
+            "(and 'data.manual_dir' for source files)."
+        )
+
+
+def _check_prune(spec, source):
+    if spec["m_by_n"] is not None and spec["final_sparsity"] is not None:
+        raise ConfigError(
+            f"{source}: 'prune.m_by_n' and 'prune.final_sparsity' exclude each other: "
+            "m_by_n fixes the sparsity at M/N; remove one of them."
+        )
+    if spec["m_by_n"] is None and spec["final_sparsity"] is None:
+        spec["final_sparsity"] = 0.5
 
 
 def _validate_section(raw: dict, schema: dict, prefix: str, source: str) -> dict:

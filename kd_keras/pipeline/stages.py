@@ -6,8 +6,11 @@ outputs. A re-run skips every stage with a marker. Training stages also keep
 `keras.callbacks.BackupAndRestore` state, so a run killed mid-epoch resumes
 from the last finished epoch instead of starting the stage over.
 
-Stages: `teacher` -> `distill` -> `prune` -> `export` (float, quantized and
-ONNX artifacts, each parity-checked) -> `bench` (report, table, plots).
+Stages: `teacher` -> `distill` -> `prune` -> `quantize` (QAT training, or
+nothing for post-training quantization) -> `export` (float, quantized and
+ONNX artifacts, each parity-checked) -> `bench` (report, table, plots). The
+stage bodies are thin: the work is in `kd_keras.pipeline.steps`, which the
+`kd-keras distill / prune / quantize` sub-commands call too.
 """
 
 from __future__ import annotations
@@ -18,36 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from kd_keras.export import atomic
+from kd_keras.pipeline import steps
+from kd_keras.pipeline.steps import load_data
 
-STAGES = ("teacher", "distill", "prune", "export", "bench")
-
-
-def load_data(spec: dict[str, Any], seed: int = 0):
-    """`(x_train, y_train), (x_test, y_test)` for the `data` section."""
-    from kd_keras import data
-
-    name = spec["name"]
-    if name == "digits":
-        (xt, yt), (xe, ye) = data.load_digits(test_fraction=spec["test_fraction"], seed=seed)
-    elif name == "fashion_mnist":
-        (xt, yt), (xe, ye) = data.load_fashion_mnist(spec.get("path"))
-    else:
-        path = Path(spec["path"])
-        if not path.is_file():
-            raise FileNotFoundError(f"data.path {path} does not exist.")
-        arrays = np.load(path)
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
-        if missing:
-            raise ValueError(f"{path} lacks arrays {sorted(missing)} (data.name: npz).")
-        xt, yt, xe, ye = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    if spec.get("max_train"):
-        xt, yt = xt[: spec["max_train"]], yt[: spec["max_train"]]
-    if spec.get("max_test"):
-        xe, ye = xe[: spec["max_test"]], ye[: spec["max_test"]]
-    return (xt.astype("float32"), yt), (xe.astype("float32"), ye)
+STAGES = ("teacher", "distill", "prune", "quantize", "export", "bench")
+__all__ = ["STAGES", "Pipeline", "atomic_backup_and_restore", "load_data"]
 
 
 class Pipeline:
@@ -60,6 +39,9 @@ class Pipeline:
     outputs = Pipeline(load_config("examples/digits.yaml")).run()
     ```
     """
+
+    # Subclasses (the text pipeline) run their own list of `_stage_<name>` methods.
+    stages = STAGES
 
     def __init__(
         self, config: dict[str, Any], run_dir=None, log: Callable[[str], None] | None = None
@@ -99,7 +81,7 @@ class Pipeline:
         atomic.write_json(self.run_dir / "config.json", self.config, overwrite=True)
         keras.utils.set_random_seed(self.config["seed"])
         results = {}
-        for stage in STAGES:
+        for stage in self.stages:
             done = self.finished(stage)
             if done is not None:
                 self.log(f"[{stage}] finished earlier, skipping ({self.marker(stage)})")
@@ -120,81 +102,84 @@ class Pipeline:
         if spec.get("path"):
             return {"model": str(Path(spec["path"]).resolve())}
         (xt, yt), (xe, ye) = self.data
-        model = self._build(spec, xt.shape[1:], int(np.max(yt)) + 1)
-        self._fit_classifier(model, spec, "teacher")
+        classes = steps.num_classes(yt, ye)
+        if spec.get("preset"):
+            if spec["epochs"] == 0 and steps.preset_num_classes(spec["preset"]) != classes:
+                raise ValueError(
+                    f"teacher.preset {spec['preset']} gets a new {classes}-class head for "
+                    "this data, which needs training: set teacher.epochs > 0 to fine-tune it."
+                )
+            model = steps.load_preset(spec["preset"], classes)
+        else:
+            model = steps.build_model(spec["builder"], xt.shape[1:], classes, **spec["kwargs"])
+        if spec["epochs"] > 0:
+            self._train(model, spec, "teacher")
         return {"model": self._save(model, "teacher/teacher.keras")}
 
     def _stage_distill(self, results):
-        import keras
-
-        from kd_keras import Distiller
-        from kd_keras.losses import SoftTargetKD
-
         (xt, yt), _ = self.data
         spec, student_spec = self.config["distill"], self.config["student"]
-        teacher = keras.saving.load_model(results["teacher"]["model"])
+        teacher = steps.load_model(results["teacher"]["model"])
         if student_spec.get("path"):
-            student = keras.saving.load_model(student_spec["path"])
+            student = steps.load_model(student_spec["path"])
         else:
-            student = self._build(student_spec, xt.shape[1:], int(teacher.outputs[0].shape[-1]))
-        distiller = Distiller(
-            student=student,
-            teacher=teacher,
-            losses=[SoftTargetKD(temperature=spec["temperature"])],
-            alpha=spec["alpha"],
-        )
-        distiller.compile(
-            optimizer=keras.optimizers.Adam(spec["learning_rate"]), metrics=["accuracy"]
-        )
-        distiller.build((None, *xt.shape[1:]))
-        history = distiller.fit(
-            xt,
-            yt,
-            epochs=spec["epochs"],
-            batch_size=spec["batch_size"],
-            callbacks=[self._backup("distill")],
-            verbose=_verbosity(),
-        )
-        self._save_history(history, "distill")
-        return {"student": self._save(distiller.student, "distill/student.keras")}
+            student = steps.build_model(
+                student_spec["builder"],
+                xt.shape[1:],
+                int(teacher.outputs[0].shape[-1]),
+                **student_spec["kwargs"],
+            )
+        self._train(student, spec, "distill", teacher=teacher)
+        return {"student": self._save(student, "distill/student.keras")}
 
     def _stage_prune(self, results):
-        import keras
-
         spec = self.config["prune"]
         if not spec["enabled"]:
             return {"student": results["distill"]["student"], "skipped": True}
-        from kd_keras import pruning
+        from kd_keras.pruning import sparsity_report
 
+        student = steps.load_model(results["distill"]["student"])
         (xt, yt), _ = self.data
-        student = keras.saving.load_model(results["distill"]["student"])
-        steps = spec["epochs"] * int(np.ceil(len(xt) / spec["batch_size"]))
-        pruned = pruning.prune_low_magnitude(
+        pruned, stripped, history = steps.prune_student(
             student,
-            pruning_schedule=pruning.PolynomialDecay(
-                0.0, spec["final_sparsity"], begin_step=0, end_step=max(1, steps - 1)
-            ),
-        )
-        pruned.compile(
-            optimizer=keras.optimizers.Adam(spec["learning_rate"]),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        history = pruned.fit(
             xt,
             yt,
-            epochs=spec["epochs"],
-            batch_size=spec["batch_size"],
-            callbacks=[pruning.UpdatePruningStep(), self._backup("prune")],
-            verbose=_verbosity(),
+            final_sparsity=spec["final_sparsity"],
+            m_by_n=spec["m_by_n"],
+            callbacks=[self._backup("prune")],
+            log=self.log,
+            **self._fit_args(spec, teacher=self._teacher_if(spec["distill"], results)),
         )
         self._save_history(history, "prune")
-        return {"student": self._save(pruning.strip_pruning(pruned), "prune/student_pruned.keras")}
+        report = sparsity_report(pruned)
+        self.log(str(report))
+        atomic.write_json(
+            self.run_dir / "prune" / "sparsity.json", report.as_dict(), overwrite=True
+        )
+        return {
+            "student": self._save(stripped, "prune/student_pruned.keras"),
+            "sparsity": report.pruned_sparsity,
+        }
+
+    def _stage_quantize(self, results):
+        spec = self.config["quantize"]
+        if spec["method"] == "ptq":
+            # Post-training quantization needs no training: export applies it.
+            return {"method": "ptq", "modes": spec["modes"]}
+        (xt, yt), _ = self.data
+        student = steps.load_model(results["prune"]["student"])
+        qat, history = steps.quantize_aware_train(
+            student,
+            xt,
+            yt,
+            callbacks=[self._backup("quantize")],
+            **self._fit_args(spec, teacher=self._teacher_if(spec["distill"], results)),
+        )
+        self._save_history(history, "quantize")
+        return {"method": "qat", "student": self._save(qat, "quantize/student_qat.keras")}
 
     def _stage_export(self, results):
-        import keras
-
-        from kd_keras.export import to_onnx, to_tflite
+        from kd_keras.export import to_onnx
 
         (xt, _), (xe, _) = self.data
         folder = self.run_dir / "export"
@@ -205,36 +190,46 @@ class Pipeline:
         if not results["prune"].get("skipped"):
             models["student_pruned"] = results["prune"]["student"]
         formats = self.config["export"]["formats"]
-        calibration = xt[: self.config["quantize"]["calibration_samples"]]
+        quantize = self.config["quantize"]
+        # PTQ modes quantize the most compressed float student; QAT has
+        # trained its own int8 copy of it.
+        if quantize["method"] == "qat":
+            quantized = {"qat": results["quantize"]["student"]}
+        else:
+            quantized = {mode: models[list(models)[-1]] for mode in quantize["modes"]}
+        calibration = xt[: quantize["calibration_samples"]]
         artifacts = {}
-        last = list(models)[-1]  # quantize the most compressed float student
+
+        def tflite(model, name, mode):
+            target = folder / f"{name}.tflite"
+            steps.export_tflite(
+                model,
+                target,
+                mode,
+                calibration=calibration,
+                sample_inputs=xe,
+                overwrite=True,
+                # A quantized model that flips decisions is a finding for the
+                # report (its parity row says FAIL), not a reason to lose the run.
+                strict=mode is None,
+            )
+            return str(target)
+
         for name, path in models.items():
-            model = keras.saving.load_model(path)
+            model = steps.load_model(path)
             artifacts[f"{name} (keras)"] = path
             if "tflite" in formats:
-                target = folder / f"{name}.tflite"
-                to_tflite(model, target, sample_inputs=xe, overwrite=True)
-                artifacts[f"{name} float32"] = str(target)
-                if name == last:
-                    for mode in self.config["quantize"]["modes"]:
-                        target = folder / f"{name}_{mode}.tflite"
-                        to_tflite(
-                            model,
-                            target,
-                            quantization=mode,
-                            representative_data=calibration if mode == "int8" else None,
-                            sample_inputs=xe,
-                            overwrite=True,
-                            # A quantized model that flips decisions is a
-                            # finding for the report (its parity row says
-                            # FAIL), not a reason to lose the run.
-                            strict=False,
-                        )
-                        artifacts[f"{name} {mode}"] = str(target)
+                artifacts[f"{name} float32"] = tflite(model, name, None)
             if "onnx" in formats and name != "teacher":
                 target = folder / f"{name}.onnx"
                 to_onnx(model, target, sample_inputs=xe, overwrite=True)
                 artifacts[f"{name} onnx"] = str(target)
+        if "tflite" in formats:
+            base = list(models)[-1]
+            for mode, path in quantized.items():
+                model = steps.load_model(path)
+                label = "qat_int8" if mode == "qat" else mode
+                artifacts[f"{base} {label}"] = tflite(model, f"{base}_{label}", mode)
         return {"artifacts": artifacts}
 
     def _stage_bench(self, results):
@@ -267,40 +262,34 @@ class Pipeline:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _build(self, spec, input_shape, num_classes):
-        from kd_keras import models
+    def _teacher_if(self, wanted: bool, results):
+        return steps.load_model(results["teacher"]["model"]) if wanted else None
 
-        builder = getattr(models, spec["builder"])
-        return builder(tuple(input_shape), num_classes=num_classes, **spec["kwargs"])
+    def _fit_args(self, spec, teacher=None):
+        """Training arguments of `spec`; distillation settings from `distill`."""
+        args = {
+            "epochs": spec["epochs"],
+            "batch_size": spec["batch_size"],
+            "learning_rate": spec["learning_rate"],
+            "teacher": teacher,
+        }
+        if teacher is not None:
+            distill = self.config["distill"]
+            args.update(temperature=distill["temperature"], alpha=distill["alpha"])
+        return args
 
-    def _fit_classifier(self, model, spec, stage):
-        import keras
-
+    def _train(self, model, spec, stage, teacher=None):
         (xt, yt), _ = self.data
-        model.compile(
-            optimizer=keras.optimizers.Adam(spec["learning_rate"]),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+        history = steps.train(
+            model, xt, yt, callbacks=[self._backup(stage)], **self._fit_args(spec, teacher)
         )
-        if spec["epochs"] > 0:
-            history = model.fit(
-                xt,
-                yt,
-                epochs=spec["epochs"],
-                batch_size=spec["batch_size"],
-                callbacks=[self._backup(stage)],
-                verbose=_verbosity(),
-            )
-            self._save_history(history, stage)
+        self._save_history(history, stage)
 
     def _backup(self, stage):
         return atomic_backup_and_restore(str(self.run_dir / stage / "backup"))
 
     def _save(self, model, relative: str) -> str:
-        path = self.run_dir / relative
-        with atomic.atomic_path(path, overwrite=True) as tmp:
-            model.save(tmp)
-        return str(path)
+        return steps.save_model(model, self.run_dir / relative, overwrite=True)
 
     def _save_history(self, history, stage):
         logs = {k: [float(v) for v in values] for k, values in history.history.items()}
@@ -335,8 +324,3 @@ def _command() -> str:
     # `python -m kd_keras.cli run x.yaml` and the console script both read
     # best as the console script.
     return " ".join(["kd-keras", *sys.argv[1:]])
-
-
-def _verbosity() -> int:
-    # Progress bars on a terminal, one line per epoch in logs.
-    return 1 if sys.stderr.isatty() else 2

@@ -16,7 +16,16 @@ class TextDistiller(Distiller):
       probe uses the model's own input structure;
     - terms with an `attach` method (the TinyBERT terms of
       `kd_keras.text.losses`) are attached to the teacher and student here,
-      also when a saved `TextDistiller` is loaded back.
+      also when a saved `TextDistiller` is loaded back;
+    - a student that shares its teacher's tokenizer (`build_student` does)
+      shares it again when loaded: the `.keras` file stores that tokenizer's
+      vocabulary once, so two separate copies could not both be restored.
+
+    Args:
+        student, teacher, losses, **kwargs: as for `kd_keras.Distiller`.
+        shared_tokenizer: `None` (default) keeps the models as given; `True`
+            gives the student's preprocessor the teacher's tokenizer object
+            (recorded by `get_config` when they share one).
 
     Example:
 
@@ -27,7 +36,16 @@ class TextDistiller(Distiller):
     ```
     """
 
-    def __init__(self, student, teacher=None, losses=None, **kwargs):
+    def __init__(
+        self,
+        student,
+        teacher=None,
+        losses=None,
+        shared_tokenizer: bool | None = None,
+        **kwargs,
+    ):
+        if shared_tokenizer:
+            _share_tokenizer(student, teacher)
         super().__init__(student=student, teacher=teacher, losses=losses, **kwargs)
         attachable = [t for t in self.distillation_terms if hasattr(t, "attach")]
         if attachable and len(self.teachers) != 1:
@@ -36,7 +54,7 @@ class TextDistiller(Distiller):
                 f"student; got {len(self.teachers)} teachers."
             )
         for term in attachable:
-            if not term.__dict__.get("_captures"):
+            if not term.attached:
                 term.attach(self.teachers[0], self.student)
 
     def _build_terms(self, inputs):
@@ -44,3 +62,30 @@ class TextDistiller(Distiller):
         if isinstance(struct, dict):
             inputs = struct
         super()._build_terms(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        student_tokenizer = _tokenizer(self.student)
+        if student_tokenizer is not None and any(
+            _tokenizer(t) is student_tokenizer for t in self.teachers
+        ):
+            config["shared_tokenizer"] = True
+        return config
+
+
+def _tokenizer(model):
+    preprocessor = getattr(model, "preprocessor", None)
+    return getattr(preprocessor, "tokenizer", None)
+
+
+def _share_tokenizer(student, teacher) -> None:
+    """Points the student's preprocessor at the teacher's tokenizer."""
+    teachers = teacher if isinstance(teacher, (list, tuple)) else [teacher]
+    tokenizers = [_tokenizer(t) for t in teachers if _tokenizer(t) is not None]
+    preprocessor = getattr(student, "preprocessor", None)
+    if not tokenizers or preprocessor is None:
+        raise ValueError(
+            "shared_tokenizer=True needs a student and a teacher that both have a "
+            "keras-hub preprocessor with a tokenizer."
+        )
+    preprocessor.tokenizer = tokenizers[0]

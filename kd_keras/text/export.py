@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kd_keras.export import ParityError, ParityReport, compare, write_bytes, write_json
+from kd_keras.export import ParityError, ParityReport, compare, write_json
 from kd_keras.export.base import require_tensorflow_backend
 from kd_keras.export.tflite import convert_to_flatbuffer
 
@@ -90,28 +90,108 @@ def export_text_tflite(
             f"sample_inputs lacks {missing}: pass kd_keras.text.tokenize(model, texts)."
         )
     require_tensorflow_backend("TFLite conversion")
-    folder = Path(folder)
-    path = folder / ("model.tflite" if quantization is None else f"model_{quantization}.tflite")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    name = "model.tflite" if quantization is None else f"model_{quantization}.tflite"
+    return _export_checked(
+        model,
+        Path(folder) / name,
+        sample_inputs,
+        lambda wrapped, tmp: tmp.write_bytes(convert_to_flatbuffer(wrapped, quantization)),
+        lambda path, sample: run_tflite(path.read_bytes(), sample),
+        "tflite",
+        quantization,
+        overwrite,
+        atol,
+        min_top1_agreement,
+    )
+
+
+def export_text_onnx(
+    model: keras.Model,
+    folder: str | os.PathLike,
+    sample_inputs: dict,
+    opset: int = 17,
+    overwrite: bool = False,
+    atol: float | None = None,
+) -> ParityReport:
+    """Writes `<folder>/model.onnx` (three int32 inputs named like the TFLite
+    ones), its parity report against Keras in onnxruntime, and the
+    preprocessor preset, as `export_text_tflite` does.
+
+    Example:
+
+    ```python
+    export_text_onnx(student, "out/student", kd_keras.text.tokenize(student, texts[:64]))
+    ```
+    """
+    import contextlib
+    import io
+
+    def write(wrapped, tmp):
+        with contextlib.redirect_stdout(io.StringIO()):
+            wrapped.export(str(tmp), format="onnx", verbose=False, opset_version=int(opset))
+
+    return _export_checked(
+        model,
+        Path(folder) / "model.onnx",
+        sample_inputs,
+        write,
+        run_onnx,
+        "onnx",
+        None,
+        overwrite,
+        atol,
+        None,
+    )
+
+
+def run_onnx(path: str | os.PathLike, inputs: dict, num_threads: int = 1) -> np.ndarray:
+    """Runs a text model's `.onnx` in onnxruntime on the named int32 inputs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(num_threads)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in TOKEN_INPUTS if n not in names]
+    if missing:
+        raise ValueError(f"The ONNX model has inputs {names}, lacking {missing}.")
+    feed = {n: np.asarray(inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
+    return session.run(None, feed)[0]
+
+
+def _export_checked(
+    model, path, sample_inputs, write, run, runtime, quantization, overwrite, atol, min_top1
+):
+    """Writes `write(wrapped_model, tmp)` to a temp file, compares `run(tmp,
+    sample)` with Keras, and only then publishes it (plus the parity report and
+    the preprocessor preset)."""
+    from kd_keras.export import atomic
+
+    missing = [n for n in TOKEN_INPUTS if n not in sample_inputs]
+    if missing:
+        raise ValueError(
+            f"sample_inputs lacks {missing}: pass kd_keras.text.tokenize(model, texts)."
+        )
+    path = atomic.check_output_path(path, overwrite)
+    folder = path.parent
     sample = {n: np.asarray(sample_inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
     wrapped = fixed_length_model(model, sample["token_ids"].shape[1])
-    flatbuffer = convert_to_flatbuffer(wrapped, quantization)
     reference = keras.ops.convert_to_numpy(wrapped(sample, training=False))
-    report = compare(
-        reference,
-        run_tflite(flatbuffer, sample),
-        quantization=quantization,
-        atol=atol,
-        min_top1_agreement=min_top1_agreement,
-        artifact=str(path),
-        runtime="tflite",
-    )
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(path.with_name(path.name + ".parity.json"), report.to_dict(), overwrite=True)
-    if not report.passed:
-        raise ParityError(report)
-    write_bytes(path, flatbuffer, overwrite=overwrite)
+    with atomic.atomic_path(path, overwrite=overwrite) as tmp:
+        write(wrapped, tmp)
+        report = compare(
+            reference,
+            run(tmp, sample),
+            quantization=quantization,
+            atol=atol,
+            min_top1_agreement=min_top1,
+            artifact=str(path),
+            runtime=runtime,
+        )
+        write_json(path.with_name(path.name + ".parity.json"), report.to_dict(), overwrite=True)
+        if not report.passed:
+            raise ParityError(report)
     preprocessor = getattr(model, "preprocessor", None)
     if preprocessor is not None and not (folder / "preprocessor.json").exists():
         preprocessor.save_to_preset(str(folder))

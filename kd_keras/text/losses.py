@@ -16,6 +16,7 @@ classification).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Sequence
 
 import keras
@@ -29,6 +30,25 @@ from kd_keras.text.student import backbone_of, check_layer_map, uniform_layer_ma
 
 ATTENTION_MODES = ("kl", "mse")
 _FLOOR = 1e-12
+
+
+class _Hooks(Mapping):
+    """`role -> (layer, capture)` of an attached term. A `Mapping` but not a
+    `dict`: Keras's `.keras` saver walks every `dict` attribute of a layer, so
+    a plain dict would save the hooked model layers a second time under the
+    term, and a Distiller saved after `detach()` would no longer load."""
+
+    def __init__(self, items=()):
+        self._items = dict(items)
+
+    def __getitem__(self, role):
+        return self._items[role]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
 
 
 class _AttachedTerm:
@@ -55,14 +75,19 @@ class _AttachedTerm:
                 layer = resolve_layer(model, path, role=role)
                 captures.append((role, layer, capture_attention(layer)))
         # A plain attribute Keras must not track (it holds model layers).
-        object.__setattr__(self, "_captures", {role: (layer, c) for role, layer, c in captures})
+        object.__setattr__(self, "_captures", _Hooks((r, (lay, c)) for r, lay, c in captures))
         return self
+
+    @property
+    def attached(self) -> bool:
+        """True once `attach` has installed this term's hooks."""
+        return bool(self.__dict__.get("_captures"))
 
     def detach(self) -> None:
         """Removes this term's hooks."""
         for layer, _ in self.__dict__.get("_captures", {}).values():
             release_attention(layer)
-        object.__setattr__(self, "_captures", {})
+        object.__setattr__(self, "_captures", _Hooks())
 
     def _capture(self, role: str):
         captures = self.__dict__.get("_captures") or {}

