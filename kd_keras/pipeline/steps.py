@@ -265,36 +265,10 @@ def train(
     )
 
 
-def distill_student(
-    student,
-    teacher,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    epochs: int,
-    temperature: float = DEFAULT_TEMPERATURE,
-    alpha: float = DEFAULT_ALPHA,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    callbacks: Sequence[Any] = (),
-    verbose: int | None = None,
-):
-    """Distils `teacher` into `student` (Hinton soft targets); returns
-    `(student, history)`."""
-    history = train(
-        student,
-        x,
-        y,
-        teacher=teacher,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        temperature=temperature,
-        alpha=alpha,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-    return student, history
+def distill_student(student, teacher, x: np.ndarray, y: np.ndarray, **train_kwargs: Any):
+    """Distils `teacher` into `student` (Hinton soft targets; `train_kwargs`
+    as for `train`); returns `(student, history)`."""
+    return student, train(student, x, y, teacher=teacher, **train_kwargs)
 
 
 def parse_m_by_n(value) -> tuple[int, int]:
@@ -410,32 +384,18 @@ def quantize_aware_train(
     *,
     teacher=None,
     epochs: int = 2,
-    batch_size: int = 64,
     learning_rate: float = 1e-4,
-    temperature: float = DEFAULT_TEMPERATURE,
-    alpha: float = DEFAULT_ALPHA,
-    callbacks: Sequence[Any] = (),
-    verbose: int | None = None,
+    **train_kwargs: Any,
 ):
     """Quantization-aware training: `quantize_model(student)` (BN folded,
-    int8 fake-quant) fine-tuned on labels or distilled from `teacher`;
-    returns `(qat_model, history)`. Convert it with
-    `export_tflite(qat_model, path, "qat")` for a fully int8 `.tflite`."""
+    int8 fake-quant) fine-tuned on labels or distilled from `teacher`
+    (`train_kwargs` as for `train`); returns `(qat_model, history)`. Convert
+    it with `export_tflite(qat_model, path, "qat")` for a fully int8 `.tflite`."""
     from kd_keras.quantization import quantize_model
 
     qat = quantize_model(student)
     history = train(
-        qat,
-        x,
-        y,
-        teacher=teacher,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        temperature=temperature,
-        alpha=alpha,
-        callbacks=callbacks,
-        verbose=verbose,
+        qat, x, y, teacher=teacher, epochs=epochs, learning_rate=learning_rate, **train_kwargs
     )
     return qat, history
 
