@@ -308,18 +308,16 @@ def prune_student(
     *,
     final_sparsity: float | None = None,
     m_by_n=None,
-    teacher=None,
     epochs: int = 2,
     batch_size: int = 64,
     learning_rate: float = 5e-4,
-    temperature: float = DEFAULT_TEMPERATURE,
-    alpha: float = DEFAULT_ALPHA,
     callbacks: Sequence[Any] = (),
-    verbose: int | None = None,
     log=None,
+    **train_kwargs: Any,
 ):
     """Magnitude-prunes `student` while fine-tuning it (on labels, or
-    distilling from `teacher`); returns `(pruned, stripped, history)`.
+    distilling from `teacher=`; `train_kwargs` as for `train`); returns
+    `(pruned, stripped, history)`.
 
     `final_sparsity` ramps up with `PolynomialDecay` and is reached exactly
     at a mask update on or before the last step; `m_by_n` (`(2, 4)` or
@@ -365,14 +363,11 @@ def prune_student(
         pruned,
         x,
         y,
-        teacher=teacher,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
-        temperature=temperature,
-        alpha=alpha,
         callbacks=[pruning.UpdatePruningStep(), *callbacks],
-        verbose=verbose,
+        **train_kwargs,
     )
     return pruned, pruning.strip_pruning(pruned), history
 

@@ -161,18 +161,11 @@ class EmbeddingMSE(HiddenStateMSE):
         self,
         teacher_layer="embeddings_layer_norm",
         student_layer="embeddings_layer_norm",
-        projection="auto",
-        weight=1.0,
         name="embedding_mse",
         **kwargs,
     ):
         super().__init__(
-            teacher_layer=teacher_layer,
-            student_layer=student_layer,
-            projection=projection,
-            weight=weight,
-            name=name,
-            **kwargs,
+            teacher_layer=teacher_layer, student_layer=student_layer, name=name, **kwargs
         )
 
 
