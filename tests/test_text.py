@@ -19,11 +19,11 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range
 SEQ = 8
 
 
-def tiny_classifier(num_layers=4, num_heads=2, hidden_dim=16, num_classes=3):
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB)
+def tiny_classifier(num_layers=4, num_heads=2, hidden_dim=16, num_classes=3, vocabulary=VOCAB):
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=SEQ)
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCAB),
+        vocabulary_size=len(vocabulary),
         num_layers=num_layers,
         num_heads=num_heads,
         hidden_dim=hidden_dim,
@@ -409,11 +409,132 @@ def test_export_student_to_onnx_matches_keras_and_refuses_overwrite(tmp_path):
     # Padding changes nothing in ONNX either: positions past the mask are ignored.
     x2 = {k: v.copy() for k, v in x.items()}
     x2["token_ids"][x["padding_mask"] == 0] = 50
-    np.testing.assert_allclose(
-        run_onnx(tmp_path / "model.onnx", x2), numpy_(student(x)), atol=1e-4
-    )
+    np.testing.assert_allclose(run_onnx(tmp_path / "model.onnx", x2), numpy_(student(x)), atol=1e-4)
     assert (tmp_path / "model.onnx.parity.json").exists()
     assert (tmp_path / "preprocessor.json").exists()
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_text_onnx(student, tmp_path, x)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# -- principal-component embedding init ----------------------------------------
+
+
+def test_pca_init_projects_embeddings_onto_top_principal_axes():
+    teacher = tiny_classifier(hidden_dim=16)
+    student = text.build_student(
+        teacher, num_layers=1, hidden_dim=4, num_heads=1, init_from_teacher="pca", dropout=0.0
+    )
+    tokens = numpy_(teacher.backbone.get_layer("token_embedding").embeddings).astype("float64")
+    centred = tokens - tokens.mean(0)
+    # Reference through the covariance's eigenvectors (not the SVD used inside).
+    eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+    top = vectors[:, np.argsort(eigenvalues)[::-1][:4]]
+    reference = centred @ top
+    got = numpy_(student.backbone.get_layer("token_embedding").embeddings)
+    # Axes are defined up to sign: compare Gram matrices, then each column's |.|.
+    np.testing.assert_allclose(got @ got.T, reference @ reference.T, atol=1e-4)
+    np.testing.assert_allclose(np.abs(got), np.abs(reference), atol=1e-4)
+    np.testing.assert_allclose((got**2).sum(), np.sort(eigenvalues)[::-1][:4].sum(), rtol=1e-4)
+    (positions,) = text.student.layer_weights(teacher, "position_embedding")
+    (s_positions,) = text.student.layer_weights(student, "position_embedding")
+    np.testing.assert_allclose(np.abs(s_positions), np.abs(positions @ top), atol=1e-4)
+    assert tuple(student(token_inputs([3])).shape) == (1, 3)
+
+
+def test_pca_init_and_mode_are_checked():
+    teacher = tiny_classifier(hidden_dim=16)
+    wide = text.build_student(teacher, num_layers=1, hidden_dim=32, num_heads=2)
+    with pytest.raises(ValueError, match="wider"):
+        text.project_embeddings(wide, teacher)
+    with pytest.raises(ValueError, match="'truncate' or 'pca'"):
+        text.build_student(teacher, num_layers=1, init_from_teacher="svd")
+
+
+def test_predict_logits_equals_the_forward_pass():
+    teacher = tiny_classifier()
+    x = token_inputs([1, 4, 6])
+    np.testing.assert_allclose(
+        text.predict_logits(teacher, x, batch_size=2), numpy_(teacher(x)), atol=1e-5
+    )
+    assert teacher.preprocessor is not None  # restored
+
+
+# -- TinyBERT data augmentation -------------------------------------------------
+
+AUG_VOCAB = ["[PAD]", "[CLS]", "[SEP]", "!", "##s", "##ing"] + [
+    "good",
+    "great",
+    "bad",
+    "awful",
+    "film",
+    "movie",
+    "play",
+    "act",
+]
+
+
+def test_word_neighbours_match_brute_force_cosine():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(AUG_VOCAB), 5)).astype("float32")
+    table = text.word_neighbours(emb, AUG_VOCAB, k=3, chunk=3)
+    words = [i for i, t in enumerate(AUG_VOCAB) if t.isalpha()]
+    assert words == list(range(6, 14))
+    for i in range(len(AUG_VOCAB)):
+        if i not in words:
+            assert (table[i] == -1).all()
+            continue
+        sims = {
+            j: emb[i] @ emb[j] / np.linalg.norm(emb[i]) / np.linalg.norm(emb[j])
+            for j in words
+            if j != i
+        }
+        assert list(table[i]) == sorted(sims, key=sims.get, reverse=True)[:3]
+    with pytest.raises(ValueError, match="one row per vocabulary entry"):
+        text.word_neighbours(emb[:-1], AUG_VOCAB)
+
+
+def test_augment_tokens_replaces_only_single_piece_words():
+    vocab = AUG_VOCAB
+    neighbours = np.full((len(vocab), 2), -1, "int32")
+    for word, (a, b) in {"good": ("great", "bad"), "film": ("movie", "act")}.items():
+        neighbours[vocab.index(word)] = [vocab.index(a), vocab.index(b)]
+    continuation = text.continuation_mask(vocab)
+    # [CLS] good film play ##ing ! [SEP] [PAD]; "play" is followed by "##ing".
+    ids = np.array([[1, 6, 10, 12, 5, 3, 2, 0]], "int32")
+    tokens = {
+        "token_ids": ids,
+        "padding_mask": (ids != 0).astype("int32"),
+        "segment_ids": np.zeros_like(ids),
+    }
+    same = text.augment_tokens(tokens, neighbours, continuation, copies=3, rate=0.0)
+    np.testing.assert_array_equal(same["token_ids"], np.repeat(ids, 3, axis=0))
+    np.testing.assert_array_equal(same["source"], [0, 0, 0])
+    every = text.augment_tokens(tokens, neighbours, continuation, copies=50, rate=1.0, seed=1)
+    out = every["token_ids"]
+    assert set(out[:, 1]) == {7, 8} and set(out[:, 2]) == {11, 13}  # both candidates drawn
+    np.testing.assert_array_equal(out[:, 3:], np.repeat(ids[:, 3:], 50, axis=0))
+    np.testing.assert_array_equal(out[:, 0], 1)
+    np.testing.assert_array_equal(every["padding_mask"], np.repeat(tokens["padding_mask"], 50, 0))
+    again = text.augment_tokens(tokens, neighbours, continuation, copies=50, rate=1.0, seed=1)
+    np.testing.assert_array_equal(again["token_ids"], out)
+
+
+def test_augment_tokens_replacement_rate():
+    vocab = AUG_VOCAB
+    neighbours = np.full((len(vocab), 1), -1, "int32")
+    neighbours[6] = 7
+    ids = np.full((20, 50), 6, "int32")  # "good" everywhere
+    tokens = {"token_ids": ids, "padding_mask": np.ones_like(ids), "segment_ids": 0 * ids}
+    out = text.augment_tokens(tokens, neighbours, text.continuation_mask(vocab), 10, rate=0.4)
+    n = out["token_ids"].size
+    replaced = np.mean(out["token_ids"] == 7)
+    assert abs(replaced - 0.4) < 4 * np.sqrt(0.4 * 0.6 / n)  # binomial, 4 sigma
+    with pytest.raises(ValueError, match="rate"):
+        text.augment_tokens(tokens, neighbours, text.continuation_mask(vocab), rate=1.5)
+    with pytest.raises(ValueError, match="copies"):
+        text.augment_tokens(tokens, neighbours, text.continuation_mask(vocab), copies=0)
+    with pytest.raises(ValueError, match="same tokenizer|made `tokens`"):
+        text.augment_tokens(
+            {**tokens, "token_ids": ids + 100}, neighbours, text.continuation_mask(vocab)
+        )

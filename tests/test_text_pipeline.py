@@ -25,7 +25,7 @@ from kd_keras.text.pipeline import (
 
 pytest.importorskip("keras_hub")
 
-from test_text import SEQ, tiny_classifier, token_inputs  # noqa: E402  (the tiny BERT)
+from test_text import SEQ, VOCAB, tiny_classifier, token_inputs  # noqa: E402  (the tiny BERT)
 
 TF = keras.backend.backend() == "tensorflow"
 CLASSES = ("business", "sport", "tech")
@@ -35,7 +35,16 @@ def numpy_(x):
     return keras.ops.convert_to_numpy(x)
 
 
-def write_corpus(folder, per_class=12, seed=0):
+def numbered(n: int) -> str:
+    return f"w{n}"
+
+
+def lettered(n: int) -> str:
+    """`w` + two letters: a whole word to augmentation (which skips digits)."""
+    return "w" + chr(97 + n // 26) + chr(97 + n % 26)
+
+
+def write_corpus(folder, per_class=12, seed=0, word=numbered):
     """A corpus in the BBC layout (`<class>/<n>.txt`) made of the tiny
     vocabulary: class c draws 2-4 words from w{10c}..w{10c+9}, plus one
     word shared by all classes, so the label is learnable from the words."""
@@ -43,8 +52,8 @@ def write_corpus(folder, per_class=12, seed=0):
     for c, name in enumerate(CLASSES):
         (folder / name).mkdir(parents=True)
         for i in range(per_class):
-            words = [f"w{10 * c + k}" for k in rng.integers(0, 10, rng.integers(2, 5))]
-            words.append(f"w{rng.integers(60, 95)}")
+            words = [word(10 * c + k) for k in rng.integers(0, 10, rng.integers(2, 5))]
+            words.append(word(rng.integers(60, 95)))
             rng.shuffle(words)
             (folder / name / f"{i:03d}.txt").write_text(" ".join(words))
     return folder
@@ -157,6 +166,33 @@ def test_general_stage_can_be_skipped_and_max_splits(setup):
     assert sorted(y_test) == [0, 1, 2]
 
 
+def test_augmented_transfer_set_feeds_both_distillation_stages(setup):
+    config, folder = setup
+    vocabulary = VOCAB[:5] + [lettered(i) for i in range(95)]
+    tiny_classifier(num_classes=len(CLASSES), vocabulary=vocabulary).save_to_preset(
+        str(folder / "lettered_bert")
+    )
+    corpus = write_corpus(folder / "lettered", word=lettered)
+    config["teacher"].update(preset=str(folder / "lettered_bert"), epochs=0)
+    config["data"]["path"] = str(corpus)
+    config["student"]["init_from_teacher"] = "pca"
+    config["augment"] = {"copies": 3, "rate": 0.5, "neighbours": 4}
+    config["distill"]["alpha"] = 0.0
+    config["export"]["enabled"] = False
+    pipeline = TextPipeline(validate_text_config(config))
+    pipeline.run()
+    tokens, labels = pipeline.transfer_set
+    train = pipeline.tokens[0]["token_ids"]
+    n = len(train)
+    assert len(tokens["token_ids"]) == len(labels) == 4 * n
+    np.testing.assert_array_equal(tokens["token_ids"][:n], train)
+    np.testing.assert_array_equal(labels[n:], np.repeat(pipeline.data[0][1], 3))
+    copies = tokens["token_ids"][n:]
+    assert 0.2 < np.mean(copies != np.repeat(train, 3, axis=0)) / np.mean(train > 4) < 0.8
+    logits = np.load(folder / "run" / "distill" / "teacher_logits.npy")
+    assert logits.shape == (4 * n, len(CLASSES))
+
+
 # -- validation ------------------------------------------------------------------
 
 
@@ -175,6 +211,9 @@ def test_general_stage_can_be_skipped_and_max_splits(setup):
         ({"general": {"hidden": False, "attention": False, "embedding": False}}, "general.epochs"),
         ({"export": {"tflite": ["int8"]}}, "'export.tflite' must be a list of float / dynamic"),
         ({"bench": {"threads": []}}, "'bench.threads'"),
+        ({"augment": {"copies": -1}}, "'augment.copies' must be an integer >= 0"),
+        ({"augment": {"rate": 1.0}}, "'augment.rate' must be a number in (0, 1)"),
+        ({"student": {"init_from_teacher": "svd"}}, "'student.init_from_teacher' must be"),
     ],
 )
 def test_bad_keys_are_named(tmp_path, change, message):

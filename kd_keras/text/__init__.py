@@ -21,6 +21,12 @@ from kd_keras.text.attention import (
     record_attention,
     release_attention,
 )
+from kd_keras.text.augment import (
+    augment_tokens,
+    continuation_mask,
+    token_embedding_matrix,
+    word_neighbours,
+)
 from kd_keras.text.distiller import TextDistiller
 from kd_keras.text.losses import (
     AttentionMapLoss,
@@ -41,6 +47,7 @@ from kd_keras.text.student import (
     build_student,
     build_token_classifier,
     initialize_from_teacher,
+    project_embeddings,
     uniform_layer_map,
 )
 from kd_keras.text.teacher import (
@@ -49,6 +56,7 @@ from kd_keras.text.teacher import (
     load_backbone,
     load_teacher,
     minilm_path,
+    predict_logits,
     tokenize,
     without_preprocessor,
 )
@@ -61,6 +69,8 @@ __all__ = [
     "HiddenStateMSE",
     "TextDistiller",
     "attention_layer",
+    "augment_tokens",
+    "continuation_mask",
     "attention_map_loss",
     "backbone_of",
     "build_student",
@@ -74,12 +84,16 @@ __all__ = [
     "load_teacher",
     "load_text_config",
     "minilm_path",
+    "predict_logits",
+    "project_embeddings",
     "record_attention",
     "release_attention",
     "run_text_pipeline",
     "tinybert_losses",
+    "token_embedding_matrix",
     "tokenize",
     "uniform_layer_map",
     "validate_text_config",
     "without_preprocessor",
+    "word_neighbours",
 ]

@@ -13,6 +13,12 @@ training stage killed mid-way resumes from its last finished epoch):
   `general.epochs: 0`;
 - `distill`: task distillation, soft targets at temperature `T` from the
   teacher's logits (cached once) plus `alpha` times the labels' loss;
+- with `augment.copies > 0`, both distillation stages train on the training
+  set plus that many TinyBERT-style augmented copies of each text (words
+  replaced by their nearest words in the teacher's embedding table,
+  `kd_keras.text.augment`), labelled by the teacher: on small datasets this is
+  what lets the intermediate-layer student keep up (see benchmarks/RESULTS.md);
+  set `distill.alpha: 0`, since a replaced word can flip a copy's label;
 - `export`: TFLite float and dynamic-range int8, and ONNX, of the teacher and
   the student, each parity-checked (TensorFlow backend);
 - `bench`: accuracy (Keras and TFLite), parameters, sizes and p50 batch-1
@@ -106,7 +112,12 @@ TEXT_SCHEMA: dict[str, Any] = {
         "hidden_dim": (_int(1), "an integer >= 1", 96),
         "num_heads": (_int(1), "an integer >= 1", 2),
         "intermediate_dim": (_int(1), "an integer >= 1 (default: the teacher's ratio)", None),
-        "init_from_teacher": (_bool, "true or false", False),
+        "init_from_teacher": (
+            _choice((False, True, "truncate", "pca")),
+            "false, true / 'truncate' (teacher weights, truncated) or 'pca' (embeddings "
+            "projected on the teacher's principal components)",
+            False,
+        ),
         "layer_map": (
             _list_of(_int(0)),
             "a list of teacher layer indices, one per student layer",
@@ -122,6 +133,11 @@ TEXT_SCHEMA: dict[str, Any] = {
         "hidden": (_bool, "true or false", True),
         "attention": (_bool, "true or false", True),
         "attention_mode": (_choice(("kl", "mse")), "'kl' or 'mse'", "kl"),
+    },
+    "augment": {
+        "copies": (_int(0), "an integer >= 0 (augmented copies per text; 0: off)", 0),
+        "rate": (_fraction, "a number in (0, 1) (chance of replacing each word)", 0.4),
+        "neighbours": (_int(1), "an integer >= 1 (candidate words per word)", 15),
     },
     "distill": {
         "epochs": (_int(1), "an integer >= 1", 10),
@@ -301,6 +317,7 @@ class TextPipeline(Pipeline):
         super().__init__(config, run_dir=run_dir, log=log)
         self._teacher = None
         self._tokens = None
+        self._transfer = None
 
     # -- running ---------------------------------------------------------
 
@@ -365,6 +382,34 @@ class TextPipeline(Pipeline):
             (x_train, _), (x_test, _) = self.data
             self._tokens = tokenize(self.teacher, x_train), tokenize(self.teacher, x_test)
         return self._tokens
+
+    @property
+    def transfer_set(self) -> tuple[dict, np.ndarray]:
+        """What the distillation stages train on: the training tokens, plus
+        `augment.copies` augmented copies of each (labels: their source's)."""
+        if self._transfer is None:
+            tokens, labels = self.tokens[0], self.data[0][1]
+            spec = self.config["augment"]
+            if spec["copies"]:
+                from kd_keras.text import augment
+
+                vocabulary = self.teacher.preprocessor.tokenizer.get_vocabulary()
+                table = augment.word_neighbours(
+                    augment.token_embedding_matrix(self.teacher), vocabulary, spec["neighbours"]
+                )
+                copies = augment.augment_tokens(
+                    tokens,
+                    table,
+                    augment.continuation_mask(vocabulary),
+                    copies=spec["copies"],
+                    rate=spec["rate"],
+                    seed=self.config["seed"],
+                )
+                source = copies.pop("source")
+                tokens = {k: np.concatenate([tokens[k], copies[k]]) for k in tokens}
+                labels = np.concatenate([labels, np.asarray(labels)[source]])
+            self._transfer = tokens, labels
+        return self._transfer
 
     def _new_student(self, teacher):
         from kd_keras.text.student import build_student
@@ -467,7 +512,7 @@ class TextPipeline(Pipeline):
             distiller = TextDistiller(student, teacher, losses=terms, alpha=0.0)
             distiller.compile(optimizer=keras.optimizers.AdamW(spec["learning_rate"]))
             history = distiller.fit(
-                self.tokens[0],
+                self.transfer_set[0],
                 epochs=spec["epochs"],
                 batch_size=spec["batch_size"],
                 callbacks=[self._backup("general")],
@@ -489,8 +534,8 @@ class TextPipeline(Pipeline):
         from kd_keras.text.distiller import TextDistiller
 
         spec = self.config["distill"]
-        (_, y_train), (_, y_test) = self.data
-        tokens_train, tokens_test = self.tokens
+        (_, y_test), tokens_test = self.data[1], self.tokens[1]
+        tokens_train, y_train = self.transfer_set
         if results["general"].get("skipped"):
             student = self._new_student(self.teacher)
         else:
@@ -520,16 +565,16 @@ class TextPipeline(Pipeline):
         }
 
     def _teacher_logits(self, tokens_train) -> np.ndarray:
-        """The teacher's training-set logits, computed once (offline KD) and
-        kept in `distill/teacher_logits.npy` for a resumed run."""
-        from kd_keras.teacher_cache import cache_teacher_outputs
-        from kd_keras.text.teacher import without_preprocessor
+        """The teacher's logits on the transfer set, computed once (offline
+        KD) and kept in `distill/teacher_logits.npy` for a resumed run."""
+        from kd_keras.text.teacher import predict_logits
 
         path = self.run_dir / "distill" / "teacher_logits.npy"
         if path.exists():
-            return np.load(path)
-        with without_preprocessor(self.teacher):
-            logits = cache_teacher_outputs(self.teacher, tokens_train, batch_size=64, verbose=0)
+            logits = np.load(path)
+            if len(logits) == len(tokens_train["token_ids"]):
+                return logits
+        logits = predict_logits(self.teacher, tokens_train, batch_size=64)
         with atomic.atomic_path(path, overwrite=True) as tmp:
             np.save(tmp, logits)
         return logits

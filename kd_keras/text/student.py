@@ -115,6 +115,52 @@ def initialize_from_teacher(
     return layer_map
 
 
+def project_embeddings(student: keras.Model, teacher: keras.Model) -> np.ndarray:
+    """Initialises a narrower student's token, position and segment
+    embeddings with the teacher's, projected onto the top `student_dim`
+    principal components of the teacher's token-embedding table.
+
+    Truncating a 384-wide table to its first 96 columns keeps arbitrary
+    coordinates; the principal subspace keeps the directions along which
+    tokens differ most, so neighbouring words stay neighbours. The student
+    embeddings are `(E_tok - mean) @ P`, `E_pos @ P` and `E_seg @ P` with `P`
+    the `(teacher_dim, student_dim)` basis, which is returned. Transformer
+    layers are left as they are (their widths differ).
+
+    Example:
+
+    ```python
+    basis = project_embeddings(student, teacher)  # 384 -> 96 columns
+    ```
+    """
+    s_backbone, t_backbone = backbone_of(student), backbone_of(teacher)
+    s_dim, t_dim = int(s_backbone.hidden_dim), int(t_backbone.hidden_dim)
+    if s_dim > t_dim:
+        raise ValueError(
+            f"The student is wider ({s_dim}) than the teacher ({t_dim}); a projection "
+            "onto principal components needs student_dim <= teacher_dim."
+        )
+    (tokens,) = layer_weights(teacher, "token_embedding")
+    mean = tokens.mean(axis=0)
+    # Right singular vectors of the centred table = principal axes.
+    _, _, vt = np.linalg.svd(tokens - mean, full_matrices=False)
+    basis = vt[:s_dim].T
+    for name, center in (
+        ("token_embedding", mean),
+        ("position_embedding", 0.0),
+        ("segment_embedding", 0.0),
+    ):
+        (table,) = layer_weights(teacher, name)
+        (target,) = s_backbone.get_layer(name).weights
+        if target.shape[0] != table.shape[0]:
+            raise ValueError(
+                f"'{name}' has {target.shape[0]} rows in the student and {table.shape[0]} "
+                "in the teacher: build the student with build_student(teacher, ...)."
+            )
+        target.assign((table - center) @ basis)
+    return basis
+
+
 def build_student(
     teacher: keras.Model,
     num_layers: int = 2,
@@ -122,7 +168,7 @@ def build_student(
     num_heads: int | None = None,
     intermediate_dim: int | None = None,
     num_classes: int | None = None,
-    init_from_teacher: bool = False,
+    init_from_teacher: bool | str = False,
     layer_map: Sequence[int] | None = None,
     dropout: float = 0.1,
     name: str = "student",
@@ -138,8 +184,11 @@ def build_student(
             `None` keeps the teacher's (`intermediate_dim` keeps the
             teacher's ratio to `hidden_dim`).
         num_classes: classes; default the teacher's.
-        init_from_teacher: copy (truncated) teacher weights, see
-            `initialize_from_teacher`.
+        init_from_teacher: `True` (or `"truncate"`) copies truncated teacher
+            weights, see `initialize_from_teacher`; `"pca"` projects the
+            teacher's embeddings onto their principal components and leaves
+            the transformer layers random, see `project_embeddings` (better
+            when the student is much narrower).
         layer_map: teacher layer index for each student layer.
         dropout: dropout of the backbone and the classifier head.
 
@@ -149,6 +198,11 @@ def build_student(
     student = build_student(teacher, num_layers=2, hidden_dim=128, num_heads=2)
     ```
     """
+    if init_from_teacher not in (False, True, "truncate", "pca"):
+        raise ValueError(
+            "init_from_teacher must be False, True, 'truncate' or 'pca'; "
+            f"got {init_from_teacher!r}."
+        )
     hub = keras_hub_module()
     t_backbone = backbone_of(teacher)
     hidden_dim = int(hidden_dim or t_backbone.hidden_dim)
@@ -182,7 +236,9 @@ def build_student(
         dropout=dropout,
         name=name,
     )
-    if init_from_teacher:
+    if init_from_teacher == "pca":
+        project_embeddings(student, t_backbone)
+    elif init_from_teacher in (True, "truncate"):
         initialize_from_teacher(student, t_backbone, layer_map)
     return student
 

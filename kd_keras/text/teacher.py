@@ -208,6 +208,23 @@ def without_preprocessor(classifier: keras.Model, tokenized: bool = True):
         classifier.preprocessor = saved
 
 
+def predict_logits(classifier: keras.Model, tokens: dict, batch_size: int = 256) -> np.ndarray:
+    """Logits of a keras-hub classifier on already tokenized inputs, as NumPy.
+
+    keras-hub's `Task.predict` always builds a `tf.data`/Grain pipeline,
+    which fails where neither is installed (a JAX or torch GPU machine);
+    Keras's own `predict` on the token arrays needs neither.
+
+    Example:
+
+    ```python
+    accuracy = (predict_logits(student, tokens).argmax(-1) == labels).mean()
+    ```
+    """
+    with without_preprocessor(classifier):
+        return keras.Model.predict(classifier, tokens, batch_size=batch_size, verbose=0)
+
+
 def tokenize(classifier_or_preprocessor, texts: Sequence[str], batch_size: int = 256) -> dict:
     """Runs a keras-hub preprocessor over `texts` once and returns int32
     NumPy arrays `{"token_ids", "segment_ids", "padding_mask"}`, the inputs
