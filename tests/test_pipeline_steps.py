@@ -106,6 +106,52 @@ def test_prune_reaches_the_exact_sparsity(workdir, digits, capsys):
     assert _accuracy(pruned, digits) >= 0.7
 
 
+@pytest.mark.parametrize("lr_schedule", ["hold-cosine", "constant"])
+def test_prune_student_ramps_then_holds_sparsity_and_rate(lr_schedule):
+    from kd_keras.pipeline import steps
+    from tiny import data, mlp
+
+    x, y = data(n=256)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            wrapper = self.model.get_layer("prune_low_magnitude_hidden")
+            seen.append(
+                (
+                    float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+                    float(np.mean(keras.ops.convert_to_numpy(wrapper.masks[0]) == 0)),
+                )
+            )
+
+    _, stripped, _ = steps.prune_student(
+        mlp(),
+        x,
+        y,
+        final_sparsity=0.75,
+        epochs=4,
+        batch_size=32,
+        learning_rate=1e-3,
+        ramp=0.5,
+        lr_schedule=lr_schedule,
+        callbacks=[Record()],
+        verbose=0,
+    )
+    rates, zeros = np.array(seen).T
+    t = np.arange(32)  # 8 steps per epoch, ramp to step 16 (16 mask updates)
+    decay = np.clip(t - 16, 0, 16) / 16
+    expected = 1e-3 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * decay)))
+    if lr_schedule == "constant":
+        expected = np.full(32, 1e-3)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
+    # The mask seen at step t was set by the update at step t - 1.
+    assert zeros[17:].min() == zeros[17:].max() == pytest.approx(0.75, abs=0.01)
+    assert zeros[8] < 0.75
+    for name in ("hidden", "logits"):
+        kernel = keras.ops.convert_to_numpy(stripped.get_layer(name).kernel)
+        assert np.count_nonzero(kernel) == _kept(kernel.size, 0.75), name
+
+
 def test_prune_m_by_n_while_distilling(workdir, digits, capsys):
     out = workdir / "pruned_2_4.keras"
     code = cli.main(

@@ -169,6 +169,34 @@ def test_schedule_matches_numpy_transcription_of_tfmot(kind, kwargs):
         np.testing.assert_allclose(np_(sparsity), ref_sparsity, atol=1e-6, err_msg=str(step))
 
 
+@pytest.mark.parametrize("total, ramp", [(1000, 0.5), (37, 0.3), (5, 1.0), (1, 0.5)])
+def test_ramp_schedule_reaches_target_on_a_mask_update_then_holds(total, ramp):
+    schedule = pruning.ramp_schedule(0.8, total, ramp=ramp)
+    end, frequency = schedule.end_step, schedule.frequency
+    assert end % frequency == 0 and 1 <= end <= max(1, int(total * ramp))
+    assert 1 <= end // frequency <= 11  # about ten mask updates
+    kwargs = {"begin": 0, "end": end, "frequency": frequency, "power": 3}
+    for step in range(total + 5):
+        should, sparsity = schedule(ops.convert_to_tensor(step, "int32"))
+        ref_should, ref_sparsity = np_schedule("poly", step, initial=0.0, final=0.8, **kwargs)
+        assert bool(np_(should)) == ref_should
+        np.testing.assert_allclose(np_(sparsity), ref_sparsity, atol=1e-6)
+    assert bool(np_(schedule(ops.convert_to_tensor(end, "int32"))[0]))  # last update at 0.8
+    with pytest.raises(ValueError, match="ramp must be in"):
+        pruning.ramp_schedule(0.8, 100, ramp=0.0)
+
+
+def test_recovery_learning_rate_holds_then_follows_cosine():
+    lr = pruning.recovery_learning_rate(1e-3, hold_steps=40, total_steps=100)
+    steps = np.arange(0, 120)
+    got = np.array([float(np_(lr(int(t)))) for t in steps])
+    decay = np.clip(steps - 40, 0, 60) / 60
+    expected = np.where(
+        steps <= 40, 1e-3, 1e-3 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * decay)))
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_schedules_serialize():
     for schedule in (
         pruning.PolynomialDecay(0.1, 0.8, 5, 50, power=2, frequency=3),

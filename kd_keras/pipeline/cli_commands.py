@@ -41,6 +41,10 @@ def _sparsity(text: str) -> float:
     return _number(text, float, lambda v: 0.0 <= v < 1.0, "a fraction of zeros in [0, 1)")
 
 
+def _ramp(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 < v <= 1.0, "a fraction of the steps in (0, 1]")
+
+
 def _m_by_n(text: str) -> tuple[int, int]:
     try:
         return steps.parse_m_by_n(text)
@@ -124,7 +128,19 @@ def _add_step_commands(subparsers) -> None:
     target.add_argument("--m-by-n", type=_m_by_n, help="structured M zeros in N weights, e.g. 2:4")
     prune.add_argument("--teacher", help="teacher .keras file: distill while pruning")
     prune.add_argument("--out", required=True, help="pruned .keras file to write")
-    _add_training_args(prune, 2, 5e-4, "pruning epochs")
+    prune.add_argument(
+        "--ramp",
+        type=_ramp,
+        default=0.5,
+        help="fraction of the steps that raise the sparsity; the rest recover (default: 0.5)",
+    )
+    prune.add_argument(
+        "--lr-schedule",
+        choices=steps.LR_SCHEDULES,
+        default="hold-cosine",
+        help="hold the rate during the ramp, then cosine-decay it (default: %(default)s)",
+    )
+    _add_training_args(prune, 2, 1e-3, "pruning epochs")
     prune.set_defaults(func=_step(_prune))
 
     quantize = subparsers.add_parser(
@@ -233,6 +249,8 @@ def _prune(args: argparse.Namespace) -> int:
         yt,
         final_sparsity=args.sparsity,
         m_by_n=args.m_by_n,
+        ramp=args.ramp,
+        lr_schedule=args.lr_schedule,
         log=lambda message: print(message, file=sys.stderr),
         **_fit_args(args, _teacher(args)),
     )

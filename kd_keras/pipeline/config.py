@@ -39,7 +39,9 @@ prune:
   distill: false         # fine-tune from the teacher (distill.temperature / alpha)
   epochs: 2
   batch_size: 64
-  learning_rate: 0.0005
+  learning_rate: 0.001
+  ramp: 0.5              # the sparsity rises over this fraction of the steps, then holds
+  lr_schedule: hold-cosine   # rate held during the ramp, then cosine to 1 % | constant
 quantize:
   method: ptq            # ptq: post-training, at export | qat: quantization-aware training
   modes: [int8]          # ptq: any of dynamic / int8 / float16; qat: [int8]
@@ -183,7 +185,17 @@ SCHEMA: dict[str, Any] = {
         "distill": (_bool, "true or false", False),
         "epochs": (_int(1), "an integer >= 1", 2),
         "batch_size": (_int(1), "an integer >= 1", 64),
-        "learning_rate": (_number(0, open_low=True), "a number > 0", 5e-4),
+        "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-3),
+        "ramp": (
+            _number(0, 1, open_low=True),
+            "a number in (0, 1] (fraction of the steps that raise the sparsity)",
+            0.5,
+        ),
+        "lr_schedule": (
+            _choice(("hold-cosine", "constant")),
+            "'hold-cosine' (held during the ramp, then cosine to 1 %) or 'constant'",
+            "hold-cosine",
+        ),
     },
     "quantize": {
         "method": (_choice(("ptq", "qat")), "ptq or qat", "ptq"),

@@ -146,6 +146,8 @@ class Pipeline:
             yt,
             final_sparsity=spec["final_sparsity"],
             m_by_n=spec["m_by_n"],
+            ramp=spec["ramp"],
+            lr_schedule=spec["lr_schedule"],
             callbacks=[self._backup("prune")],
             log=self.log,
             **self._fit_args(spec, teacher=self._teacher_if(spec["distill"], results)),

@@ -205,7 +205,7 @@ def load_preset(preset: str, num_classes: int):
 # -- training -------------------------------------------------------------------
 
 
-def _optimizer(learning_rate: float):
+def _optimizer(learning_rate):
     import keras
 
     return keras.optimizers.Adam(learning_rate)
@@ -301,6 +301,10 @@ def _m_by_n_layers(model, n: int) -> tuple[list[str], list[str]]:
     return fits, left
 
 
+#: Learning-rate schedules `prune_student` knows.
+LR_SCHEDULES = ("hold-cosine", "constant")
+
+
 def prune_student(
     student,
     x: np.ndarray,
@@ -310,7 +314,9 @@ def prune_student(
     m_by_n=None,
     epochs: int = 2,
     batch_size: int = 64,
-    learning_rate: float = 5e-4,
+    learning_rate: float = 1e-3,
+    ramp: float = 0.5,
+    lr_schedule: str = "hold-cosine",
     callbacks: Sequence[Any] = (),
     log=None,
     **train_kwargs: Any,
@@ -319,8 +325,11 @@ def prune_student(
     distilling from `teacher=`; `train_kwargs` as for `train`); returns
     `(pruned, stripped, history)`.
 
-    `final_sparsity` ramps up with `PolynomialDecay` and is reached exactly
-    at a mask update on or before the last step; `m_by_n` (`(2, 4)` or
+    `final_sparsity` ramps up with `PolynomialDecay` over the first `ramp`
+    of the steps (`pruning.ramp_schedule`) and is then held while the network
+    recovers; with `lr_schedule="hold-cosine"` the learning rate is held
+    during the ramp and cosine-decayed to 1 % after it
+    (`pruning.recovery_learning_rate`), `"constant"` keeps it. `m_by_n` (`(2, 4)` or
     `"2:4"`) sets structured m-zeros-in-n masks on every layer whose input
     dimension is a multiple of n (others stay dense and are named in `log`).
     `pruned` still has its `PruneLowMagnitude` wrappers (for
@@ -344,21 +353,17 @@ def prune_student(
                 f"multiple of {m_by_n[1]})"
             )
         pruned = pruning.prune_low_magnitude(student, sparsity_m_by_n=m_by_n, prunable=fits)
-    else:
-        steps = epochs * int(np.ceil(len(x) / batch_size))
-        # About ten mask updates; end_step is a multiple of the frequency so
-        # the last update lands on final_sparsity itself.
-        frequency = max(1, steps // 10)
-        pruned = pruning.prune_low_magnitude(
-            student,
-            pruning_schedule=pruning.PolynomialDecay(
-                0.0,
-                final_sparsity,
-                begin_step=0,
-                end_step=frequency * (steps // frequency),
-                frequency=frequency,
-            ),
-        )
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
+    steps = epochs * int(np.ceil(len(x) / batch_size))
+    # m-by-n masks are fixed from the start: the whole run is recovery.
+    hold = 0
+    if final_sparsity is not None:
+        schedule = pruning.ramp_schedule(final_sparsity, steps, ramp=ramp)
+        pruned = pruning.prune_low_magnitude(student, pruning_schedule=schedule)
+        hold = schedule.end_step
+    if lr_schedule == "hold-cosine":
+        learning_rate = pruning.recovery_learning_rate(learning_rate, hold, steps)
     history = train(
         pruned,
         x,

@@ -25,7 +25,13 @@ from kd_keras.pruning.callbacks import PruningSummaries, UpdatePruningStep
 from kd_keras.pruning.impl import block_mask, m_by_n_mask, magnitude_mask
 from kd_keras.pruning.prune import prune_low_magnitude, strip_pruning
 from kd_keras.pruning.report import LayerSparsity, SparsityReport, sparsity_report
-from kd_keras.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from kd_keras.pruning.schedules import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PruningSchedule,
+    ramp_schedule,
+    recovery_learning_rate,
+)
 from kd_keras.pruning.tfmot_bridge import TFMOTBridgeWarning
 from kd_keras.pruning.wrapper import PRUNABLE_LAYER_TYPES, PruneLowMagnitude
 
@@ -58,6 +64,8 @@ __all__ = [
     "magnitude_mask",
     "prune_low_magnitude",
     "prune_scope",
+    "ramp_schedule",
+    "recovery_learning_rate",
     "sparsity_report",
     "strip_pruning",
 ]
