@@ -154,31 +154,45 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits):
         copy_of(dense_kd), x, y, logits, args.prune_epochs, decay_steps=decay, **kd
     )
     rows.append(measure("dense, distilled, same budget", longer, xt, yt))
+    label_starts = [("labels", dense)]
+    if args.labels_from_distilled:
+        label_starts.append(("labels, from the distilled dense", dense_kd))
     for label, spec in targets:
-        keras.utils.set_random_seed(seed)
-        pruned = fit_labels(
-            prune(dense, spec, steps, args.prune_epochs, args.ramp),
-            x,
-            y,
-            args.prune_epochs,
-            callbacks=[pruning.UpdatePruningStep()],
-            decay_steps=decay,
-        )
-        rows.append(measure(f"{label}, labels", pruned, xt, yt))
-        keras.utils.set_random_seed(seed)
-        pruned = fit_distilled(
-            prune(dense_kd, spec, steps, args.prune_epochs, args.ramp),
-            x,
-            y,
-            logits,
-            args.prune_epochs,
-            callbacks=[pruning.UpdatePruningStep()],
-            decay_steps=decay,
-            **kd,
-        )
-        rows.append(measure(f"{label}, distilled while pruning", pruned, xt, yt))
+        for how, start in label_starts:
+            keras.utils.set_random_seed(seed)
+            pruned = fit_labels(
+                prune(start, spec, steps, args.prune_epochs, args.ramp),
+                x,
+                y,
+                args.prune_epochs,
+                callbacks=[pruning.UpdatePruningStep()],
+                decay_steps=decay,
+            )
+            rows.append(measure(f"{label}, {how}", pruned, xt, yt))
+        for temperature, alpha in args.prune_kd or [(args.temperature, args.alpha)]:
+            keras.utils.set_random_seed(seed)
+            pruned = fit_distilled(
+                prune(dense_kd, spec, steps, args.prune_epochs, args.ramp),
+                x,
+                y,
+                logits,
+                args.prune_epochs,
+                callbacks=[pruning.UpdatePruningStep()],
+                decay_steps=decay,
+                temperature=temperature,
+                alpha=alpha,
+            )
+            name = f"{label}, distilled while pruning"
+            if args.prune_kd:
+                name += f" (T={temperature:g}, α={alpha:g})"
+            rows.append(measure(name, pruned, xt, yt))
         print(f"seed {seed}: {label} done", flush=True)
     return rows
+
+
+def _kd_pair(text: str) -> tuple[float, float]:
+    temperature, alpha = (float(v) for v in text.split(":"))
+    return temperature, alpha
 
 
 def main(argv=None):
@@ -207,6 +221,18 @@ def main(argv=None):
     )
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument(
+        "--prune-kd",
+        type=_kd_pair,
+        nargs="+",
+        help="T:alpha pairs for the distilled pruning rows, one row each (default: the "
+        "--temperature / --alpha of the dense student)",
+    )
+    parser.add_argument(
+        "--labels-from-distilled",
+        action="store_true",
+        help="also prune the distilled dense student with labels only",
+    )
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke)")
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)

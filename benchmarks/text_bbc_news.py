@@ -41,20 +41,24 @@ OUT = Path(__file__).resolve().parent / "out"
 
 
 def accuracy(model, x, y) -> float:
-    with text.without_preprocessor(model):
-        logits = model.predict(x, batch_size=64, verbose=0)
-    return float(np.mean(np.argmax(logits, -1) == y))
+    return float(np.mean(np.argmax(text.predict_logits(model, x, batch_size=64), -1) == y))
 
 
-def make_student(teacher, hidden_dim):
-    return text.build_student(teacher, num_layers=2, hidden_dim=hidden_dim, num_heads=2)
+def make_student(teacher, hidden_dim, init_from_teacher=False):
+    return text.build_student(
+        teacher,
+        num_layers=2,
+        hidden_dim=hidden_dim,
+        num_heads=2,
+        init_from_teacher=init_from_teacher,
+    )
 
 
-def distil(teacher, student, losses, x, y, epochs, alpha, lr):
+def distil(teacher, student, losses, x, y, epochs, alpha, lr, batch_size=32):
     """One `fit` of a TextDistiller; `y` may carry cached teacher logits."""
     distiller = text.TextDistiller(student, teacher, losses=losses, alpha=alpha)
     distiller.compile(optimizer=keras.optimizers.AdamW(lr))
-    distiller.fit(x, y, epochs=epochs, batch_size=32, verbose=2)
+    distiller.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=2)
     for term in losses:
         if hasattr(term, "detach"):
             term.detach()
@@ -83,6 +87,69 @@ def export_figures(model, folder, sample, seq_len):
     return figures
 
 
+def print_table(table: list[dict], export: bool) -> None:
+    """Markdown rows, each with ratios to the first row (the teacher)."""
+    ref = table[0]
+    header = "| model | accuracy (× teacher) | params (teacher ÷) |"
+    if export:
+        header += (
+            " TFLite float MB | TFLite dynamic-int8 MB | parity float / int8 top-1 / ONNX |"
+            " p50 ms, 1 thread (teacher ÷) |"
+        )
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for row in table:
+        line = (
+            f"| {row['name']} | {row['acc']:.4f} ({row['acc'] / ref['acc']:.3f}) | "
+            f"{row['params']:,} ({ref['params'] / row['params']:.1f}×) |"
+        )
+        if export:
+            line += (
+                f" {row['float']:.2f} | {row['dynamic']:.2f} | {row['parity_float']:.1e} / "
+                f"{row['parity_dynamic']:.3f} / {row['parity_onnx']:.1e} | {row['p50_ms']:.2f} "
+                f"({ref['p50_ms'] / row['p50_ms']:.1f}×) |"
+            )
+        print(line)
+
+
+def tag_of(args) -> str:
+    return f"{args.dataset}_{args.seq_len}" + (f"_limit{args.limit}" if args.limit else "")
+
+
+def load_dataset(args):
+    """`(x_train, y_train), (x_test, y_test), classes` with the fixed seed-0 split."""
+    if args.dataset == "bbc":
+        from kd_keras.data.bbc_news import load_bbc_news
+
+        (x_train, y_train), (x_test, y_test) = load_bbc_news(seed=0)
+        classes = 5
+    else:
+        from kd_keras.data.vader_movies import load_vader_movies
+
+        (x_train, y_train), (x_test, y_test) = load_vader_movies(args.vader, seed=0)
+        classes = 2
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+    return (x_train, y_train), (x_test, y_test), classes
+
+
+def load_or_train_teacher(args, x_train, y_train, classes):
+    """The fine-tuned MiniLM-L6 teacher, cached as a keras-hub preset in
+    benchmarks/out/text_<tag>_teacher, and the tokenized training texts."""
+    teacher_dir = OUT / f"text_{tag_of(args)}_teacher"
+    if (teacher_dir / "task.json").exists():
+        teacher = text.load_teacher(str(teacher_dir), sequence_length=args.seq_len)
+        return teacher, text.tokenize(teacher, x_train)
+    teacher = text.load_teacher(
+        text.minilm_path(), num_classes=classes, sequence_length=args.seq_len
+    )
+    tokens_train = text.tokenize(teacher, x_train)
+    text.fine_tune(teacher, tokens_train, y_train, epochs=args.teacher_epochs, verbose=2)
+    teacher.save_to_preset(str(teacher_dir))
+    return teacher, tokens_train
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=["bbc", "vader"], default="bbc")
@@ -101,35 +168,10 @@ def main() -> None:
 
     start = time.time()
     keras.utils.set_random_seed(0)
-    if args.dataset == "bbc":
-        from kd_keras.data.bbc_news import load_bbc_news
-
-        (x_train, y_train), (x_test, y_test) = load_bbc_news(seed=0)
-        classes = 5
-    else:
-        from kd_keras.data.vader_movies import load_vader_movies
-
-        (x_train, y_train), (x_test, y_test) = load_vader_movies(args.vader, seed=0)
-        classes = 2
-
-    if args.limit:
-        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
-        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
-    tag = f"{args.dataset}_{args.seq_len}" + (f"_limit{args.limit}" if args.limit else "")
-    teacher_dir = OUT / f"text_{tag}_teacher"
-    if (teacher_dir / "task.json").exists():
-        teacher = text.load_teacher(str(teacher_dir), sequence_length=args.seq_len)
-        tokens_train = text.tokenize(teacher, x_train)
-    else:
-        teacher = text.load_teacher(
-            text.minilm_path(), num_classes=classes, sequence_length=args.seq_len
-        )
-        tokens_train = text.tokenize(teacher, x_train)
-        text.fine_tune(teacher, tokens_train, y_train, epochs=args.teacher_epochs, verbose=2)
-        teacher.save_to_preset(str(teacher_dir))
+    (x_train, y_train), (x_test, y_test), classes = load_dataset(args)
+    teacher, tokens_train = load_or_train_teacher(args, x_train, y_train, classes)
     tokens_test = text.tokenize(teacher, x_test)
-    with text.without_preprocessor(teacher):
-        cached = kd_keras.cache_teacher_outputs(teacher, tokens_train, batch_size=64)
+    cached = text.predict_logits(teacher, tokens_train, batch_size=64)
     y_cached = {"labels": y_train, "teacher_logits": cached}
     timings = {"teacher": time.time() - start}
 
@@ -186,35 +228,15 @@ def main() -> None:
                 row.update(export_figures(model, Path(folder), sample, args.seq_len))
         table.append(row)
 
-    ref = table[0]
     print(
         f"\n{args.dataset}: {len(y_train)} train / {len(y_test)} test samples, seq len "
         f"{args.seq_len}, backend {keras.backend.backend()}, total {time.time() - start:.0f} s "
         f"(training s: {', '.join(f'{k} {v:.0f}' for k, v in timings.items())})"
     )
-    header = "| model | accuracy (× teacher) | params (teacher ÷) |"
-    if not args.no_export:
-        header += (
-            " TFLite float MB | TFLite dynamic-int8 MB | parity float / int8 top-1 / ONNX |"
-            " p50 ms, 1 thread (teacher ÷) |"
-        )
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
-    for row in table:
-        line = (
-            f"| {row['name']} | {row['acc']:.4f} ({row['acc'] / ref['acc']:.3f}) | "
-            f"{row['params']:,} ({ref['params'] / row['params']:.1f}×) |"
-        )
-        if not args.no_export:
-            line += (
-                f" {row['float']:.2f} | {row['dynamic']:.2f} | {row['parity_float']:.1e} / "
-                f"{row['parity_dynamic']:.3f} / {row['parity_onnx']:.1e} | {row['p50_ms']:.2f} "
-                f"({ref['p50_ms'] / row['p50_ms']:.1f}×) |"
-            )
-        print(line)
+    print_table(table, export=not args.no_export)
     OUT.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "timings_s": timings, "rows": table}
-    (OUT / f"text_{tag}.json").write_text(json.dumps(record, indent=1))
+    (OUT / f"text_{tag_of(args)}.json").write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
