@@ -131,25 +131,22 @@ def train(args) -> None:
         }
     ]
     print(rows[0], flush=True)
-    logits = text.predict_logits(teacher, train_x, batch_size=512)
-    augmented = text.augment_tokens(
+    transfer_x, transfer_labels = text.with_augmented_copies(
         train_x,
+        y_train,
         np.load(folder / "neighbours.npy"),
         np.load(folder / "continuation.npy"),
         copies=args.copies,
         rate=args.rate,
         seed=0,
     )
-    source = augmented.pop("source")
     tick = time.time()
-    aug_logits = text.predict_logits(teacher, augmented, batch_size=512)
-    print(f"{len(source)} augmented copies labelled in {time.time() - tick:.0f} s", flush=True)
-    transfer_x = {k: np.concatenate([train_x[k], augmented[k]]) for k in train_x}
-    transfer_y = {
-        "labels": np.concatenate([y_train, y_train[source]]),
-        "teacher_logits": np.concatenate([logits, aug_logits]),
-    }
-    agreement = float(np.mean(aug_logits.argmax(-1) == y_train[source]))
+    transfer_logits = text.predict_logits(teacher, transfer_x, batch_size=512)
+    print(f"{len(transfer_labels)} sentences labelled in {time.time() - tick:.0f} s", flush=True)
+    transfer_y = {"labels": transfer_labels, "teacher_logits": transfer_logits}
+    n = len(y_train)
+    logits = transfer_logits[:n]
+    agreement = float(np.mean(transfer_logits[n:].argmax(-1) == transfer_labels[n:]))
     print(f"teacher keeps the source label on {agreement:.3f} of the copies", flush=True)
 
     def soft():
@@ -247,10 +244,10 @@ def main() -> None:
     t.add_argument("--dir", required=True)
     t.add_argument("--out", required=True)
     t.add_argument(
-        "--runs", nargs="+", default=["tinybert-pca-aug", "logits-pca-aug", "scratch-pca"]
+        "--runs", nargs="+", default=MAIN_RUNS
     )
     t.add_argument(
-        "--save", nargs="*", default=["tinybert-pca-aug", "logits-pca-aug", "scratch-pca"]
+        "--save", nargs="*", default=MAIN_RUNS
     )
     t.add_argument("--hidden", type=int, default=96)
     t.add_argument("--epochs", type=int, default=10, help="epochs per stage without -aug")

@@ -520,6 +520,21 @@ def test_augment_tokens_replaces_only_single_piece_words():
     np.testing.assert_array_equal(again["token_ids"], out)
 
 
+def test_with_augmented_copies_appends_copies_and_their_source_labels():
+    vocab = AUG_VOCAB
+    neighbours = np.full((len(vocab), 1), -1, "int32")
+    neighbours[6] = 7
+    ids = np.array([[1, 6, 2], [1, 10, 2]], "int32")
+    tokens = {"token_ids": ids, "padding_mask": np.ones_like(ids), "segment_ids": 0 * ids}
+    x, y = text.with_augmented_copies(
+        tokens, [0, 1], neighbours, text.continuation_mask(vocab), copies=2, rate=1.0
+    )
+    np.testing.assert_array_equal(x["token_ids"], [[1, 6, 2], [1, 10, 2], [1, 7, 2], [1, 7, 2],
+                                                   [1, 10, 2], [1, 10, 2]])  # fmt: skip
+    np.testing.assert_array_equal(y, [0, 1, 0, 0, 1, 1])
+    assert set(x) == {"token_ids", "padding_mask", "segment_ids"}
+
+
 def test_augment_tokens_replacement_rate():
     vocab = AUG_VOCAB
     neighbours = np.full((len(vocab), 1), -1, "int32")

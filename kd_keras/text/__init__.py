@@ -25,6 +25,7 @@ from kd_keras.text.augment import (
     augment_tokens,
     continuation_mask,
     token_embedding_matrix,
+    with_augmented_copies,
     word_neighbours,
 )
 from kd_keras.text.distiller import TextDistiller
@@ -94,6 +95,7 @@ __all__ = [
     "tokenize",
     "uniform_layer_map",
     "validate_text_config",
+    "with_augmented_copies",
     "without_preprocessor",
     "word_neighbours",
 ]

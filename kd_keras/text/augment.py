@@ -136,3 +136,30 @@ def augment_tokens(
     result["token_ids"] = out.astype(ids.dtype)
     result["source"] = source
     return result
+
+
+def with_augmented_copies(
+    tokens: dict,
+    labels: np.ndarray,
+    neighbours: np.ndarray,
+    continuation: np.ndarray,
+    copies: int = 20,
+    rate: float = 0.4,
+    seed: int = 0,
+) -> tuple[dict, np.ndarray]:
+    """The transfer set for task distillation: `tokens` followed by their
+    `augment_tokens` copies, and `labels` followed by each copy's source
+    label (a replaced word can flip it: weight the labels' loss low, or 0,
+    and let the teacher's logits label the copies).
+
+    Example:
+
+    ```python
+    x, y = with_augmented_copies(tokens, labels, table, continuation_mask(vocab))
+    ```
+    """
+    augmented = augment_tokens(tokens, neighbours, continuation, copies, rate, seed)
+    source = augmented.pop("source")
+    merged = {k: np.concatenate([np.asarray(tokens[k]), augmented[k]]) for k in tokens}
+    labels = np.asarray(labels)
+    return merged, np.concatenate([labels, labels[source]])

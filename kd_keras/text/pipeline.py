@@ -397,17 +397,15 @@ class TextPipeline(Pipeline):
                 table = augment.word_neighbours(
                     augment.token_embedding_matrix(self.teacher), vocabulary, spec["neighbours"]
                 )
-                copies = augment.augment_tokens(
+                tokens, labels = augment.with_augmented_copies(
                     tokens,
+                    labels,
                     table,
                     augment.continuation_mask(vocabulary),
                     copies=spec["copies"],
                     rate=spec["rate"],
                     seed=self.config["seed"],
                 )
-                source = copies.pop("source")
-                tokens = {k: np.concatenate([tokens[k], copies[k]]) for k in tokens}
-                labels = np.concatenate([labels, np.asarray(labels)[source]])
             self._transfer = tokens, labels
         return self._transfer
 
