@@ -56,7 +56,7 @@ def copy_of(model):
     return clone
 
 
-def prune(dense, spec, steps_per_epoch, epochs, ramp):
+def prune(dense, spec, steps_per_epoch, epochs, ramp, skip=()):
     if "m_by_n" in spec:
         return pruning.prune_low_magnitude(
             copy_of(dense), sparsity_m_by_n=spec["m_by_n"], skip=["conv1"]
@@ -66,7 +66,9 @@ def prune(dense, spec, steps_per_epoch, epochs, ramp):
     schedule = pruning.PolynomialDecay(
         0.0, spec["final"], begin_step=0, end_step=end, frequency=max(end // 40, 1)
     )
-    return pruning.prune_low_magnitude(copy_of(dense), pruning_schedule=schedule)
+    return pruning.prune_low_magnitude(
+        copy_of(dense), pruning_schedule=schedule, skip=list(skip) or None
+    )
 
 
 def optimizer(lr, decay_steps=None):
@@ -161,7 +163,7 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits):
         for how, start in label_starts:
             keras.utils.set_random_seed(seed)
             pruned = fit_labels(
-                prune(start, spec, steps, args.prune_epochs, args.ramp),
+                prune(start, spec, steps, args.prune_epochs, args.ramp, args.skip),
                 x,
                 y,
                 args.prune_epochs,
@@ -172,7 +174,7 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits):
         for temperature, alpha in args.prune_kd or [(args.temperature, args.alpha)]:
             keras.utils.set_random_seed(seed)
             pruned = fit_distilled(
-                prune(dense_kd, spec, steps, args.prune_epochs, args.ramp),
+                prune(dense_kd, spec, steps, args.prune_epochs, args.ramp, args.skip),
                 x,
                 y,
                 logits,
@@ -227,6 +229,12 @@ def main(argv=None):
         nargs="+",
         help="T:alpha pairs for the distilled pruning rows, one row each (default: the "
         "--temperature / --alpha of the dense student)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        help="layers left dense by the unstructured targets (e.g. conv1: 72 weights)",
     )
     parser.add_argument(
         "--labels-from-distilled",
