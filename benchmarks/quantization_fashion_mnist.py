@@ -242,41 +242,30 @@ def main():
 
     steps = int(np.ceil(len(x) / BATCH))
     prune_note = f"+{args.qat_epochs} pruning (lr 1e-3) + {args.qat_epochs} QAT epochs"
-    keras.utils.set_random_seed(args.seed)
-    pruned = compile_fit(
-        prune_80(student, steps, args.qat_epochs),
-        x,
-        y,
-        args.qat_epochs,
-        1e-3,
-        callbacks=[pruning.UpdatePruningStep()],
-    )
-    stripped = pruning.strip_pruning(pruned)
-    pruned_qat = compile_fit(quantize_model(stripped), x, y, args.qat_epochs, 1e-4)
-    record(
-        "pruned 80 % + QAT int8",
-        convert(pruned_qat, mode="qat", int8_io=True),
-        "float",
-        f"{prune_note}, kernel sparsity {sparsity(stripped):.2f}",
-    )
-    keras.utils.set_random_seed(args.seed)
-    pruned = distilled_fit(
-        prune_80(student, steps, args.qat_epochs),
-        x,
-        y,
-        logits,
-        args.qat_epochs,
-        1e-3,
-        callbacks=[pruning.UpdatePruningStep()],
-    )
-    stripped = pruning.strip_pruning(pruned)
-    pruned_qat = distilled_fit(quantize_model(stripped), x, y, logits, args.qat_epochs, 1e-4)
-    record(
-        "pruned 80 % + QAT int8, distilled",
-        convert(pruned_qat, mode="qat", int8_io=True),
-        "float",
-        f"{prune_note}, both with the teacher",
-    )
+    # The same prune -> strip -> QAT chain, fine-tuned on labels or with the teacher.
+    variants = [
+        ("", lambda m, lr, **kw: compile_fit(m, x, y, args.qat_epochs, lr, **kw), None),
+        (
+            ", distilled",
+            lambda m, lr, **kw: distilled_fit(m, x, y, logits, args.qat_epochs, lr, **kw),
+            "both with the teacher",
+        ),
+    ]
+    for suffix, fit, note in variants:
+        keras.utils.set_random_seed(args.seed)
+        pruned = fit(
+            prune_80(student, steps, args.qat_epochs),
+            1e-3,
+            callbacks=[pruning.UpdatePruningStep()],
+        )
+        stripped = pruning.strip_pruning(pruned)
+        pruned_qat = fit(quantize_model(stripped), 1e-4)
+        record(
+            f"pruned 80 % + QAT int8{suffix}",
+            convert(pruned_qat, mode="qat", int8_io=True),
+            "float",
+            f"{prune_note}, {note or f'kernel sparsity {sparsity(stripped):.2f}'}",
+        )
 
     if not args.skip_tfmot:
         tfmot_rows(args, x, y, record)

@@ -195,6 +195,25 @@ def _fit_args(args, teacher):
     }
 
 
+def _checked_files(args, suffix: str, inputs: dict[str, str | None]) -> Path:
+    """`--out` (new, with `suffix`) and each given input file (label -> path;
+    `None` for an option not given), checked before any work."""
+    out = _output_file(args.out, suffix, args.overwrite)
+    for label, path in inputs.items():
+        if path:
+            _input_file(path, label)
+    return out
+
+
+def _seeded_data(args):
+    """The step's data, then the seed for its weights and shuffling."""
+    import keras
+
+    data = _load_step_data(args)
+    keras.utils.set_random_seed(args.seed)
+    return data
+
+
 def _teacher(args):
     return steps.load_model(args.teacher) if args.teacher else None
 
@@ -208,14 +227,8 @@ def _report_accuracy(label: str, artifact, x, y) -> float:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    import keras
-
-    out = _output_file(args.out, ".keras", args.overwrite)
-    _input_file(args.teacher, "--teacher")
-    if args.student:
-        _input_file(args.student, "--student")
-    (xt, yt), (xe, ye) = _load_step_data(args)
-    keras.utils.set_random_seed(args.seed)
+    out = _checked_files(args, ".keras", {"--teacher": args.teacher, "--student": args.student})
+    (xt, yt), (xe, ye) = _seeded_data(args)
     teacher = steps.load_model(args.teacher)
     if args.student:
         student = steps.load_model(args.student)
@@ -233,16 +246,10 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    import keras
-
     from kd_keras.pruning import sparsity_report
 
-    out = _output_file(args.out, ".keras", args.overwrite)
-    _input_file(args.model, "model")
-    if args.teacher:
-        _input_file(args.teacher, "--teacher")
-    (xt, yt), (xe, ye) = _load_step_data(args)
-    keras.utils.set_random_seed(args.seed)
+    out = _checked_files(args, ".keras", {"model": args.model, "--teacher": args.teacher})
+    (xt, yt), (xe, ye) = _seeded_data(args)
     pruned, stripped, _ = steps.prune_student(
         steps.load_model(args.model),
         xt,
@@ -264,8 +271,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _quantize(args: argparse.Namespace) -> int:
     import keras
 
-    out = _output_file(args.out, ".tflite", args.overwrite)
-    _input_file(args.model, "model")
+    out = _checked_files(args, ".tflite", {"model": args.model})
     if args.method == "qat" and args.mode != "int8":
         raise UsageError(
             f"--method qat trains int8 ranges and writes an int8 model; --mode {args.mode} "
@@ -284,8 +290,7 @@ def _quantize(args: argparse.Namespace) -> int:
         )
     from kd_keras.export import ParityError
 
-    (xt, yt), (xe, ye) = _load_step_data(args)
-    keras.utils.set_random_seed(args.seed)
+    (xt, yt), (xe, ye) = _seeded_data(args)
     model = steps.load_model(args.model)
     if args.method == "qat":
         model, _ = steps.quantize_aware_train(model, xt, yt, **_fit_args(args, _teacher(args)))
