@@ -24,6 +24,11 @@ of the stripped float .tflite. Teacher logits are computed once (offline KD).
 
     python -m benchmarks.pruning_fashion_mnist --epochs 5 --prune-epochs 8
     python -m benchmarks.pruning_fashion_mnist --targets 80 --seeds 1 2   # more seeds
+
+With --augment the pruning (and same-budget) epochs see randomly shifted and
+flipped images, and the distilled rows run the teacher online on the very
+batch the student sees ("consistent teaching", Beyer et al. 2022): cached
+logits of the unaugmented images would no longer match the student's input.
 """
 
 from __future__ import annotations
@@ -83,11 +88,31 @@ def optimizer(lr, decay_steps=None):
     return keras.optimizers.Adam(lr)
 
 
-def fit_labels(model, x, y, epochs, lr=1e-3, callbacks=(), decay_steps=None):
-    model.compile(optimizer(lr, decay_steps), common.CE, metrics=["accuracy"])
-    model.fit(
-        x, y, epochs=epochs, batch_size=BATCH, verbose=0, shuffle=True, callbacks=list(callbacks)
+def augmented_batches(x, y, seed):
+    """tf.data batches of (image, label) with a random shift of up to 2 pixels
+    (zero padding) and a horizontal flip with probability 1/2 per image: the
+    recipe the strong teacher was trained with (gpu_teacher_fashion_mnist)."""
+    import tensorflow as tf
+
+    def augment(image, label):
+        image = tf.image.random_flip_left_right(image)
+        image = tf.pad(image, [[2, 2], [2, 2], [0, 0]])
+        return tf.image.random_crop(image, tf.shape(x)[1:]), label
+
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=seed)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH)
+        .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def fit_labels(model, x, y, epochs, lr=1e-3, callbacks=(), decay_steps=None, batches=None):
+    """Fine-tune with labels on (x, y), or on `batches` (a dataset) if given."""
+    model.compile(optimizer(lr, decay_steps), common.CE, metrics=["accuracy"])
+    data = {"x": batches} if batches is not None else {"x": x, "y": y, "batch_size": BATCH}
+    model.fit(**data, epochs=epochs, verbose=0, shuffle=True, callbacks=list(callbacks))
     return model
 
 
@@ -102,20 +127,23 @@ def fit_distilled(
     temperature=2.0,
     alpha=0.5,
     decay_steps=None,
+    batches=None,
+    teacher=None,
 ):
+    """Distil from cached `logits`, or, given `batches` (a dataset), from
+    `teacher` run online on each batch."""
     distiller = kd_keras.Distiller(
-        student, None, losses=[kd_keras.losses.SoftTargetKD(temperature)], alpha=alpha
+        student,
+        teacher if batches is not None else None,
+        losses=[kd_keras.losses.SoftTargetKD(temperature)],
+        alpha=alpha,
     )
     distiller.compile(optimizer(lr, decay_steps))
-    distiller.fit(
-        x,
-        {"labels": y, "teacher_logits": logits},
-        epochs=epochs,
-        batch_size=BATCH,
-        verbose=0,
-        shuffle=True,
-        callbacks=list(callbacks),
-    )
+    if batches is not None:
+        data = {"x": batches}
+    else:
+        data = {"x": x, "y": {"labels": y, "teacher_logits": logits}, "batch_size": BATCH}
+    distiller.fit(**data, epochs=epochs, verbose=0, shuffle=True, callbacks=list(callbacks))
     return distiller.student
 
 
@@ -137,23 +165,26 @@ def measure(name, model, xt, yt):
     }
 
 
-def run_seed(seed, targets, args, x, y, xt, yt, logits):
+def run_seed(seed, targets, args, x, y, xt, yt, logits, teacher):
     """All rows of one seed: dense references, then each target twice."""
     steps = int(np.ceil(len(x) / BATCH))
     hold = int(steps * args.prune_epochs * args.ramp) if args.lr == "hold-cosine" else 0
     decay = (hold, steps * args.prune_epochs - hold)
     kd = {"temperature": args.temperature, "alpha": args.alpha}
+    # The dense students train on plain images; only the later epochs augment.
+    later = {"batches": augmented_batches(x, y, seed)} if args.augment else {}
+    later_kd = dict(later, teacher=teacher)
     rows = []
     dense = fit_labels(common.student(seed), x, y, args.epochs)
     rows.append(measure("dense, labels", dense, xt, yt))
     dense_kd = fit_distilled(common.student(seed), x, y, logits, args.epochs, **kd)
     rows.append(measure("dense, distilled", dense_kd, xt, yt))
     keras.utils.set_random_seed(seed)
-    longer = fit_labels(copy_of(dense), x, y, args.prune_epochs, decay_steps=decay)
+    longer = fit_labels(copy_of(dense), x, y, args.prune_epochs, decay_steps=decay, **later)
     rows.append(measure("dense, labels, same budget", longer, xt, yt))
     keras.utils.set_random_seed(seed)
     longer = fit_distilled(
-        copy_of(dense_kd), x, y, logits, args.prune_epochs, decay_steps=decay, **kd
+        copy_of(dense_kd), x, y, logits, args.prune_epochs, decay_steps=decay, **kd, **later_kd
     )
     rows.append(measure("dense, distilled, same budget", longer, xt, yt))
     label_starts = [("labels", dense)]
@@ -169,6 +200,7 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits):
                 args.prune_epochs,
                 callbacks=[pruning.UpdatePruningStep()],
                 decay_steps=decay,
+                **later,
             )
             rows.append(measure(f"{label}, {how}", pruned, xt, yt))
         for temperature, alpha in args.prune_kd or [(args.temperature, args.alpha)]:
@@ -183,6 +215,7 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits):
                 decay_steps=decay,
                 temperature=temperature,
                 alpha=alpha,
+                **later_kd,
             )
             name = f"{label}, distilled while pruning"
             if args.prune_kd:
@@ -241,6 +274,12 @@ def main(argv=None):
         action="store_true",
         help="also prune the distilled dense student with labels only",
     )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="shift/flip the images in the pruning and same-budget epochs; distilled rows "
+        "then run the teacher online on the augmented batch",
+    )
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke)")
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -254,13 +293,13 @@ def main(argv=None):
     logits = teacher.predict(x, batch_size=512, verbose=0)
     teacher_acc = common.accuracy(teacher, xt, yt)
     targets = [t for t in TARGETS if t[0].split()[0] in args.targets]
-    per_seed = [run_seed(s, targets, args, x, y, xt, yt, logits) for s in args.seeds]
+    per_seed = [run_seed(s, targets, args, x, y, xt, yt, logits, teacher) for s in args.seeds]
 
     dense_gz = per_seed[0][0]["tflite_gzip"]
     print(
         f"\nteacher test accuracy {teacher_acc:.4f}; dense students {args.epochs} epochs, "
         f"then {args.prune_epochs} pruning epochs (target reached at {args.ramp:.0%} of them; "
-        f"lr {args.lr} 1e-3 -> 1e-5); seeds {args.seeds}; "
+        f"lr {args.lr} 1e-3 -> 1e-5); augment {args.augment}; seeds {args.seeds}; "
         f"backend {keras.backend.backend()}; {time.perf_counter() - start:.0f} s\n"
     )
     per_seed_header = " | ".join(f"seed {s}" for s in args.seeds)

@@ -11,13 +11,17 @@ rows that train further (each --qat-epochs at lr 1e-4): the float model
 fine-tuned the same epochs (the fair reference for them), QAT (labels), QAT +
 distillation (kd_keras.Distiller on cached teacher logits, T = 2, alpha =
 0.5), clustering (16 clusters), pruned 80 % + QAT int8 (labels, and
-distilled in both stages), and TFMOT QAT on the same architecture rebuilt in
-tf_keras. "Δ vs ref" compares PTQ rows with the float model they were made
-from and trained rows with the equally trained float model. "payload gzip"
+distilled in both stages; --prune-epochs with kd_keras.pruning's default
+recipe), pruned 80 % + sparsity-preserving clustering + full-int8 PTQ (TFMOT's
+"collaborative optimization"; one row per --pcq-clusters), and TFMOT QAT on
+the same architecture rebuilt in tf_keras. "Δ vs ref" compares PTQ rows
+with the float model they were made from and trained rows with the equally
+trained float model. "payload gzip"
 is gzip of the flatbuffer's weight buffers alone: the part that scales with
 the model, without the graph's fixed few kilobytes.
 
     python -m benchmarks.quantization_fashion_mnist --epochs 4 --qat-epochs 2
+    python -m benchmarks.quantization_fashion_mnist --phone-layout   # batch 1, no names
     python -m benchmarks.quantization_fashion_mnist --filters 32 64   # a wider student
 """
 
@@ -134,12 +138,13 @@ def copy_of(model):
 
 
 def prune_80(student, steps, epochs):
-    """80 % magnitude pruning reached after 3/4 of the steps, then held."""
-    end = max(int(steps * epochs * 0.75), 1)
-    return pruning.prune_low_magnitude(
-        copy_of(student),
-        pruning_schedule=pruning.PolynomialDecay(0.0, 0.8, 0, end, frequency=max(end // 40, 1)),
-    )
+    """80 % magnitude pruning with kd_keras' default recipe (`steps.prune_student`):
+    the target reached at half the steps, the learning rate held at 1e-3 until
+    then and cosine-decayed after. Returns the model and that learning rate."""
+    total = steps * epochs
+    schedule = pruning.ramp_schedule(0.8, total)
+    model = pruning.prune_low_magnitude(copy_of(student), pruning_schedule=schedule)
+    return model, pruning.recovery_learning_rate(1e-3, schedule.end_step, total)
 
 
 def main():
@@ -147,6 +152,20 @@ def main():
     parser.add_argument("--epochs", type=int, default=4, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2, help="QAT / fine-tune epochs")
     parser.add_argument("--filters", type=int, nargs=2, default=[8, 16], help="student widths")
+    parser.add_argument("--prune-epochs", type=int, default=4, help="epochs of pruning to 80 %%")
+    parser.add_argument(
+        "--pcq-clusters",
+        type=int,
+        nargs="*",
+        default=[16, 8],
+        help="one 'pruned + clustered + int8' row per count (0 counted as a cluster)",
+    )
+    parser.add_argument(
+        "--phone-layout",
+        action="store_true",
+        help="convert every row with batch_size=1 and strip_strings=True (static shapes, "
+        "no tensor names); the batch-64 latency column is then not measured",
+    )
     parser.add_argument("--calibration-batches", type=int, default=200)
     parser.add_argument("--latency-runs", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -160,6 +179,7 @@ def main():
         x, y, xt, yt = x[: args.limit], y[: args.limit], xt[: args.limit], yt[: args.limit]
     sample = xt[:1]
     rows = []
+    layout = {"batch_size": 1, "strip_strings": True} if args.phone_layout else {}
 
     def record(name, model_bytes, ref, note=""):
         accuracy = float(np.mean(tflite_predict(model_bytes, xt).argmax(1) == yt))
@@ -172,7 +192,9 @@ def main():
                 "gz": len(gzip.compress(model_bytes, 9)),
                 "payload_gz": len(gzip.compress(payload_bytes(model_bytes), 9)),
                 "latency": latency_ms(model_bytes, sample, runs=args.latency_runs),
-                "latency64": latency_ms(model_bytes, xt[:64], runs=max(args.latency_runs // 10, 5)),
+                "latency64": None
+                if args.phone_layout
+                else latency_ms(model_bytes, xt[:64], runs=max(args.latency_runs // 10, 5)),
                 "note": note,
             }
         )
@@ -185,10 +207,10 @@ def main():
     start = time.time()
     student = compile_fit(make_student(), x, y, args.epochs, 1e-3)
     params = student.count_params()
-    record("float32 TFLite", convert(student), "float")
+    record("float32 TFLite", convert(student, **layout), "float")
     record(
         "dynamic range (PTQ)",
-        quantize_post_training(student, "dynamic"),
+        quantize_post_training(student, "dynamic", **layout),
         "float",
         "weights < 1024 elements stay float",
     )
@@ -200,27 +222,28 @@ def main():
             representative_data=x[: args.calibration_batches],
             num_calibration_batches=args.calibration_batches,
             int8_io=True,
+            **layout,
         ),
         "float",
         f"{args.calibration_batches} calibration samples, int8 I/O",
     )
-    record("float16 (PTQ)", quantize_post_training(student, "float16"), "float")
+    record("float16 (PTQ)", quantize_post_training(student, "float16", **layout), "float")
 
     tuned = f"+{args.qat_epochs} epochs at lr 1e-4"
     keras.utils.set_random_seed(args.seed)
     longer = compile_fit(copy_of(student), x, y, args.qat_epochs, 1e-4)
-    record(f"float32, {tuned}", convert(longer), "float+", "reference of the rows below")
+    record(f"float32, {tuned}", convert(longer, **layout), "float+", "reference of the rows below")
 
     keras.utils.set_random_seed(args.seed)
     qat = compile_fit(quantize_model(student), x, y, args.qat_epochs, 1e-4)
-    record("QAT int8 (labels)", convert(qat, mode="qat", int8_io=True), "float+", tuned)
+    record("QAT int8 (labels)", convert(qat, mode="qat", int8_io=True, **layout), "float+", tuned)
 
     logits = common.teacher().predict(x, batch_size=512, verbose=0)
     keras.utils.set_random_seed(args.seed)
     qat_kd = distilled_fit(quantize_model(student), x, y, logits, args.qat_epochs, 1e-4)
     record(
         "QAT int8 + distillation",
-        convert(qat_kd, mode="qat", int8_io=True),
+        convert(qat_kd, mode="qat", int8_io=True, **layout),
         "float+",
         f"{tuned}; teacher 1.23 M params, T=2, alpha=0.5",
     )
@@ -235,40 +258,68 @@ def main():
     )
     record(
         "clustering, 16 clusters (float)",
-        convert(strip_clustering(clustered)),
+        convert(strip_clustering(clustered), **layout),
         "float+",
         f"{tuned}, k-means++ init",
     )
 
     steps = int(np.ceil(len(x) / BATCH))
-    prune_note = f"+{args.qat_epochs} pruning (lr 1e-3) + {args.qat_epochs} QAT epochs"
+    prune_note = f"+{args.prune_epochs} pruning + {args.qat_epochs} QAT epochs"
     # The same prune -> strip -> QAT chain, fine-tuned on labels or with the teacher.
     variants = [
-        ("", lambda m, lr, **kw: compile_fit(m, x, y, args.qat_epochs, lr, **kw), None),
+        ("", lambda m, epochs, lr, **kw: compile_fit(m, x, y, epochs, lr, **kw), None),
         (
             ", distilled",
-            lambda m, lr, **kw: distilled_fit(m, x, y, logits, args.qat_epochs, lr, **kw),
+            lambda m, epochs, lr, **kw: distilled_fit(m, x, y, logits, epochs, lr, **kw),
             "both with the teacher",
         ),
     ]
+    pruned_with_labels = None
     for suffix, fit, note in variants:
         keras.utils.set_random_seed(args.seed)
-        pruned = fit(
-            prune_80(student, steps, args.qat_epochs),
-            1e-3,
-            callbacks=[pruning.UpdatePruningStep()],
-        )
+        to_prune, prune_lr = prune_80(student, steps, args.prune_epochs)
+        pruned = fit(to_prune, args.prune_epochs, prune_lr, callbacks=[pruning.UpdatePruningStep()])
         stripped = pruning.strip_pruning(pruned)
-        pruned_qat = fit(quantize_model(stripped), 1e-4)
+        if pruned_with_labels is None:
+            pruned_with_labels = stripped
+        pruned_qat = fit(quantize_model(stripped), args.qat_epochs, 1e-4)
         record(
             f"pruned 80 % + QAT int8{suffix}",
-            convert(pruned_qat, mode="qat", int8_io=True),
+            convert(pruned_qat, mode="qat", int8_io=True, **layout),
             "float",
             f"{prune_note}, {note or f'kernel sparsity {sparsity(stripped):.2f}'}",
         )
+    for clusters in args.pcq_clusters:
+        # conv1 keeps 14 of its 72 weights at 80 %: fewer than the centroids.
+        keras.utils.set_random_seed(args.seed)
+        pcq = compile_fit(
+            cluster_weights(
+                pruned_with_labels, clusters, preserve_sparsity=True, skip_layers=["conv1"]
+            ),
+            x,
+            y,
+            args.qat_epochs,
+            1e-4,
+        )
+        record(
+            f"pruned 80 % + {clusters} clusters + int8 (PTQ)",
+            quantize_post_training(
+                strip_clustering(pcq),
+                "int8",
+                representative_data=x[: args.calibration_batches],
+                num_calibration_batches=args.calibration_batches,
+                int8_io=True,
+                per_channel_dense=False,
+                **layout,
+            ),
+            "float",
+            f"+{args.prune_epochs} pruning + {args.qat_epochs} epochs of sparsity-preserving "
+            f"clustering (conv1 not clustered), then full-int8 PTQ, one scale per Dense kernel",
+        )
 
     if not args.skip_tfmot:
-        tfmot_rows(args, x, y, record)
+        # tf_keras models fix their batch size on their Input, not in convert.
+        tfmot_rows(args, x, y, record, {k: v for k, v in layout.items() if k != "batch_size"})
 
     refs = {"float": rows[0], "float+": rows[4]}
     base = rows[0]
@@ -289,11 +340,11 @@ def main():
             f"{100 * (r['accuracy'] - ref['accuracy']):+.2f} | {r['raw']:,} | {r['gz']:,} | "
             f"{base['gz'] / r['gz']:.2f} | {base['payload_gz'] / r['payload_gz']:.2f} | "
             f"{r['latency'] / base['latency']:.2f} | "
-            f"{r['latency64'] / base['latency64']:.2f} | {r['note']} |"
+            f"{_ratio(r['latency64'], base['latency64'])} | {r['note']} |"
         )
     print(
         f"\nfloat32 latency: {base['latency']:.4f} ms at batch 1 (median of "
-        f"{args.latency_runs}), {base['latency64']:.3f} ms at batch 64; 1 thread, "
+        f"{args.latency_runs}), {base['latency64'] or float('nan'):.3f} ms at batch 64; 1 thread, "
         f"LiteRT interpreter with its default XNNPACK delegate"
     )
     if args.out:
@@ -303,7 +354,11 @@ def main():
             json.dump({"args": vars(args), "params": params, "rows": rows}, f, indent=1)
 
 
-def tfmot_rows(args, x, y, record):
+def _ratio(value, base) -> str:
+    return "–" if value is None or base is None else f"{value / base:.2f}"
+
+
+def tfmot_rows(args, x, y, record, layout):
     """The same architecture in tf_keras, through real TFMOT QAT."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
@@ -313,13 +368,13 @@ def tfmot_rows(args, x, y, record):
     ce = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     tf_student.compile(tf_keras.optimizers.Adam(1e-3), ce, metrics=["accuracy"])
     tf_student.fit(x, y, epochs=args.epochs, batch_size=BATCH, verbose=2)
-    record("TFMOT float32 (tf_keras)", convert(tf_student), "float")
+    record("TFMOT float32 (tf_keras)", convert(tf_student, **layout), "float")
     tf_qat = tfmot.quantization.keras.quantize_model(tf_student)
     tf_qat.compile(tf_keras.optimizers.Adam(1e-4), ce, metrics=["accuracy"])
     tf_qat.fit(x, y, epochs=args.qat_epochs, batch_size=BATCH, verbose=2)
     record(
         "TFMOT QAT int8 (tf_keras)",
-        convert(tf_qat, mode="qat", int8_io=True),
+        convert(tf_qat, mode="qat", int8_io=True, **layout),
         "float+",
         "same arch, data, epochs",
     )

@@ -243,12 +243,8 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("--dir", required=True)
     t.add_argument("--out", required=True)
-    t.add_argument(
-        "--runs", nargs="+", default=MAIN_RUNS
-    )
-    t.add_argument(
-        "--save", nargs="*", default=MAIN_RUNS
-    )
+    t.add_argument("--runs", nargs="+", default=MAIN_RUNS)
+    t.add_argument("--save", nargs="*", default=MAIN_RUNS)
     t.add_argument("--hidden", type=int, default=96)
     t.add_argument("--epochs", type=int, default=10, help="epochs per stage without -aug")
     t.add_argument("--aug-epochs", type=int, default=3, help="epochs per stage with -aug")

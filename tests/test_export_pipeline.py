@@ -268,3 +268,29 @@ def test_pipeline_with_m_by_n_pruning_and_distilled_qat(tmp_path):
     again = []
     Pipeline(load_config(config_path), log=again.append).run()
     assert all("finished earlier, skipping" in m for m in again) and len(again) == len(STAGES)
+
+    # A changed prune section: the finished stages made from the old config
+    # are not reused silently, and nothing runs before the user decides.
+    from kd_keras.pipeline.config import ConfigError
+
+    config_path.write_text(
+        QAT_PIPELINE.format(run_dir=run).replace('m_by_n: "2:4"', "final_sparsity: 0.5")
+    )
+    changed = load_config(config_path)
+    with pytest.raises(
+        ConfigError, match=r"stage 'prune' .*changed since: prune\).*--rerun-from prune"
+    ):
+        Pipeline(changed, log=[].append).run()
+    with pytest.raises(ConfigError, match="rerun_from must be one of"):
+        Pipeline(changed).run(rerun_from="pruning")
+    old_pruned = (run / "prune" / "student_pruned.keras").read_bytes()
+    rerun = []
+    Pipeline(changed, log=rerun.append).run(rerun_from="prune")
+    skipped = [m.split("]")[0][1:] for m in rerun if "finished earlier" in m]
+    assert skipped == ["teacher", "distill"]
+    replaced = list((run / ".replaced").iterdir())
+    assert len(replaced) == 1
+    assert (replaced[0] / "prune" / "student_pruned.keras").read_bytes() == old_pruned
+    assert sorted(p.stem for p in (replaced[0] / ".stages").iterdir()) == sorted(STAGES[2:])
+    sparsity = json.loads((run / "prune" / "sparsity.json").read_text())
+    assert abs(sparsity["pruned_sparsity"] - 0.5) < 0.02

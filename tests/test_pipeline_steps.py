@@ -286,3 +286,33 @@ def test_data_argument_forms(tmp_path, capsys):
         steps.data_spec(str(tmp_path / "missing.npz"))
     assert cli.main(["bench", "model.tflite", "--data", "cifar"]) == 2
     assert "kd-keras bench: --data 'cifar' is not digits" in capsys.readouterr().err
+
+
+def test_stage_fingerprints_chain_through_later_stages():
+    """A changed section invalidates its stage and every later one, not earlier ones."""
+    from kd_keras.pipeline import Pipeline
+    from kd_keras.text.pipeline import TextPipeline
+
+    config = {
+        "seed": 0,
+        "data": {"name": "digits"},
+        "teacher": {"epochs": 1},
+        "student": {},
+        "distill": {"epochs": 1},
+        "prune": {"final_sparsity": 0.5},
+        "quantize": {},
+        "export": {},
+        "bench": {"runs": 10},
+    }
+    before = Pipeline(config, run_dir="unused").fingerprints()
+    for section, first in [("prune", "prune"), ("bench", "bench"), ("seed", "teacher")]:
+        changed = dict(config, **{section: {"changed": True}})
+        after = Pipeline(changed, run_dir="unused").fingerprints()
+        index = Pipeline.stages.index(first)
+        assert [before[s] == after[s] for s in Pipeline.stages] == (
+            [True] * index + [False] * (len(Pipeline.stages) - index)
+        ), section
+    text = dict(config, general={}, augment=None)
+    base = TextPipeline(text, run_dir="unused").fingerprints()
+    augmented = TextPipeline(dict(text, augment={"copies": 2}), run_dir="unused").fingerprints()
+    assert [base[s] == augmented[s] for s in TextPipeline.stages] == [True] + [False] * 4

@@ -362,3 +362,66 @@ def test_cluster_weights_trains_and_strip_leaves_k_values(tmp_path):
         layer = final.get_layer(name)
         assert type(layer) in (keras.layers.Conv2D, keras.layers.Dense)
         assert len(np.unique(to_np(layer.kernel))) == 4, name
+
+
+def _pruned_copy(model, sparsity=0.75, seed=0):
+    """`model` with the smallest `sparsity` of every kernel set to zero."""
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            kernel = to_np(layer.kernel).copy()
+            cut = np.quantile(np.abs(kernel), sparsity)
+            kernel[np.abs(kernel) <= cut] = 0
+            layer.kernel.assign(kernel)
+    return model
+
+
+def test_preserve_sparsity_keeps_zeros_through_training_and_strip(tmp_path):
+    x, y = tiny.images(32)
+    model = _pruned_copy(_student_with_bn_stats())
+    kernel = to_np(model.get_layer("logits").kernel)
+    zeros = kernel == 0
+
+    # Without the mask a pruned kernel loses its zeros to the nearest centroid.
+    plain = strip_clustering(cluster_weights(model, 4, "LINEAR"))
+    assert not np.any(to_np(plain.get_layer("logits").kernel) == 0)
+
+    clustered = cluster_weights(
+        model, number_of_clusters=4, cluster_centroids_init="LINEAR", preserve_sparsity=True
+    )
+    wrapper = clustered.get_layer("logits")
+    # As in TFMOT, 0 is one of the 4 values: 3 centroids cover the non-zero
+    # weights only (LINEAR: min..max of those).
+    nonzero = kernel[~zeros]
+    np.testing.assert_allclose(
+        to_np(wrapper.cluster_centroids), np.linspace(nonzero.min(), nonzero.max(), 3), atol=ATOL
+    )
+    np.testing.assert_array_equal(to_np(wrapper.sparsity_mask), (~zeros).astype("float32"))
+
+    clustered.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    clustered.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = tmp_path / "pcq.keras"
+    clustered.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(to_np(loaded(x)), to_np(clustered(x)), atol=ATOL)
+
+    final = strip_clustering(loaded)
+    np.testing.assert_allclose(to_np(final(x)), to_np(clustered(x)), atol=ATOL)
+    for name in ("conv1", "conv2", "logits"):
+        original = to_np(model.get_layer(name).kernel)
+        stripped = to_np(final.get_layer(name).kernel)
+        np.testing.assert_array_equal(stripped == 0, original == 0, err_msg=name)
+        centroids = to_np(loaded.get_layer(name).cluster_centroids)
+        nonzero_values = np.unique(stripped[stripped != 0])
+        assert len(nonzero_values) <= 3, name
+        nearest = centroids[np.argmin(np.abs(nonzero_values[:, None] - centroids), axis=1)]
+        np.testing.assert_allclose(nonzero_values, nearest, atol=ATOL)
+
+
+def test_preserve_sparsity_needs_enough_distinct_nonzero_weights():
+    model = _pruned_copy(_student_with_bn_stats(), sparsity=0.99)
+    with pytest.raises(ValueError, match="conv1.*distinct values"):
+        cluster_weights(model, 16, preserve_sparsity=True)
+    with pytest.raises(ValueError, match=">= 3 with preserve_sparsity"):
+        cluster_weights(model, 2, preserve_sparsity=True)

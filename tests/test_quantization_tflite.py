@@ -214,6 +214,21 @@ def test_tfmot_bridge_quantizes_and_clusters_tf_keras_models(digits):
     dense = [layer for layer in final.layers if type(layer).__name__ == "Dense"][0]
     assert len(np.unique(dense.get_weights()[0])) <= 4
 
+    # preserve_sparsity reaches TFMOT: a half-zero kernel keeps its zeros
+    # (TFMOT's zero centroid may absorb small weights too, so not "only").
+    kernel = dense.get_weights()[0].copy()
+    kernel[: kernel.shape[0] // 2] = 0
+    dense.set_weights([kernel, dense.get_weights()[1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TFMOTBridgeNotice)
+        pcq = clustering.cluster_weights(final, number_of_clusters=3, preserve_sparsity=True)
+        pcq.compile("adam", LOSS)
+        pcq.fit(x[:128], y[:128], epochs=1, batch_size=32, verbose=0)
+        stripped = clustering.strip_clustering(pcq)
+    kept = [layer for layer in stripped.layers if type(layer).__name__ == "Dense"][0]
+    assert np.all(kept.get_weights()[0][kernel == 0] == 0)
+    assert len(np.unique(kept.get_weights()[0])) <= 3
+
 
 def test_branching_graph_converts_fully_int8():
     """Depthwise conv, ReLU6 / Activation fusion, Add, Concatenate, pooling."""
@@ -255,3 +270,92 @@ def test_skipped_layer_runs_in_float_between_int8_ops():
     conv, dense = [op for op in ops if op["op"] in COMPUTE_OPS]
     assert conv["inputs"][:2] == dense["inputs"][:2] == ["int8", "int8"]
     assert any(op["op"] == "DEQUANTIZE" for op in ops[1:-1])  # into the float BN
+
+
+def _constant(model_bytes, op_name):
+    """(int values, scales) of the weight tensor of the first `op_name` op,
+    read from the flatbuffer itself."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    graph = flat.subgraphs[0]
+    codes = [flatbuffer_utils.opcode_to_name(flat, op.opcodeIndex) for op in graph.operators]
+    op = graph.operators[codes.index(op_name)]
+    tensor = graph.tensors[op.inputs[1]]
+    values = np.frombuffer(bytes(flat.buffers[tensor.buffer].data), np.int8)
+    return values, np.asarray(tensor.quantization.scale)
+
+
+def test_fixed_batch_and_stripped_strings_keep_predictions(trained, digits):
+    student, _ = trained
+    _, _, xt, _ = digits
+    free = convert(student)
+    fixed = convert(student, batch_size=1, strip_strings=True)
+    ops_free = [op["op"] for op in tflite_ops(free)]
+    ops_fixed = [op["op"] for op in tflite_ops(fixed)]
+    # Flatten on a free batch needs the batch size at run time; fixed, it is a constant.
+    assert {"SHAPE", "STRIDED_SLICE", "PACK"} <= set(ops_free)
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops_fixed)
+    assert len(fixed) < len(free)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=fixed)
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 8, 8, 1]
+    assert all(not d["name"] for d in interpreter.get_tensor_details())
+    assert interpreter.get_signature_list() == {}
+    np.testing.assert_allclose(
+        tflite_predict(fixed, xt[:16]), tflite_predict(free, xt[:16]), atol=1e-5
+    )
+
+
+def test_pruned_clustered_int8_keeps_zeros_and_palette(trained, digits):
+    """Prune -> sparsity-preserving clustering -> full int8 with one scale per
+    Dense kernel: the int8 kernel has the same zeros and <= k distinct values."""
+    from kd_keras.quantization import clustering
+
+    student, _ = trained
+    x, y, xt, _ = digits
+    model = keras.models.clone_model(student)
+    model.set_weights(student.get_weights())
+    kernel = keras.ops.convert_to_numpy(model.get_layer("logits").kernel).copy()
+    kernel[np.abs(kernel) <= np.quantile(np.abs(kernel), 0.8)] = 0
+    model.get_layer("logits").kernel.assign(kernel)
+    clustered = clustering.cluster_weights(
+        model, 8, preserve_sparsity=True, skip_layers=["conv1", "conv2"]
+    )
+    clustered.compile(keras.optimizers.Adam(1e-3), LOSS)
+    clustered.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    final = clustering.strip_clustering(clustered)
+
+    per_channel = convert(final, mode="int8", representative_data=x[:32])
+    per_tensor = convert(final, mode="int8", representative_data=x[:32], per_channel_dense=False)
+    values, scales = _constant(per_tensor, "FULLY_CONNECTED")
+    assert len(scales) == 1
+    # TFLite stores FC weights as (units, inputs): the transpose of Keras' kernel.
+    np.testing.assert_array_equal(values.reshape(kernel.T.shape) == 0, kernel.T == 0)
+    assert len(np.unique(values)) <= 8
+    values, scales = _constant(per_channel, "FULLY_CONNECTED")
+    assert len(scales) == 10 and len(np.unique(values)) > 8
+    agree = np.mean(
+        np.argmax(tflite_predict(per_tensor, xt), -1) == np.argmax(final.predict(xt, verbose=0), -1)
+    )
+    assert agree >= 0.95
+
+
+def test_fixed_batch_calibrates_in_groups_and_rejects_bad_layouts(trained, digits):
+    student, qat = trained
+    x, _, xt, _ = digits
+    model_bytes = convert(student, mode="int8", representative_data=x[:40], batch_size=4)
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert list(Interpreter(model_content=model_bytes).get_input_details()[0]["shape"]) == [
+        4,
+        8,
+        8,
+        1,
+    ]
+    assert tflite_predict(model_bytes, xt[:8]).shape == (8, 10)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        convert(student, batch_size=0)
+    with pytest.raises(ValueError, match="per_channel_dense=False applies to mode='int8'"):
+        convert(qat, mode="qat", per_channel_dense=False)

@@ -109,9 +109,15 @@ class TFLiteRunner(Runner):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
-        if not self._dynamic_batch and x.shape[0] != self._shape[0]:
-            # A fixed-batch graph: run sample by sample.
-            return np.concatenate([self(x[i : i + 1]) for i in range(len(x))])
+        fixed = self._shape[0] if self._shape else None
+        if not self._dynamic_batch and x.shape[0] != fixed:
+            # A fixed-batch graph: run it batch by batch, zero-padding the last.
+            chunks = []
+            for start in range(0, len(x), fixed):
+                chunk = x[start : start + fixed]
+                pad = np.zeros((fixed - len(chunk), *x.shape[1:]), x.dtype)
+                chunks.append(self(np.concatenate([chunk, pad]))[: len(chunk)])
+            return np.concatenate(chunks)
         if tuple(x.shape) != self._shape:
             self.interpreter.resize_tensor_input(self._input["index"], list(x.shape))
             self.interpreter.allocate_tensors()

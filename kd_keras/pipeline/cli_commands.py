@@ -328,6 +328,12 @@ def register(subparsers) -> None:
     )
     run.add_argument("config", help="pipeline YAML file")
     run.add_argument("--run-dir", help="override the file's run_dir")
+    run.add_argument(
+        "--rerun-from",
+        metavar="STAGE",
+        help="run this stage and every later one again (after a config change); their "
+        "old outputs are moved to RUN_DIR/.replaced/<time>/",
+    )
     run.set_defaults(func=_run)
     _add_step_commands(subparsers)
 
@@ -394,7 +400,11 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"kd-keras run: {err}", file=sys.stderr)
         return 2
-    results = Pipeline(config, run_dir=args.run_dir).run()
+    try:
+        results = Pipeline(config, run_dir=args.run_dir).run(args.rerun_from)
+    except ConfigError as err:
+        print(f"kd-keras run: {err}", file=sys.stderr)
+        return 2
     print(f"report: {results['bench'].get('markdown')}", file=sys.stderr)
     return 0
 
@@ -416,7 +426,7 @@ def _run_text(args: argparse.Namespace) -> int:
     from kd_keras.pipeline.config import ConfigError
 
     try:
-        results = module.run_text_pipeline(args.config, args.run_dir)
+        results = module.run_text_pipeline(args.config, args.run_dir, args.rerun_from)
     except ConfigError as err:
         print(f"kd-keras run: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,13 @@ outputs. A re-run skips every stage with a marker. Training stages also keep
 `keras.callbacks.BackupAndRestore` state, so a run killed mid-epoch resumes
 from the last finished epoch instead of starting the stage over.
 
+A marker also records a fingerprint of the config sections its stage and
+every earlier stage read. A re-run whose config changed under a finished
+stage stops with a `ConfigError` that names the changed sections, instead of
+silently reusing results made from the old config; `run(rerun_from=stage)`
+(`kd-keras run --rerun-from STAGE`) redoes that stage and every later one,
+after moving their old outputs to `run_dir/.replaced/<time>/`.
+
 Stages: `teacher` -> `distill` -> `prune` -> `quantize` (QAT training, or
 nothing for post-training quantization) -> `export` (float, quantized and
 ONNX artifacts, each parity-checked) -> `bench` (report, table, plots). The
@@ -15,7 +22,9 @@ stage bodies are thin: the work is in `kd_keras.pipeline.steps`, which the
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,6 +51,15 @@ class Pipeline:
 
     # Subclasses (the text pipeline) run their own list of `_stage_<name>` methods.
     stages = STAGES
+    #: The config sections each stage reads, beyond those of earlier stages.
+    stage_sections = {
+        "teacher": ("seed", "data", "teacher"),
+        "distill": ("student", "distill"),
+        "prune": ("prune",),
+        "quantize": ("quantize",),
+        "export": ("export",),
+        "bench": ("bench",),
+    }
 
     def __init__(
         self, config: dict[str, Any], run_dir=None, log: Callable[[str], None] | None = None
@@ -58,12 +76,71 @@ class Pipeline:
 
     def finished(self, stage: str) -> dict[str, Any] | None:
         """The outputs recorded by `stage`'s marker, or `None` if it has not finished."""
+        record = self._record(stage)
+        return record["outputs"] if record else None
+
+    def _record(self, stage: str) -> dict[str, Any] | None:
         path = self.marker(stage)
-        return json.loads(path.read_text())["outputs"] if path.exists() else None
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _sections(self, stage: str) -> dict[str, Any]:
+        return {key: self.config.get(key) for key in self.stage_sections.get(stage, ())}
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per stage, a hash of the config sections read by it and by every
+        stage before it: what its finished outputs were made from."""
+        chain, prints = "", {}
+        for stage in self.stages:
+            text = json.dumps(self._sections(stage), sort_keys=True, default=str)
+            chain = hashlib.sha256((chain + text).encode()).hexdigest()[:16]
+            prints[stage] = chain
+        return prints
 
     def _complete(self, stage: str, outputs: dict[str, Any], seconds: float) -> None:
-        record = {"stage": stage, "outputs": outputs, "seconds": round(seconds, 3)}
+        record = {
+            "stage": stage,
+            "outputs": outputs,
+            "seconds": round(seconds, 3),
+            "fingerprint": self.fingerprints()[stage],
+            "sections": self._sections(stage),
+        }
+        record = json.loads(json.dumps(record, default=str))  # what JSON will give back
         atomic.write_json(self.marker(stage), record, overwrite=True)
+
+    def _check_fingerprint(self, stage: str, record: dict[str, Any]) -> None:
+        """Raise if `stage` finished under a config that differs from this one."""
+        recorded = record.get("fingerprint")
+        if recorded is None or recorded == self.fingerprints()[stage]:
+            return  # markers written before fingerprints existed are trusted
+        now = json.loads(json.dumps(self._sections(stage), default=str))
+        before = record.get("sections", {})
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        from kd_keras.pipeline.config import ConfigError
+
+        raise ConfigError(
+            f"{self.run_dir} holds stage '{stage}' finished with a different config "
+            f"(changed since: {', '.join(changed) or 'an earlier stage'}). Re-run from there "
+            f"with `kd-keras run CONFIG --rerun-from {stage}` (Pipeline.run("
+            f"rerun_from='{stage}')), which moves the old outputs of '{stage}' and later "
+            f"stages to {self.run_dir / '.replaced'}/, or give the new config another run_dir."
+        )
+
+    def _retire(self, first: str) -> None:
+        """Move the markers and folders of `first` and every later stage to
+        `run_dir/.replaced/<time>/`, so they run again and nothing is deleted."""
+        from kd_keras.pipeline.config import ConfigError
+
+        if first not in self.stages:
+            raise ConfigError(f"rerun_from must be one of {list(self.stages)}, got {first!r}.")
+        target = self.run_dir / ".replaced" / time.strftime("%Y%m%d-%H%M%S")
+        for stage in self.stages[self.stages.index(first) :]:
+            for path in (self.marker(stage), self.run_dir / stage):
+                if path.exists():
+                    destination = target / path.relative_to(self.run_dir)
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(path), str(destination))
+        if target.exists():
+            self.log(f"[{first}] re-running; earlier outputs moved to {target}")
 
     # -- running -------------------------------------------------------------
 
@@ -73,10 +150,19 @@ class Pipeline:
             self._data = load_data(self.config["data"], seed=self.config["seed"])
         return self._data
 
-    def run(self) -> dict[str, dict[str, Any]]:
-        """Runs every unfinished stage in order; returns each stage's outputs."""
+    def run(self, rerun_from: str | None = None) -> dict[str, dict[str, Any]]:
+        """Runs every unfinished stage in order; returns each stage's outputs.
+
+        `rerun_from` runs that stage and every later one again (their old
+        outputs are moved aside, see the module docstring)."""
         import keras
 
+        if rerun_from is not None:
+            self._retire(rerun_from)
+        for stage in self.stages:  # before any work: a stale run must not train
+            record = self._record(stage)
+            if record is not None:
+                self._check_fingerprint(stage, record)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(self.run_dir / "config.json", self.config, overwrite=True)
         keras.utils.set_random_seed(self.config["seed"])

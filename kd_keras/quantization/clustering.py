@@ -11,6 +11,18 @@ clustered kernels into plain layers: each kernel then holds exactly
 compress (gzip) and what TFLite's palettized formats store.
 
 Biases and normalization parameters are not clustered (as in TFMOT).
+
+`preserve_sparsity=True` (TFMOT's sparsity-preserving clustering) is for a
+pruned model: the kernel's zeros are recorded in a non-trainable mask and
+stay exactly zero, and as in TFMOT zero counts as one of the
+`number_of_clusters` values, so `number_of_clusters - 1` trainable centroids
+are fitted to the non-zero weights. Without it a pruned kernel's zeros snap
+to the nearest centroid and the sparsity is lost. Prune, cluster with
+`preserve_sparsity=True`, then quantize (TFMOT's collaborative optimization):
+each kernel then holds at most `number_of_clusters` distinct values, 0 one
+of them. Unlike TFMOT, whose zero centroid also absorbs small non-zero
+weights, the zeros stay exactly the pruned ones: the sparsity the pruning
+schedule chose is the sparsity that ships.
 """
 
 from __future__ import annotations
@@ -107,6 +119,10 @@ class ClusterWeights(keras.layers.Wrapper):
         layer: a `Dense`, `Conv1D/2D/3D` or `DepthwiseConv2D` layer.
         number_of_clusters: how many distinct kernel values remain.
         cluster_centroids_init: a `CentroidInitialization`.
+        preserve_sparsity: keep the kernel's zeros (as found when the
+            centroids are initialized) exactly zero; zero is then one of
+            the `number_of_clusters` values and the other
+            `number_of_clusters - 1` centroids fit the non-zero weights.
 
     Example:
 
@@ -120,6 +136,7 @@ class ClusterWeights(keras.layers.Wrapper):
         layer,
         number_of_clusters: int,
         cluster_centroids_init=CentroidInitialization.KMEANS_PLUS_PLUS,
+        preserve_sparsity: bool = False,
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
@@ -132,27 +149,53 @@ class ClusterWeights(keras.layers.Wrapper):
         problem = _kernels.kernel_layer_problem(layer)
         if problem:
             raise ValueError(f"ClusterWeights: layer {layer.name!r} {problem}.")
-        if not isinstance(number_of_clusters, int) or number_of_clusters < 2:
-            raise ValueError(f"number_of_clusters must be an int >= 2, got {number_of_clusters!r}.")
+        least = 3 if preserve_sparsity else 2  # zero takes one cluster
+        if not isinstance(number_of_clusters, int) or number_of_clusters < least:
+            raise ValueError(
+                f"number_of_clusters must be an int >= {least}"
+                f"{' with preserve_sparsity (0 is one of them)' if preserve_sparsity else ''}, "
+                f"got {number_of_clusters!r}."
+            )
         self.number_of_clusters = number_of_clusters
         self.cluster_centroids_init = _as_init(cluster_centroids_init)
+        self.preserve_sparsity = bool(preserve_sparsity)
 
     def build(self, input_shape):
         super().build(input_shape)
         self.cluster_centroids = self.add_weight(
             name="cluster_centroids",
-            shape=(self.number_of_clusters,),
+            shape=(self.number_of_clusters - int(self.preserve_sparsity),),
             initializer="zeros",
             trainable=True,
         )
+        if self.preserve_sparsity:
+            self.sparsity_mask = self.add_weight(
+                name="sparsity_mask",
+                shape=tuple(self.layer.kernel.shape),
+                initializer="ones",
+                trainable=False,
+            )
         self.reset_centroids()
 
     def reset_centroids(self):
-        """Initialize the centroids from the layer's current kernel."""
+        """Initialize the centroids (and, with `preserve_sparsity`, the mask)
+        from the layer's current kernel."""
         kernel = ops.convert_to_numpy(self.layer.kernel)
-        self.cluster_centroids.assign(
-            init_centroids(kernel, self.number_of_clusters, self.cluster_centroids_init)
-        )
+        values = kernel
+        if self.preserve_sparsity:
+            nonzero = kernel != 0
+            self.sparsity_mask.assign(nonzero.astype("float32"))
+            values = kernel[nonzero]
+        try:
+            centroids = init_centroids(
+                values, self.cluster_centroids.shape[0], self.cluster_centroids_init
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"ClusterWeights {self.name!r}: {err} Or leave the layer unclustered with "
+                f"cluster_weights(..., skip_layers=[{self.name!r}])."
+            ) from None
+        self.cluster_centroids.assign(centroids)
 
     def clustered_kernel(self, straight_through: bool = True):
         """The kernel with every weight replaced by its nearest centroid.
@@ -166,11 +209,16 @@ class ClusterWeights(keras.layers.Wrapper):
         distance = ops.abs(ops.expand_dims(kernel, -1) - centroids)
         assignment = ops.argmin(distance, axis=-1)
         clustered = ops.take(centroids, assignment)
+        mask = ops.cast(self.sparsity_mask, kernel.dtype) if self.preserve_sparsity else None
+        if mask is not None:
+            clustered = clustered * mask
         if not straight_through:
             return clustered
         # Straight-through: the original weights get the clustered kernel's
-        # gradient too, so weights can migrate between clusters.
-        return clustered + kernel - ops.stop_gradient(kernel)
+        # gradient too, so weights can migrate between clusters (pruned ones
+        # get none, so they cannot drift towards a centroid).
+        passthrough = kernel - ops.stop_gradient(kernel)
+        return clustered + (passthrough if mask is None else passthrough * mask)
 
     def call(self, inputs):
         outputs = _kernels.kernel_call(self.layer, inputs, self.clustered_kernel())
@@ -184,6 +232,7 @@ class ClusterWeights(keras.layers.Wrapper):
         config.update(
             number_of_clusters=self.number_of_clusters,
             cluster_centroids_init=self.cluster_centroids_init.value,
+            preserve_sparsity=self.preserve_sparsity,
         )
         return config
 
@@ -209,6 +258,7 @@ def cluster_weights(
     number_of_clusters: int,
     cluster_centroids_init=CentroidInitialization.KMEANS_PLUS_PLUS,
     skip_layers: Iterable[str] | None = None,
+    preserve_sparsity: bool = False,
 ) -> keras.Model:
     """Return a copy of `to_cluster` whose kernels train clustered.
 
@@ -217,10 +267,13 @@ def cluster_weights(
 
     Args:
         to_cluster: a trained Sequential / Functional model.
-        number_of_clusters: distinct values left in each kernel.
+        number_of_clusters: distinct values left in each kernel (0 included
+            with `preserve_sparsity`, as in TFMOT).
         cluster_centroids_init: `CentroidInitialization.LINEAR` or
             `KMEANS_PLUS_PLUS`.
         skip_layers: names of kernel layers to leave unclustered.
+        preserve_sparsity: keep each kernel's zeros zero (for a pruned,
+            stripped model); the centroids then cover the non-zero weights.
 
     Example:
 
@@ -234,7 +287,7 @@ def cluster_weights(
 
     if tfmot_bridge.is_tf_keras_model(to_cluster):
         return tfmot_bridge.tfmot_cluster_weights(
-            to_cluster, number_of_clusters, cluster_centroids_init
+            to_cluster, number_of_clusters, cluster_centroids_init, preserve_sparsity
         )
     model = _as_functional(to_cluster, "cluster_weights")
     skip = set(skip_layers or ())
@@ -246,7 +299,9 @@ def cluster_weights(
     def make_layer(layer):
         clone = type(layer).from_config(layer.get_config())
         if _kernels.is_kernel_layer(layer) and layer.name not in skip:
-            return ClusterWeights(clone, number_of_clusters, init, name=layer.name)
+            return ClusterWeights(
+                clone, number_of_clusters, init, preserve_sparsity, name=layer.name
+            )
         return clone
 
     def copy_weights(old, new):

@@ -141,6 +141,9 @@ def convert(
     representative_data: Any = None,
     num_calibration_batches: int = DEFAULT_CALIBRATION_BATCHES,
     int8_io: bool = False,
+    batch_size: int | None = None,
+    strip_strings: bool = False,
+    per_channel_dense: bool = True,
 ) -> bytes:
     """Convert a Keras model to TFLite flatbuffer bytes.
 
@@ -160,6 +163,22 @@ def convert(
         int8_io: make the model's input and output int8 (`mode="int8"` or
             `"qat"`); read the scale and zero point with
             `interpreter.get_input_details()`.
+        batch_size: fix the batch dimension (e.g. 1, what a phone app
+            runs). Every shape in the graph is then static: a `Flatten`
+            becomes one `RESHAPE` instead of `SHAPE`, `STRIDED_SLICE`,
+            `PACK`, `RESHAPE`, which saves bytes and time on small models
+            and is what GPU / NPU delegates want. `None` keeps it free.
+        strip_strings: drop tensor names and signature definitions
+            (`tensorflow.lite.tools.flatbuffer_utils.strip_strings`): a few
+            hundred bytes that matter only for tiny models. The file then
+            has no signature runner; use `get_input_details()` /
+            `get_output_details()` (as `kd_keras.export` does).
+        per_channel_dense: for `mode="int8"`, quantize `Dense` kernels per
+            output channel (the converter's default). `False` uses one
+            scale per kernel, so a clustered kernel keeps its handful of
+            distinct values in int8 too (per-channel scales would multiply
+            them by the number of channels). QAT models carry their own
+            choice (per-tensor for `Dense`).
 
     Returns:
         The `.tflite` model as `bytes`.
@@ -182,6 +201,7 @@ def convert(
             f"or call it once on data before converting."
         )
     _check_mode(model, mode, representative_data, int8_io)
+    _check_layout(model, tf_keras, mode, batch_size, per_channel_dense)
 
     # Checked before anything is exported, so bad data fails fast.
     calibration = (
@@ -189,13 +209,26 @@ def convert(
         if mode == "int8"
         else None
     )
+    if calibration is not None and batch_size not in (None, 1):
+        calibration = _grouped(calibration, batch_size)
     with tempfile.TemporaryDirectory(prefix="kd_keras_tflite_") as workdir:
         if tf_keras:  # TFMOT's models convert the way TFMOT documents
             converter = tf.lite.TFLiteConverter.from_keras_model(model)
         else:
-            model.export(workdir, format="tf_saved_model", verbose=False)
+            signature = None
+            if batch_size is not None:
+                signature = [
+                    tf.TensorSpec((batch_size, *t.shape[1:]), t.dtype, name=t.name)
+                    for t in model.inputs
+                ]
+            model.export(
+                workdir, format="tf_saved_model", verbose=False, input_signature=signature
+            )
             converter = tf.lite.TFLiteConverter.from_saved_model(workdir)
         _configure(tf, converter, mode, calibration, int8_io)
+        if not per_channel_dense:
+            # The converter's switch for per-tensor Dense kernels (TF >= 2.14).
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
         try:
             result = bytes(converter.convert())
         except Exception as err:  # the converter's own messages are long MLIR dumps
@@ -211,7 +244,44 @@ def convert(
             ) from err
     if mode == "qat" and not tf_keras and not _has_float_layers(model):
         _check_fully_int8(result, model.name)
+    if strip_strings:
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        flat = flatbuffer_utils.read_model_from_bytearray(bytearray(result))
+        flatbuffer_utils.strip_strings(flat)
+        result = bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
     return result
+
+
+def _check_layout(model, tf_keras, mode, batch_size, per_channel_dense):
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+        if tf_keras:
+            raise ValueError(
+                "batch_size is for Keras 3 models; build the tf_keras model on "
+                "tf_keras.Input(shape, batch_size=...) to fix its batch dimension."
+            )
+    if not per_channel_dense and mode != "int8":
+        raise ValueError(
+            f"per_channel_dense=False applies to mode='int8' (post-training calibration), "
+            f"not mode={mode!r}; QAT models already quantize Dense kernels per tensor."
+        )
+
+
+def _grouped(calibration, batch_size):
+    """The calibration generator regrouped into batches of `batch_size`
+    samples, for a graph whose batch dimension is fixed."""
+
+    def generator():
+        pending = []
+        for sample in calibration():
+            pending.append(sample)
+            if len(pending) == batch_size:
+                yield [np.concatenate(parts) for parts in zip(*pending)]
+                pending = []
+
+    return generator
 
 
 def _check_fully_int8(model_bytes, name):
@@ -314,9 +384,15 @@ def tflite_predict(
     interpreter = _interpreter(model_bytes, num_threads=num_threads)
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     x = np.asarray(x)
+    fixed = int(inp["shape_signature"][0]) if len(inp["shape_signature"]) else -1
+    if fixed > 0:  # convert(batch_size=...): run in that batch size, pad the last
+        batch_size = fixed
     results = []
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
+        real = len(batch)
+        if fixed > 0 and real < fixed:
+            batch = np.concatenate([batch, np.zeros((fixed - real, *batch.shape[1:]), batch.dtype)])
         if inp["dtype"] != np.float32:
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
@@ -332,5 +408,5 @@ def tflite_predict(
         if out["dtype"] != np.float32:
             scale, zero = out["quantization"]
             y = (y.astype("float32") - zero) * scale
-        results.append(y.astype("float32"))
+        results.append(y[:real].astype("float32"))
     return np.concatenate(results)

@@ -134,6 +134,7 @@ def quantize_post_training(
     representative_data: Any = None,
     num_calibration_batches: int = 100,
     int8_io: bool = False,
+    **layout,
 ) -> bytes:
     """Post-training quantization of a float Keras model to TFLite bytes.
 
@@ -146,6 +147,8 @@ def quantize_post_training(
             for `"int8"` (see `representative_dataset`).
         num_calibration_batches: batches used for calibration.
         int8_io: int8 model input/output (`"int8"` only).
+        **layout: `convert`'s file-layout options: `batch_size`,
+            `strip_strings`, `per_channel_dense`.
 
     Example:
 
@@ -168,4 +171,5 @@ def quantize_post_training(
         representative_data=representative_data,
         num_calibration_batches=num_calibration_batches,
         int8_io=int8_io,
+        **layout,
     )

@@ -53,7 +53,9 @@ def tfmot_quantize_model(model):
     return _tfmot("quantize_model").quantization.keras.quantize_model(model)
 
 
-def tfmot_cluster_weights(model, number_of_clusters, cluster_centroids_init=None):
+def tfmot_cluster_weights(
+    model, number_of_clusters, cluster_centroids_init=None, preserve_sparsity=False
+):
     """`tfmot.clustering.keras.cluster_weights` on a tf_keras model.
 
     `cluster_centroids_init` is a kd_keras or TFMOT `CentroidInitialization`
@@ -64,7 +66,10 @@ def tfmot_cluster_weights(model, number_of_clusters, cluster_centroids_init=None
     value = getattr(cluster_centroids_init, "value", cluster_centroids_init)
     chosen = init(value) if value is not None else init.KMEANS_PLUS_PLUS
     return tfmot.clustering.keras.cluster_weights(
-        model, number_of_clusters=number_of_clusters, cluster_centroids_init=chosen
+        model,
+        number_of_clusters=number_of_clusters,
+        cluster_centroids_init=chosen,
+        preserve_sparsity=preserve_sparsity,
     )
 
 

@@ -245,7 +245,9 @@ def validate_text_config(raw: Any, source: str = "config") -> dict[str, Any]:
     return config
 
 
-def run_text_pipeline(config_path: str | os.PathLike, run_dir: str | None = None) -> dict:
+def run_text_pipeline(
+    config_path: str | os.PathLike, run_dir: str | None = None, rerun_from: str | None = None
+) -> dict:
     """Runs every unfinished stage of a `task: text` YAML file; returns each
     stage's outputs (`["bench"]["markdown"]` is the report).
 
@@ -256,7 +258,7 @@ def run_text_pipeline(config_path: str | os.PathLike, run_dir: str | None = None
     print(open(results["bench"]["markdown"]).read())
     ```
     """
-    return TextPipeline(load_text_config(config_path), run_dir=run_dir).run()
+    return TextPipeline(load_text_config(config_path), run_dir=run_dir).run(rerun_from)
 
 
 def accuracy(model, tokens: dict, labels, batch_size: int = 64) -> float:
@@ -307,6 +309,13 @@ class TextPipeline(Pipeline):
     """
 
     stages = TEXT_STAGES
+    stage_sections = {
+        "teacher": ("seed", "data", "teacher"),
+        "general": ("student", "general", "augment"),
+        "distill": ("distill",),
+        "export": ("export",),
+        "bench": ("bench",),
+    }
 
     def __init__(
         self,
@@ -321,10 +330,11 @@ class TextPipeline(Pipeline):
 
     # -- running ---------------------------------------------------------
 
-    def run(self) -> dict[str, dict[str, Any]]:
-        """Runs every unfinished stage in order; returns each stage's outputs."""
+    def run(self, rerun_from: str | None = None) -> dict[str, dict[str, Any]]:
+        """Runs every unfinished stage in order (from `rerun_from` again, if
+        given); returns each stage's outputs."""
         self._check_backend()
-        return super().run()
+        return super().run(rerun_from)
 
     def _check_backend(self) -> None:
         """Refuses before any training when the export stage still has to
