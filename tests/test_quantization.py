@@ -334,6 +334,22 @@ def test_centroid_initialization_matches_numpy_references():
         init_centroids(w, 8, "density")
 
 
+def _train_save_load_strip(clustered, x, y, tmp_path):
+    """Fit `clustered` 2 epochs, round-trip it through `.keras` and strip it;
+    the loaded and stripped models must compute what the trained one does."""
+    clustered.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    clustered.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = tmp_path / "clustered.keras"
+    clustered.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(to_np(loaded(x)), to_np(clustered(x)), atol=ATOL)
+    final = strip_clustering(loaded)
+    np.testing.assert_allclose(to_np(final(x)), to_np(clustered(x)), atol=ATOL)
+    return loaded, final
+
+
 def test_cluster_weights_trains_and_strip_leaves_k_values(tmp_path):
     x, y = tiny.images(32)
     model = _student_with_bn_stats()
@@ -346,18 +362,8 @@ def test_cluster_weights_trains_and_strip_leaves_k_values(tmp_path):
     nearest = centroids[np.argmin(np.abs(kernel[..., None] - centroids), axis=-1)]
     np.testing.assert_allclose(to_np(wrapper.clustered_kernel()), nearest, atol=ATOL)
 
-    clustered.compile(keras.optimizers.Adam(1e-2),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    clustered.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    _, final = _train_save_load_strip(clustered, x, y, tmp_path)
     assert not np.allclose(to_np(wrapper.cluster_centroids), centroids)  # centroids train
-
-    path = tmp_path / "clustered.keras"
-    clustered.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(to_np(loaded(x)), to_np(clustered(x)), atol=ATOL)
-
-    final = strip_clustering(clustered)
-    np.testing.assert_allclose(to_np(final(x)), to_np(clustered(x)), atol=ATOL)
     for name in ("conv1", "conv2", "logits"):
         layer = final.get_layer(name)
         assert type(layer) in (keras.layers.Conv2D, keras.layers.Dense)
@@ -397,17 +403,7 @@ def test_preserve_sparsity_keeps_zeros_through_training_and_strip(tmp_path):
     )
     np.testing.assert_array_equal(to_np(wrapper.sparsity_mask), (~zeros).astype("float32"))
 
-    clustered.compile(
-        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    clustered.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    path = tmp_path / "pcq.keras"
-    clustered.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(to_np(loaded(x)), to_np(clustered(x)), atol=ATOL)
-
-    final = strip_clustering(loaded)
-    np.testing.assert_allclose(to_np(final(x)), to_np(clustered(x)), atol=ATOL)
+    loaded, final = _train_save_load_strip(clustered, x, y, tmp_path)
     for name in ("conv1", "conv2", "logits"):
         original = to_np(model.get_layer(name).kernel)
         stripped = to_np(final.get_layer(name).kernel)
