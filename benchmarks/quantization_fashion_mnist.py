@@ -166,6 +166,7 @@ def main():
         help="convert every row with batch_size=1 and strip_strings=True (static shapes, "
         "no tensor names); the batch-64 latency column is then not measured",
     )
+    parser.add_argument("--teacher", help=".keras teacher (default: benchmarks/out cache)")
     parser.add_argument("--calibration-batches", type=int, default=200)
     parser.add_argument("--latency-runs", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -238,14 +239,21 @@ def main():
     qat = compile_fit(quantize_model(student), x, y, args.qat_epochs, 1e-4)
     record("QAT int8 (labels)", convert(qat, mode="qat", int8_io=True, **layout), "float+", tuned)
 
-    logits = common.teacher().predict(x, batch_size=512, verbose=0)
+    teacher = (
+        keras.saving.load_model(args.teacher, compile=False) if args.teacher else common.teacher()
+    )
+    logits = teacher.predict(x, batch_size=512, verbose=0)
+    teacher_note = (
+        f"teacher {teacher.count_params() / 1e6:.2f} M params, "
+        f"{common.accuracy(teacher, xt, yt):.2%}, T=2, alpha=0.5"
+    )
     keras.utils.set_random_seed(args.seed)
     qat_kd = distilled_fit(quantize_model(student), x, y, logits, args.qat_epochs, 1e-4)
     record(
         "QAT int8 + distillation",
         convert(qat_kd, mode="qat", int8_io=True, **layout),
         "float+",
-        f"{tuned}; teacher 1.23 M params, T=2, alpha=0.5",
+        f"{tuned}; {teacher_note}",
     )
 
     keras.utils.set_random_seed(args.seed)

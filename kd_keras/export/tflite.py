@@ -47,7 +47,9 @@ def to_tflite(
         strict: raise `ParityError` (and write nothing but the figures) when
             the check fails; `False` only warns.
         **convert_kwargs: passed to `kd_keras.quantization.convert` (e.g.
-            `int8_io=True`, `num_calibration_batches=...`).
+            `int8_io=True`, `num_calibration_batches=...`, `batch_size=1`,
+            `strip_strings=True`; the parity check runs a fixed-batch file
+            batch by batch).
 
     Returns:
         The `ParityReport`, also written to `<path>.parity.json`.
