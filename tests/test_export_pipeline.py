@@ -225,7 +225,7 @@ student: {{builder: cnn_student, kwargs: {{filters: [4, 8]}}}}
 distill: {{epochs: 1, temperature: 2.0, alpha: 0.5}}
 prune: {{epochs: 1, m_by_n: "2:4", distill: true}}
 quantize: {{method: qat, epochs: 1, distill: true}}
-export: {{formats: [tflite]}}
+export: {{formats: [tflite], batch_size: 1, strip_strings: true}}
 bench: {{threads: [1], runs: 2, warmup: 1}}
 """
 
@@ -257,6 +257,12 @@ def test_pipeline_with_m_by_n_pruning_and_distilled_qat(tmp_path):
     assert results["quantize"]["method"] == "qat"
     qat = results["export"]["artifacts"]["student_pruned qat_int8"]
     assert set(tflite_tensor_types(open(qat, "rb").read()).values()) <= {"int8", "int32"}
+    # export.batch_size / strip_strings: a batch-1 file without tensor names.
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=qat)
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 8, 8, 1]
+    assert not any(d["name"] for d in interpreter.get_tensor_details())
     # The saved pruned student is exactly 2:4 sparse in conv2.
     pruned = keras.saving.load_model(results["prune"]["student"])
     kernel = keras.ops.convert_to_numpy(pruned.get_layer("conv2").kernel)

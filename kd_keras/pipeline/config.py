@@ -50,7 +50,10 @@ quantize:
   batch_size: 64         # qat
   learning_rate: 0.0001  # qat
   distill: false         # qat inside the Distiller with the teacher
-export: {formats: [tflite]}        # tflite / onnx
+export:
+  formats: [tflite]      # tflite / onnx
+  batch_size: 1          # optional: a fixed batch in the .tflite files (static shapes)
+  strip_strings: false   # drop tensor names and signatures from the .tflite files
 bench: {threads: [1, 2], xnnpack: [true], runs: 50, warmup: 5}
 ```
 """
@@ -212,6 +215,8 @@ SCHEMA: dict[str, Any] = {
     },
     "export": {
         "formats": (_list_of(_choice(("tflite", "onnx"))), "a list of tflite / onnx", ["tflite"]),
+        "batch_size": (_int(1), "an integer >= 1 (leave it out for a free batch)", None),
+        "strip_strings": (_bool, "true or false", False),
     },
     "bench": {
         "threads": (_list_of(_int(1)), "a list of integers >= 1", [1, 2]),

@@ -286,6 +286,8 @@ class Pipeline:
         else:
             quantized = {mode: models[list(models)[-1]] for mode in quantize["modes"]}
         calibration = xt[: quantize["calibration_samples"]]
+        export = self.config["export"]
+        layout = {"batch_size": export.get("batch_size"), "strip_strings": export["strip_strings"]}
         artifacts = {}
 
         def tflite(model, name, mode):
@@ -300,6 +302,7 @@ class Pipeline:
                 # A quantized model that flips decisions is a finding for the
                 # report (its parity row says FAIL), not a reason to lose the run.
                 strict=mode is None,
+                **layout,
             )
             return str(target)
 

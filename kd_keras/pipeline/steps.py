@@ -409,12 +409,14 @@ def export_tflite(
     sample_inputs: np.ndarray | None = None,
     overwrite: bool = False,
     strict: bool = True,
+    **layout,
 ):
     """`.tflite` of `model` with a parity check (`kd_keras.export.to_tflite`).
 
     `mode`: `None` (float32), a PTQ mode (`"dynamic"`, `"int8"` calibrated on
     `calibration`, `"float16"`) or `"qat"` for a `quantize_aware_train`
-    model, converted fully int8 (int8 input and output too).
+    model, converted fully int8 (int8 input and output too). `layout`:
+    `convert`'s `batch_size` / `strip_strings`.
     """
     from kd_keras.export import to_tflite
 
@@ -427,6 +429,7 @@ def export_tflite(
         overwrite=overwrite,
         strict=strict,
         **({"int8_io": True} if mode == "qat" else {}),
+        **layout,
     )
 
 
