@@ -168,9 +168,9 @@ def test_text_task_is_handed_to_the_text_pipeline(tmp_path, monkeypatch, capsys)
             """
             import json, pathlib
 
-            def run_text_pipeline(config_path, run_dir):
+            def run_text_pipeline(config_path, run_dir, rerun_from):
                 pathlib.Path(run_dir, "called.json").write_text(
-                    json.dumps([str(config_path), str(run_dir)]))
+                    json.dumps([str(config_path), str(run_dir), rerun_from]))
                 return {"bench": {"markdown": "report.md"}}
             """
         )
@@ -180,8 +180,9 @@ def test_text_task_is_handed_to_the_text_pipeline(tmp_path, monkeypatch, capsys)
     config = tmp_path / "text.yaml"
     # Not an image config at all: the text pipeline validates its own keys.
     config.write_text("task: text\ndata: {name: bbc}\nstudent: {num_layers: 2}\n")
-    assert cli.main(["run", str(config), "--run-dir", str(tmp_path)]) == 0
-    assert (tmp_path / "called.json").read_text() == f'["{config}", "{tmp_path}"]'
+    argv = ["run", str(config), "--run-dir", str(tmp_path), "--rerun-from", "distill"]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "called.json").read_text() == f'["{config}", "{tmp_path}", "distill"]'
     assert "report: report.md" in capsys.readouterr().err
 
 

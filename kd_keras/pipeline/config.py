@@ -267,7 +267,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections.")
-    config = _validate_section(raw, SCHEMA, prefix="", source=source)
+    config = validate_section(raw, SCHEMA, prefix="", source=source)
     _check_models(config, source)
     _check_data(config["data"], source)
     _check_prune(config["prune"], source)
@@ -333,7 +333,7 @@ def _check_prune(spec, source):
         spec["final_sparsity"] = 0.5
 
 
-def _validate_section(raw: dict, schema: dict, prefix: str, source: str) -> dict:
+def validate_section(raw: dict, schema: dict, prefix: str, source: str) -> dict:
     for key in raw:
         if key not in schema:
             hint = difflib.get_close_matches(str(key), list(schema), n=1)
@@ -353,7 +353,7 @@ def _validate_section(raw: dict, schema: dict, prefix: str, source: str) -> dict
                 value = {}
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{name}' must be a mapping, got {value!r}.")
-            out[key] = _validate_section(value, rule, f"{name}.", source)
+            out[key] = validate_section(value, rule, f"{name}.", source)
             continue
         check, description, default = rule
         if key not in raw or raw[key] is None:

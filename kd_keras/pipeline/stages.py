@@ -336,7 +336,7 @@ class Pipeline:
             xnnpack=spec["xnnpack"],
             runs=spec["runs"],
             warmup=spec["warmup"],
-            command=_command(),
+            command=command_line(),
         )
         report.print_table()
         paths = report.save(self.run_dir / "report", overwrite=True)
@@ -411,7 +411,7 @@ def atomic_backup_and_restore(backup_dir: str):
     return AtomicBackupAndRestore(backup_dir, double_checkpoint=False)
 
 
-def _command() -> str:
+def command_line() -> str:
     # `python -m kd_keras.cli run x.yaml` and the console script both read
     # best as the console script.
     return " ".join(["kd-keras", *sys.argv[1:]])

@@ -60,10 +60,10 @@ from kd_keras.pipeline.config import (
     _list_of,
     _number,
     _str,
-    _validate_section,
     read_yaml,
+    validate_section,
 )
-from kd_keras.pipeline.stages import Pipeline, _command
+from kd_keras.pipeline.stages import Pipeline, command_line
 from kd_keras.pipeline.steps import num_classes, verbosity
 
 TEXT_TASK = "text"
@@ -221,7 +221,7 @@ def validate_text_config(raw: Any, source: str = "config") -> dict[str, Any]:
             f"{source}: missing section 'data' (e.g. data: {{name: bbc}} or "
             "data: {name: vader, path: vaderSentiment-3.3.2.tar.gz})."
         )
-    config = _validate_section(raw, TEXT_SCHEMA, prefix="", source=source)
+    config = validate_section(raw, TEXT_SCHEMA, prefix="", source=source)
     student = config["student"]
     if student["hidden_dim"] % student["num_heads"]:
         raise ConfigError(
@@ -641,7 +641,7 @@ class TextPipeline(Pipeline):
                 row[mode] = self._bench_artifact(model, mode, artifact, spec, y_test)
             rows.append(row)
         report = {
-            "command": _command(),
+            "command": command_line(),
             "backend": _backend(),
             "data": {
                 "name": self.config["data"]["name"],
