@@ -129,14 +129,22 @@ def fit_distilled(
     decay_steps=None,
     batches=None,
     teacher=None,
+    attention=None,
 ):
     """Distil from cached `logits`, or, given `batches` (a dataset), from
-    `teacher` run online on each batch."""
+    `teacher` run online on each batch; `attention` (β) adds attention
+    transfer between the teacher's and the student's `block1` and `block2`
+    feature maps (same resolutions: 28×28 and 14×14)."""
+    losses = [kd_keras.losses.SoftTargetKD(temperature)]
+    if attention:
+        losses += [
+            kd_keras.losses.AttentionTransfer(
+                teacher_layer=block, student_layer=block, beta=attention, name=f"at_{block}"
+            )
+            for block in ("block1", "block2")
+        ]
     distiller = kd_keras.Distiller(
-        student,
-        teacher if batches is not None else None,
-        losses=[kd_keras.losses.SoftTargetKD(temperature)],
-        alpha=alpha,
+        student, teacher if batches is not None else None, losses=losses, alpha=alpha
     )
     distiller.compile(optimizer(lr, decay_steps))
     if batches is not None:
@@ -174,6 +182,7 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits, teacher):
     # The dense students train on plain images; only the later epochs augment.
     later = {"batches": augmented_batches(x, y, seed)} if args.augment else {}
     later_kd = dict(later, teacher=teacher)
+    prune_kd = dict(later_kd, attention=args.prune_at)
     rows = []
     dense = fit_labels(common.student(seed), x, y, args.epochs)
     rows.append(measure("dense, labels", dense, xt, yt))
@@ -215,9 +224,11 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits, teacher):
                 decay_steps=decay,
                 temperature=temperature,
                 alpha=alpha,
-                **later_kd,
+                **prune_kd,
             )
             name = f"{label}, distilled while pruning"
+            if args.prune_at:
+                name += f" + attention transfer (β={args.prune_at:g})"
             if args.prune_kd:
                 name += f" (T={temperature:g}, α={alpha:g})"
             rows.append(measure(name, pruned, xt, yt))
@@ -280,9 +291,17 @@ def main(argv=None):
         help="shift/flip the images in the pruning and same-budget epochs; distilled rows "
         "then run the teacher online on the augmented batch",
     )
+    parser.add_argument(
+        "--prune-at",
+        type=float,
+        help="β of attention transfer (block1 and block2 maps) added to the distilled "
+        "pruning rows; needs --augment (the teacher runs online)",
+    )
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke)")
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
+    if args.prune_at and not args.augment:
+        parser.error("--prune-at reads the teacher's feature maps: add --augment (online teacher)")
 
     (x, y), (xt, yt) = common.data()
     x, y = x[: args.limit], y[: args.limit]
