@@ -217,6 +217,17 @@ def test_quantize_ptq_dynamic_keeps_float_activations(workdir, capsys):
     types = set(tflite_tensor_types(out.read_bytes()).values())
     assert {"int8", "float32"} <= types
 
+    # The phone layout: batch 1, static shapes, no tensor names.
+    from ai_edge_litert.interpreter import Interpreter
+
+    small = workdir / "student_dynamic_b1.tflite"
+    argv = ["quantize", str(workdir / "student.keras"), "--data", "digits", "--mode", "dynamic"]
+    assert cli.main([*argv, "--out", str(small), "--tflite-batch", "1", "--strip-strings"]) == 0
+    interpreter = Interpreter(model_path=str(small))
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 8, 8, 1]
+    assert not any(d["name"] for d in interpreter.get_tensor_details())
+    assert small.stat().st_size < out.stat().st_size
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),

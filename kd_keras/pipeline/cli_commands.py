@@ -163,8 +163,28 @@ def _add_step_commands(subparsers) -> None:
         help="training inputs that calibrate PTQ int8 (default: %(default)s)",
     )
     quantize.add_argument("--out", required=True, help=".tflite file to write")
+    _add_layout_args(quantize)
     _add_training_args(quantize, 2, 1e-4, "QAT epochs")
     quantize.set_defaults(func=_step(_quantize))
+
+
+def _add_layout_args(parser) -> None:
+    """The .tflite layout options of `kd_keras.quantization.convert`."""
+    parser.add_argument(
+        "--tflite-batch",
+        type=_positive_int,
+        metavar="N",
+        help="fix the .tflite's batch size (static shapes; 1 is what a phone app runs)",
+    )
+    parser.add_argument(
+        "--strip-strings",
+        action="store_true",
+        help="drop tensor names and signatures from the .tflite (smaller file)",
+    )
+
+
+def _layout(args) -> dict:
+    return {"batch_size": args.tflite_batch, "strip_strings": args.strip_strings}
 
 
 def _step(command):
@@ -305,6 +325,7 @@ def _quantize(args: argparse.Namespace) -> int:
             calibration=xt[: args.calibration_samples],
             sample_inputs=xe,
             overwrite=args.overwrite,
+            **_layout(args),
         )
     except ParityError as err:
         print(
@@ -360,6 +381,7 @@ def register(subparsers) -> None:
         "--no-strict", action="store_true", help="write the file even when parity fails"
     )
     export.add_argument("--overwrite", action="store_true")
+    _add_layout_args(export)
     export.set_defaults(func=_step(_export))
 
     bench = subparsers.add_parser(
@@ -462,6 +484,7 @@ def _export(args: argparse.Namespace) -> int:
                 representative_data=x_train[:256] if x_train is not None else None,
                 min_top1_agreement=args.min_top1,
                 **common,
+                **_layout(args),
             )
         elif args.format == "onnx":
             report = export.to_onnx(model, args.out, opset=args.opset, **common)
