@@ -39,9 +39,9 @@ def teacher(epochs: int = 8, seed: int = 0, verbose: int = 2) -> keras.Model:
     return model
 
 
-def student(seed: int) -> keras.Model:
+def student(seed: int, filters=(8, 16)) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    return cnn_student()
+    return cnn_student(filters=tuple(filters))
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -184,18 +184,19 @@ def run_seed(seed, targets, args, x, y, xt, yt, logits, teacher):
     later_kd = dict(later, teacher=teacher)
     prune_kd = dict(later_kd, attention=args.prune_at)
     rows = []
-    dense = fit_labels(common.student(seed), x, y, args.epochs)
+    dense = fit_labels(common.student(seed, args.filters), x, y, args.epochs)
     rows.append(measure("dense, labels", dense, xt, yt))
-    dense_kd = fit_distilled(common.student(seed), x, y, logits, args.epochs, **kd)
+    dense_kd = fit_distilled(common.student(seed, args.filters), x, y, logits, args.epochs, **kd)
     rows.append(measure("dense, distilled", dense_kd, xt, yt))
-    keras.utils.set_random_seed(seed)
-    longer = fit_labels(copy_of(dense), x, y, args.prune_epochs, decay_steps=decay, **later)
-    rows.append(measure("dense, labels, same budget", longer, xt, yt))
-    keras.utils.set_random_seed(seed)
-    longer = fit_distilled(
-        copy_of(dense_kd), x, y, logits, args.prune_epochs, decay_steps=decay, **kd, **later_kd
-    )
-    rows.append(measure("dense, distilled, same budget", longer, xt, yt))
+    if not args.no_same_budget:
+        keras.utils.set_random_seed(seed)
+        longer = fit_labels(copy_of(dense), x, y, args.prune_epochs, decay_steps=decay, **later)
+        rows.append(measure("dense, labels, same budget", longer, xt, yt))
+        keras.utils.set_random_seed(seed)
+        longer = fit_distilled(
+            copy_of(dense_kd), x, y, logits, args.prune_epochs, decay_steps=decay, **kd, **later_kd
+        )
+        rows.append(measure("dense, distilled, same budget", longer, xt, yt))
     label_starts = [("labels", dense)]
     if args.labels_from_distilled:
         label_starts.append(("labels, from the distilled dense", dense_kd))
@@ -297,6 +298,12 @@ def main(argv=None):
         help="β of attention transfer (block1 and block2 maps) added to the distilled "
         "pruning rows; needs --augment (the teacher runs online)",
     )
+    parser.add_argument(
+        "--filters", type=int, nargs=2, default=[8, 16], help="student widths (default 8 16)"
+    )
+    parser.add_argument(
+        "--no-same-budget", action="store_true", help="skip the dense same-budget rows"
+    )
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke)")
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -316,7 +323,8 @@ def main(argv=None):
 
     dense_gz = per_seed[0][0]["tflite_gzip"]
     print(
-        f"\nteacher test accuracy {teacher_acc:.4f}; dense students {args.epochs} epochs, "
+        f"\nteacher test accuracy {teacher_acc:.4f}; student filters {tuple(args.filters)}; "
+        f"dense students {args.epochs} epochs, "
         f"then {args.prune_epochs} pruning epochs (target reached at {args.ramp:.0%} of them; "
         f"lr {args.lr} 1e-3 -> 1e-5); augment {args.augment}; seeds {args.seeds}; "
         f"backend {keras.backend.backend()}; {time.perf_counter() - start:.0f} s\n"

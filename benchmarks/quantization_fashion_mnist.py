@@ -13,7 +13,8 @@ distillation (kd_keras.Distiller on cached teacher logits, T = 2, alpha =
 0.5), clustering (16 clusters), pruned 80 % + QAT int8 (labels, and
 distilled in both stages; --prune-epochs with kd_keras.pruning's default
 recipe), pruned 80 % + sparsity-preserving clustering + full-int8 PTQ (TFMOT's
-"collaborative optimization"; one row per --pcq-clusters), and TFMOT QAT on
+"collaborative optimization", continuing the distilled chain; one row per
+--pcq-clusters), and TFMOT QAT on
 the same architecture rebuilt in tf_keras. "Δ vs ref" compares PTQ rows
 with the float model they were made from and trained rows with the equally
 trained float model. "payload gzip"
@@ -282,14 +283,13 @@ def main():
             "both with the teacher",
         ),
     ]
-    pruned_with_labels = None
+    stripped_by_variant = {}
     for suffix, fit, note in variants:
         keras.utils.set_random_seed(args.seed)
         to_prune, prune_lr = prune_80(student, steps, args.prune_epochs)
         pruned = fit(to_prune, args.prune_epochs, prune_lr, callbacks=[pruning.UpdatePruningStep()])
         stripped = pruning.strip_pruning(pruned)
-        if pruned_with_labels is None:
-            pruned_with_labels = stripped
+        stripped_by_variant[suffix] = stripped
         pruned_qat = fit(quantize_model(stripped), args.qat_epochs, 1e-4)
         record(
             f"pruned 80 % + QAT int8{suffix}",
@@ -297,20 +297,24 @@ def main():
             "float",
             f"{prune_note}, {note or f'kernel sparsity {sparsity(stripped):.2f}'}",
         )
+    # Prune -> cluster -> int8 continues the distilled chain, the teacher in
+    # every training stage.
+    _, distilled_fit_in, _ = variants[1]
     for clusters in args.pcq_clusters:
         # conv1 keeps 14 of its 72 weights at 80 %: fewer than the centroids.
         keras.utils.set_random_seed(args.seed)
-        pcq = compile_fit(
+        pcq = distilled_fit_in(
             cluster_weights(
-                pruned_with_labels, clusters, preserve_sparsity=True, skip_layers=["conv1"]
+                stripped_by_variant[", distilled"],
+                clusters,
+                preserve_sparsity=True,
+                skip_layers=["conv1"],
             ),
-            x,
-            y,
             args.qat_epochs,
             1e-4,
         )
         record(
-            f"pruned 80 % + {clusters} clusters + int8 (PTQ)",
+            f"pruned 80 % + {clusters} clusters + int8 (PTQ), distilled",
             quantize_post_training(
                 strip_clustering(pcq),
                 "int8",
@@ -322,7 +326,8 @@ def main():
             ),
             "float",
             f"+{args.prune_epochs} pruning + {args.qat_epochs} epochs of sparsity-preserving "
-            f"clustering (conv1 not clustered), then full-int8 PTQ, one scale per Dense kernel",
+            f"clustering (conv1 not clustered), both with the teacher, then full-int8 PTQ, "
+            f"one scale per Dense kernel",
         )
 
     if not args.skip_tfmot:
