@@ -84,14 +84,16 @@ class Pipeline:
         return json.loads(path.read_text()) if path.exists() else None
 
     def _sections(self, stage: str) -> dict[str, Any]:
-        return {key: self.config.get(key) for key in self.stage_sections.get(stage, ())}
+        """The config sections `stage` reads, as they read back from JSON."""
+        sections = {key: self.config.get(key) for key in self.stage_sections.get(stage, ())}
+        return json.loads(json.dumps(sections, default=str))
 
     def fingerprints(self) -> dict[str, str]:
         """Per stage, a hash of the config sections read by it and by every
         stage before it: what its finished outputs were made from."""
         chain, prints = "", {}
         for stage in self.stages:
-            text = json.dumps(self._sections(stage), sort_keys=True, default=str)
+            text = json.dumps(self._sections(stage), sort_keys=True)
             chain = hashlib.sha256((chain + text).encode()).hexdigest()[:16]
             prints[stage] = chain
         return prints
@@ -104,15 +106,14 @@ class Pipeline:
             "fingerprint": self.fingerprints()[stage],
             "sections": self._sections(stage),
         }
-        record = json.loads(json.dumps(record, default=str))  # what JSON will give back
         atomic.write_json(self.marker(stage), record, overwrite=True)
 
-    def _check_fingerprint(self, stage: str, record: dict[str, Any]) -> None:
+    def _check_fingerprint(self, stage: str, record: dict[str, Any], expected: str) -> None:
         """Raise if `stage` finished under a config that differs from this one."""
         recorded = record.get("fingerprint")
-        if recorded is None or recorded == self.fingerprints()[stage]:
+        if recorded is None or recorded == expected:
             return  # markers written before fingerprints existed are trusted
-        now = json.loads(json.dumps(self._sections(stage), default=str))
+        now = self._sections(stage)
         before = record.get("sections", {})
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         from kd_keras.pipeline.config import ConfigError
@@ -159,10 +160,11 @@ class Pipeline:
 
         if rerun_from is not None:
             self._retire(rerun_from)
+        prints = self.fingerprints()
         for stage in self.stages:  # before any work: a stale run must not train
             record = self._record(stage)
             if record is not None:
-                self._check_fingerprint(stage, record)
+                self._check_fingerprint(stage, record, prints[stage])
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(self.run_dir / "config.json", self.config, overwrite=True)
         keras.utils.set_random_seed(self.config["seed"])
