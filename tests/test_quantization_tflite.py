@@ -355,6 +355,13 @@ def test_fixed_batch_calibrates_in_groups_and_rejects_bad_layouts(trained, digit
         1,
     ]
     assert tflite_predict(model_bytes, xt[:8]).shape == (8, 10)
+    # Calibration batches of 8 from a dataset are regrouped into the fixed 4.
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensor_slices(x[:40]).batch(8)
+    assert len(convert(student, mode="int8", representative_data=batches, batch_size=4)) > 0
+    with pytest.raises(ValueError, match="whole batches of 4"):
+        convert(student, mode="int8", representative_data=x[:3], batch_size=4)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         convert(student, batch_size=0)
     with pytest.raises(ValueError, match="per_channel_dense=False applies to mode='int8'"):

@@ -270,18 +270,24 @@ def _check_layout(model, tf_keras, mode, batch_size, per_channel_dense):
 
 
 def _grouped(calibration, batch_size):
-    """The calibration generator regrouped into batches of `batch_size`
-    samples, for a graph whose batch dimension is fixed."""
-
-    def generator():
-        pending = []
-        for sample in calibration():
-            pending.append(sample)
+    """The calibration data regrouped into batches of exactly `batch_size`
+    samples, for a graph whose batch dimension is fixed (the user's data may
+    come one sample or one batch at a time). Read here, before any export,
+    so too little data fails fast; calibration sets are small."""
+    pending, groups = [], []
+    for batch in calibration():
+        for i in range(len(batch[0])):
+            pending.append([array[i : i + 1] for array in batch])
             if len(pending) == batch_size:
-                yield [np.concatenate(parts) for parts in zip(*pending)]
+                groups.append([np.concatenate(parts) for parts in zip(*pending)])
                 pending = []
-
-    return generator
+    if not groups:
+        raise ValueError(
+            f"convert(batch_size={batch_size}) calibrates on whole batches of {batch_size} "
+            f"samples; representative_data gave fewer. Pass more samples (or raise "
+            f"num_calibration_batches)."
+        )
+    return lambda: iter(groups)
 
 
 def _check_fully_int8(model_bytes, name):
