@@ -22,7 +22,6 @@ their values. Calibration uses training images.
 from __future__ import annotations
 
 import argparse
-import time
 
 import keras
 import numpy as np
@@ -30,7 +29,6 @@ import numpy as np
 from benchmarks import common
 from kd_keras.models import cnn_student
 from kd_keras.quantization import convert
-from kd_keras.quantization.convert import _interpreter
 
 STAGES = [
     ("conv block 1 (conv1 + BN + ReLU)", None, "block1"),
@@ -60,20 +58,6 @@ def stage_model(model, start, end):
     return keras.Model(inputs, x)
 
 
-def invoke_us(model_bytes, repeats_inner):
-    interpreter = _interpreter(model_bytes, num_threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-    for _ in range(100):
-        interpreter.invoke()
-    times = []
-    for _ in range(repeats_inner):
-        start = time.perf_counter_ns()
-        interpreter.invoke()
-        times.append(time.perf_counter_ns() - start)
-    return float(np.median(times)) / 1000
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--filters", type=int, nargs=2, default=[8, 16])
@@ -84,9 +68,10 @@ def main(argv=None):
     (x, _), _ = common.data()
     keras.utils.set_random_seed(0)
     model = cnn_student(filters=tuple(args.filters))
-    files = {}
+    files, samples = {}, {}
     for label, start, end in STAGES:
         part = stage_model(model, start, end)
+        samples[label] = np.zeros((1, *part.input.shape[1:]), "float32")
         calibration = keras.Model(model.input, model.get_layer(start).output) if start else None
         data = x[:100] if calibration is None else calibration.predict(x[:100], verbose=0)
         files[label] = {
@@ -98,12 +83,15 @@ def main(argv=None):
     inputs = keras.Input((28, 28, 1))
     floor = convert(keras.Model(inputs, keras.layers.Reshape((784,))(inputs)), batch_size=1)
 
+    def invoke_us(model_bytes, sample):
+        return 1000 * common.latency_ms(model_bytes, sample, warmup=100, runs=args.runs)
+
     rounds = {}
     for _ in range(args.repeats):
-        rounds.setdefault("floor", []).append(invoke_us(floor, args.runs))
+        rounds.setdefault("floor", []).append(invoke_us(floor, samples[STAGES[0][0]]))
         for label, pair in files.items():
             for kind, model_bytes in pair.items():
-                rounds.setdefault((label, kind), []).append(invoke_us(model_bytes, args.runs))
+                rounds.setdefault((label, kind), []).append(invoke_us(model_bytes, samples[label]))
     median = {key: float(np.median(values)) for key, values in rounds.items()}
 
     print(

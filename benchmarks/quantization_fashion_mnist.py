@@ -50,7 +50,6 @@ from kd_keras.quantization.clustering import (
     cluster_weights,
     strip_clustering,
 )
-from kd_keras.quantization.convert import _interpreter
 
 BATCH = 128
 
@@ -59,27 +58,6 @@ def sparsity(model) -> float:
     """Fraction of exact zeros over the kernels of a (stripped) model."""
     kernels = [keras.ops.convert_to_numpy(w) for w in model.weights if w.name == "kernel"]
     return float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
-
-
-def latency_ms(model_bytes, sample, warmup=50, runs=500):
-    interpreter = _interpreter(model_bytes, num_threads=1)
-    inp = interpreter.get_input_details()[0]
-    x = sample
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        x = np.clip(np.round(sample / scale + zero), -128, 127)
-    x = x.astype(inp["dtype"])
-    if tuple(inp["shape"]) != x.shape:
-        interpreter.resize_tensor_input(inp["index"], x.shape)
-        interpreter.allocate_tensors()
-    times = []
-    for i in range(warmup + runs):
-        interpreter.set_tensor(inp["index"], x)
-        start = time.perf_counter()
-        interpreter.invoke()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def compile_fit(model, x, y, epochs, lr, callbacks=()):
@@ -193,10 +171,10 @@ def main():
                 "raw": len(model_bytes),
                 "gz": len(gzip.compress(model_bytes, 9)),
                 "payload_gz": len(gzip.compress(payload_bytes(model_bytes), 9)),
-                "latency": latency_ms(model_bytes, sample, runs=args.latency_runs),
+                "latency": common.latency_ms(model_bytes, sample, runs=args.latency_runs),
                 "latency64": None
                 if args.phone_layout
-                else latency_ms(model_bytes, xt[:64], runs=max(args.latency_runs // 10, 5)),
+                else common.latency_ms(model_bytes, xt[:64], runs=max(args.latency_runs // 10, 5)),
                 "note": note,
             }
         )
