@@ -17,11 +17,18 @@ their values. Calibration uses training images.
 
     python -m benchmarks.int8_latency_layers
     python -m benchmarks.int8_latency_layers --filters 32 64
+
+`--save DIR` keeps the files and `--load DIR` times them again without
+converting, where only LiteRT (ai-edge-litert) and Keras are installed — on
+another machine's CPU, say.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -58,20 +65,15 @@ def stage_model(model, start, end):
     return keras.Model(inputs, x)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--filters", type=int, nargs=2, default=[8, 16])
-    parser.add_argument("--repeats", type=int, default=7, help="rounds over all files")
-    parser.add_argument("--runs", type=int, default=2000, help="timed invokes per round")
-    args = parser.parse_args(argv)
-
+def build_files(filters) -> tuple[dict, bytes, int]:
+    """`{stage: {"float32": bytes, "int8": bytes}}`, the per-invoke floor's file
+    and the student's parameter count."""
     (x, _), _ = common.data()
     keras.utils.set_random_seed(0)
-    model = cnn_student(filters=tuple(args.filters))
-    files, samples = {}, {}
+    model = cnn_student(filters=tuple(filters))
+    files = {}
     for label, start, end in STAGES:
         part = stage_model(model, start, end)
-        samples[label] = np.zeros((1, *part.input.shape[1:]), "float32")
         calibration = keras.Model(model.input, model.get_layer(start).output) if start else None
         data = x[:100] if calibration is None else calibration.predict(x[:100], verbose=0)
         files[label] = {
@@ -82,20 +84,74 @@ def main(argv=None):
         }
     inputs = keras.Input((28, 28, 1))
     floor = convert(keras.Model(inputs, keras.layers.Reshape((784,))(inputs)), batch_size=1)
+    return files, floor, model.count_params()
 
-    def invoke_us(model_bytes, sample):
+
+def save_files(folder: Path, files: dict, floor: bytes, params: int, filters) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for i, (label, pair) in enumerate(files.items()):
+        for kind, model_bytes in pair.items():
+            name = f"stage{i}.{kind}.tflite"
+            (folder / name).write_bytes(model_bytes)
+            names.setdefault(label, {})[kind] = name
+    (folder / "floor.tflite").write_bytes(floor)
+    manifest = {"filters": list(filters), "params": params, "files": names}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def load_files(folder: Path) -> tuple[dict, bytes, int, list]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = {
+        label: {kind: (folder / name).read_bytes() for kind, name in pair.items()}
+        for label, pair in manifest["files"].items()
+    }
+    floor = (folder / "floor.tflite").read_bytes()
+    return files, floor, manifest["params"], manifest["filters"]
+
+
+def input_zeros(model_bytes: bytes) -> np.ndarray:
+    from kd_keras.quantization.convert import _interpreter
+
+    shape = _interpreter(model_bytes).get_input_details()[0]["shape"]
+    return np.zeros(shape, "float32")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--filters", type=int, nargs=2, default=[8, 16])
+    parser.add_argument("--repeats", type=int, default=7, help="rounds over all files")
+    parser.add_argument("--runs", type=int, default=2000, help="timed invokes per round")
+    parser.add_argument("--save", type=Path, help="also write the .tflite files to this folder")
+    parser.add_argument(
+        "--load",
+        type=Path,
+        help="time the files a --save wrote (no conversion: runs where only LiteRT is installed)",
+    )
+    args = parser.parse_args(argv)
+
+    if args.load:
+        files, floor, params, filters = load_files(args.load)
+    else:
+        filters = args.filters
+        files, floor, params = build_files(filters)
+        if args.save:
+            save_files(args.save, files, floor, params, filters)
+
+    def invoke_us(model_bytes):
+        sample = input_zeros(model_bytes)
         return 1000 * common.latency_ms(model_bytes, sample, warmup=100, runs=args.runs)
 
     rounds = {}
     for _ in range(args.repeats):
-        rounds.setdefault("floor", []).append(invoke_us(floor, samples[STAGES[0][0]]))
+        rounds.setdefault("floor", []).append(invoke_us(floor))
         for label, pair in files.items():
             for kind, model_bytes in pair.items():
-                rounds.setdefault((label, kind), []).append(invoke_us(model_bytes, samples[label]))
+                rounds.setdefault((label, kind), []).append(invoke_us(model_bytes))
     median = {key: float(np.median(values)) for key, values in rounds.items()}
 
     print(
-        f"\ncnn_student filters {tuple(args.filters)} ({model.count_params():,} params), "
+        f"\ncnn_student filters {tuple(filters)} ({params:,} params), {cpu_name()}, "
         f"batch 1, 1 thread, XNNPACK; invoke() only, median of {args.repeats} rounds of "
         f"{args.runs}; per-invoke floor (one RESHAPE) {median['floor']:.2f} µs\n"
     )
@@ -104,6 +160,17 @@ def main(argv=None):
     for label in files:
         f, q = median[(label, "float32")], median[(label, "int8")]
         print(f"| {label} | {f:.2f} | {q:.2f} | {f / q:.2f}× |")
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), since int8 kernels differ by CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
