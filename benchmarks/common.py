@@ -74,9 +74,9 @@ def latency_ms(model_bytes: bytes, sample, warmup: int = 50, runs: int = 500) ->
     """Median time of one `invoke()` of a `.tflite` on `sample` (float; quantized
     for an int8 input), 1 thread, default XNNPACK delegate, in milliseconds.
     Setting the input is outside the timed region."""
-    from kd_keras.quantization.convert import _interpreter
+    from kd_keras.export.runtime import litert_interpreter
 
-    interpreter = _interpreter(model_bytes, num_threads=1)
+    interpreter = litert_interpreter(model_bytes, threads=1)
     inp = interpreter.get_input_details()[0]
     x = sample
     if inp["dtype"] != np.float32:

@@ -111,9 +111,9 @@ def load_files(folder: Path) -> tuple[dict, bytes, int, list]:
 
 
 def input_zeros(model_bytes: bytes) -> np.ndarray:
-    from kd_keras.quantization.convert import _interpreter
+    from kd_keras.export.runtime import litert_interpreter
 
-    shape = _interpreter(model_bytes).get_input_details()[0]["shape"]
+    shape = litert_interpreter(model_bytes).get_input_details()[0]["shape"]
     return np.zeros(shape, "float32")
 
 

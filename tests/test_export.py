@@ -72,6 +72,27 @@ def test_tflite_float_parity(student, digits, tmp_path):
     assert written == report.to_dict()
 
 
+@TF_ONLY
+def test_litert_interpreter_reads_paths_and_bytes(student, digits, tmp_path):
+    from kd_keras.export.runtime import litert_interpreter
+
+    _, (x_test, _) = digits
+    path = tmp_path / "student.tflite"
+    export.to_tflite(student, path, sample_inputs=x_test)
+    outputs = []
+    for source, xnnpack in [(path, True), (str(path), False), (path.read_bytes(), True)]:
+        interpreter = litert_interpreter(source, threads=1, xnnpack=xnnpack)
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.set_tensor(inp["index"], x_test[:1])
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(out["index"]))
+    expected = _keras_logits(student, x_test[:1])
+    for got in outputs:
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(TypeError, match="path or its content as bytes"):
+        litert_interpreter(np.zeros(3))
+
+
 @NEEDS_ONNX_EXPORT
 def test_onnx_float_parity(student, digits, tmp_path):
     _, (x_test, _) = digits

@@ -72,21 +72,8 @@ class TFLiteRunner(Runner):
     runtime = "tflite"
 
     def __init__(self, artifact, threads: int | None = None, xnnpack: bool = True):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        resolver = (
-            OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
-        source = (
-            {"model_content": bytes(artifact)}
-            if isinstance(artifact, (bytes, bytearray))
-            else {"model_path": str(artifact)}
-        )
         start = time.perf_counter()
-        self.interpreter = Interpreter(
-            num_threads=threads, experimental_op_resolver_type=resolver, **source
-        )
-        self.interpreter.allocate_tensors()
+        self.interpreter = litert_interpreter(artifact, threads=threads, xnnpack=xnnpack)
         self.init_seconds = time.perf_counter() - start
         self.threads, self.xnnpack = threads, xnnpack
         inputs = self.interpreter.get_input_details()
@@ -140,6 +127,45 @@ class TFLiteRunner(Runner):
             return np.array(y)
         scale, zero_point = self._output["quantization"]
         return (y.astype(np.float32) - zero_point) * scale
+
+
+def litert_interpreter(artifact, threads: int | None = None, xnnpack: bool = True):
+    """A LiteRT interpreter over a `.tflite` (path or bytes), tensors allocated.
+
+    `xnnpack=False` selects the builtin kernels without default delegates,
+    which is also what inspecting a graph needs (XNNPACK would replace the
+    ops being looked at). Falls back to `tf.lite` where `ai-edge-litert`
+    (the maintained runtime) is not installed.
+
+    Example:
+
+    ```python
+    interpreter = litert_interpreter("student_int8.tflite", threads=1)
+    interpreter.get_input_details()[0]["dtype"]
+    ```
+    """
+    if isinstance(artifact, (bytes, bytearray)):
+        source = {"model_content": bytes(artifact)}
+    elif isinstance(artifact, (str, os.PathLike)):
+        source = {"model_path": str(artifact)}
+    else:
+        raise TypeError(
+            f"Expected a .tflite path or its content as bytes, got {type(artifact).__name__}."
+        )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from ai_edge_litert import interpreter as litert
+    except ImportError:
+        import tensorflow as tf
+
+        litert = tf.lite
+    resolvers = getattr(litert, "OpResolverType", None) or litert.experimental.OpResolverType
+    resolver = resolvers.AUTO if xnnpack else resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = litert.Interpreter(
+        num_threads=threads, experimental_op_resolver_type=resolver, **source
+    )
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 class ONNXRunner(Runner):

@@ -27,13 +27,13 @@ Modes:
 
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Any
 
 import keras
 import numpy as np
 
+from kd_keras.export.runtime import TFLiteRunner, litert_interpreter
 from kd_keras.quantization import tfmot_bridge
 from kd_keras.quantization.ptq import representative_dataset
 from kd_keras.quantization.qat import is_quantized, quantizer_layers
@@ -84,9 +84,7 @@ def _check_mode(model, mode, representative_data, int8_io):
             "hundred training inputs, e.g. representative_data=x_train[:500]."
         )
     if mode != "int8" and representative_data is not None:
-        raise ValueError(
-            f"representative_data is only used by mode='int8', not mode={mode!r}."
-        )
+        raise ValueError(f"representative_data is only used by mode='int8', not mode={mode!r}.")
     if int8_io and mode not in ("int8", "qat"):
         raise ValueError(
             f"int8_io=True needs a fully integer model: mode='int8' or 'qat', not {mode!r}."
@@ -221,9 +219,7 @@ def convert(
                     tf.TensorSpec((batch_size, *t.shape[1:]), t.dtype, name=t.name)
                     for t in model.inputs
                 ]
-            model.export(
-                workdir, format="tf_saved_model", verbose=False, input_signature=signature
-            )
+            model.export(workdir, format="tf_saved_model", verbose=False, input_signature=signature)
             converter = tf.lite.TFLiteConverter.from_saved_model(workdir)
         _configure(tf, converter, mode, calibration, int8_io)
         if not per_channel_dense:
@@ -310,30 +306,6 @@ def _check_fully_int8(model_bytes, name):
 # Reading a .tflite back.
 
 
-def _interpreter(model_bytes: bytes, num_threads: int | None = None, delegates: bool = True):
-    if not isinstance(model_bytes, (bytes, bytearray)):
-        raise TypeError(
-            f"Expected the .tflite content as bytes, got {type(model_bytes).__name__}; "
-            f"read a file with Path(path).read_bytes()."
-        )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        from ai_edge_litert import interpreter as litert
-    except ImportError:  # LiteRT is the maintained runtime; TF's still works
-        import tensorflow as tf
-
-        litert = tf.lite
-    kwargs = {}
-    if not delegates:  # XNNPACK would replace the ops being inspected
-        resolvers = getattr(litert, "OpResolverType", None) or litert.experimental.OpResolverType
-        kwargs["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = litert.Interpreter(
-        model_content=bytes(model_bytes), num_threads=num_threads, **kwargs
-    )
-    interpreter.allocate_tensors()
-    return interpreter
-
-
 def tflite_tensor_types(model_bytes: bytes) -> dict[str, str]:
     """`{tensor name: dtype name}` for every tensor of a `.tflite` model.
 
@@ -344,7 +316,7 @@ def tflite_tensor_types(model_bytes: bytes) -> dict[str, str]:
     assert "float32" not in set(types.values())
     ```
     """
-    interpreter = _interpreter(model_bytes, delegates=False)
+    interpreter = litert_interpreter(model_bytes, xnnpack=False)
     return {t["name"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
 
 
@@ -359,7 +331,7 @@ def tflite_ops(model_bytes: bytes) -> list[dict]:
     [op for op in tflite_ops(b) if op["op"] == "FULLY_CONNECTED"][0]["inputs"]
     ```
     """
-    interpreter = _interpreter(model_bytes, delegates=False)
+    interpreter = litert_interpreter(model_bytes, xnnpack=False)
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     ops = []
     for op in interpreter._get_ops_details():
@@ -387,32 +359,6 @@ def tflite_predict(
     logits = tflite_predict(convert(qat, mode="qat", int8_io=True), x_test)
     ```
     """
-    interpreter = _interpreter(model_bytes, num_threads=num_threads)
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    x = np.asarray(x)
-    fixed = int(inp["shape_signature"][0]) if len(inp["shape_signature"]) else -1
-    if fixed > 0:  # convert(batch_size=...): run in that batch size, pad the last
-        batch_size = fixed
-    results = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
-        real = len(batch)
-        if fixed > 0 and real < fixed:
-            batch = np.concatenate([batch, np.zeros((fixed - real, *batch.shape[1:]), batch.dtype)])
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            batch = np.clip(np.round(batch / scale + zero), info.min, info.max)
-        batch = batch.astype(inp["dtype"])
-        if tuple(inp["shape"]) != batch.shape:
-            interpreter.resize_tensor_input(inp["index"], batch.shape)
-            interpreter.allocate_tensors()
-            inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        interpreter.set_tensor(inp["index"], batch)
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype("float32") - zero) * scale
-        results.append(y[:real].astype("float32"))
-    return np.concatenate(results)
+    runner = TFLiteRunner(model_bytes, threads=num_threads)
+    x = np.asarray(x, dtype="float32")  # float in: an int8 input is quantized by the runner
+    return runner.predict(x, batch_size=batch_size).astype("float32", copy=False)
