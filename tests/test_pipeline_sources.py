@@ -192,6 +192,20 @@ def test_data_config_errors_name_the_key(data, message):
         validate_config({**BASE, "data": data}, source="p.yaml")
 
 
+def test_config_value_checks():
+    from kd_keras.pipeline.checks import int_at_least, is_bool, list_of, non_empty_str, number_in
+
+    assert int_at_least(1)(1) and int_at_least(1)(10**9)
+    # YAML's `yes` is a bool and 1.0 is a float: neither is an epoch count.
+    assert not any(int_at_least(0)(v) for v in (True, 1.0, "1", -1))
+    fraction = number_in(0, 1, open_low=True)
+    assert fraction(1) and fraction(0.5) and not fraction(0) and not fraction(1.01)
+    assert number_in(0)(0.0) and number_in(0)(3) and not number_in(0)(False)
+    assert list_of(is_bool)([True, False])
+    assert not list_of(is_bool)([]) and not list_of(is_bool)([1]) and not list_of(is_bool)(True)
+    assert non_empty_str("a") and not non_empty_str("") and not non_empty_str(None)
+
+
 def test_teacher_preset_is_exclusive_with_path_and_builder():
     config = {**BASE, "data": {"name": "digits"}}
     config["teacher"] = {"builder": "cnn_teacher", "preset": "resnet_18_imagenet"}

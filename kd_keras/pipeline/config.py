@@ -66,6 +66,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kd_keras.pipeline.checks import (
+    int_at_least,
+    is_bool,
+    is_mapping,
+    list_of,
+    non_empty_str,
+    number_in,
+    one_of,
+)
 from kd_keras.pipeline.steps import (
     BUILDERS,
     DATASETS,
@@ -80,33 +89,6 @@ from kd_keras.pipeline.steps import (
 REQUIRED = object()
 
 
-def _int(minimum):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
-def _number(low, high=None, open_low=False):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        above = v > low if open_low else v >= low
-        return above and (high is None or v <= high)
-
-    return check
-
-
-def _choice(options):
-    return lambda v: v in options
-
-
-def _list_of(check):
-    return lambda v: isinstance(v, list) and len(v) > 0 and all(check(x) for x in v)
-
-
-_str = lambda v: isinstance(v, str) and v != ""  # noqa: E731
-_dict = lambda v: isinstance(v, dict)  # noqa: E731
-_bool = lambda v: isinstance(v, bool)  # noqa: E731
-
-
 def _m_by_n(value) -> bool:
     try:
         parse_m_by_n(value)
@@ -116,20 +98,20 @@ def _m_by_n(value) -> bool:
 
 
 def _size(v) -> bool:
-    return isinstance(v, list) and len(v) == 2 and all(_int(1)(x) for x in v)
+    return isinstance(v, list) and len(v) == 2 and all(int_at_least(1)(x) for x in v)
 
 
 MODEL_KEYS = {
-    "path": (_str, "a .keras file", None),
-    "builder": (_choice(BUILDERS), f"one of {list(BUILDERS)}", None),
-    "kwargs": (_dict, "a mapping of builder arguments", {}),
-    "epochs": (_int(0), "an integer >= 0 (training epochs of a built model)", 10),
-    "batch_size": (_int(1), "an integer >= 1", 64),
-    "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-3),
+    "path": (non_empty_str, "a .keras file", None),
+    "builder": (one_of(BUILDERS), f"one of {list(BUILDERS)}", None),
+    "kwargs": (is_mapping, "a mapping of builder arguments", {}),
+    "epochs": (int_at_least(0), "an integer >= 0 (training epochs of a built model)", 10),
+    "batch_size": (int_at_least(1), "an integer >= 1", 64),
+    "learning_rate": (number_in(0, open_low=True), "a number > 0", 1e-3),
 }
 TEACHER_KEYS = {
     **MODEL_KEYS,
-    "preset": (_str, "a keras-hub preset name or a local preset folder", None),
+    "preset": (non_empty_str, "a keras-hub preset name or a local preset folder", None),
 }
 # data keys that only one source reads: key -> the data.name it belongs to.
 SOURCE_KEYS = {
@@ -143,27 +125,27 @@ SOURCE_KEYS = {
 }
 
 SCHEMA: dict[str, Any] = {
-    "task": (_choice(("image",)), "image (text configs go to kd_keras.text.pipeline)", "image"),
-    "run_dir": (_str, "a folder path", "runs/pipeline"),
-    "seed": (_int(0), "an integer >= 0", 0),
+    "task": (one_of(("image",)), "image (text configs go to kd_keras.text.pipeline)", "image"),
+    "run_dir": (non_empty_str, "a folder path", "runs/pipeline"),
+    "seed": (int_at_least(0), "an integer >= 0", 0),
     "data": {
-        "name": (_choice(DATASETS), f"one of {list(DATASETS)}", REQUIRED),
-        "path": (_str, "a file or folder path", None),
+        "name": (one_of(DATASETS), f"one of {list(DATASETS)}", REQUIRED),
+        "path": (non_empty_str, "a file or folder path", None),
         "test_fraction": (
-            lambda v: _number(0, 1, open_low=True)(v) and v < 1,
+            lambda v: number_in(0, 1, open_low=True)(v) and v < 1,
             "a number in (0, 1)",
             0.25,
         ),
-        "max_train": (_int(1), "an integer >= 1", None),
-        "max_test": (_int(1), "an integer >= 1", None),
-        "tfds_name": (_str, "a TensorFlow Datasets name, e.g. fashion_mnist", None),
-        "data_dir": (_str, "a folder path (TFDS's data_dir)", None),
-        "manual_dir": (_str, "a folder of the dataset's source files", None),
-        "train_split": (_str, "a TFDS split, e.g. train or train[:90%]", None),
-        "test_split": (_str, "a TFDS split, e.g. test", None),
+        "max_train": (int_at_least(1), "an integer >= 1", None),
+        "max_test": (int_at_least(1), "an integer >= 1", None),
+        "tfds_name": (non_empty_str, "a TensorFlow Datasets name, e.g. fashion_mnist", None),
+        "data_dir": (non_empty_str, "a folder path (TFDS's data_dir)", None),
+        "manual_dir": (non_empty_str, "a folder of the dataset's source files", None),
+        "train_split": (non_empty_str, "a TFDS split, e.g. train or train[:90%]", None),
+        "test_split": (non_empty_str, "a TFDS split, e.g. test", None),
         "image_size": (_size, "[height, width], two integers >= 1", None),
         "color_mode": (
-            _choice(("grayscale", "rgb", "rgba")),
+            one_of(("grayscale", "rgb", "rgba")),
             "one of grayscale / rgb / rgba",
             None,
         ),
@@ -171,58 +153,58 @@ SCHEMA: dict[str, Any] = {
     "teacher": TEACHER_KEYS,
     "student": MODEL_KEYS,
     "distill": {
-        "epochs": (_int(1), "an integer >= 1", 10),
-        "temperature": (_number(0, open_low=True), "a number > 0", DEFAULT_TEMPERATURE),
-        "alpha": (_number(0, 1), "a number in [0, 1]", DEFAULT_ALPHA),
-        "batch_size": (_int(1), "an integer >= 1", 64),
-        "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-3),
+        "epochs": (int_at_least(1), "an integer >= 1", 10),
+        "temperature": (number_in(0, open_low=True), "a number > 0", DEFAULT_TEMPERATURE),
+        "alpha": (number_in(0, 1), "a number in [0, 1]", DEFAULT_ALPHA),
+        "batch_size": (int_at_least(1), "an integer >= 1", 64),
+        "learning_rate": (number_in(0, open_low=True), "a number > 0", 1e-3),
     },
     "prune": {
-        "enabled": (_bool, "true or false", True),
+        "enabled": (is_bool, "true or false", True),
         "final_sparsity": (
-            lambda v: _number(0, 1)(v) and v < 1,
+            lambda v: number_in(0, 1)(v) and v < 1,
             "a number in [0, 1) (0.5 when m_by_n is not set)",
             None,
         ),
         "m_by_n": (_m_by_n, "'M:N' with 1 <= M < N, e.g. '2:4'", None),
-        "distill": (_bool, "true or false", False),
-        "epochs": (_int(1), "an integer >= 1", 2),
-        "batch_size": (_int(1), "an integer >= 1", 64),
-        "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-3),
+        "distill": (is_bool, "true or false", False),
+        "epochs": (int_at_least(1), "an integer >= 1", 2),
+        "batch_size": (int_at_least(1), "an integer >= 1", 64),
+        "learning_rate": (number_in(0, open_low=True), "a number > 0", 1e-3),
         "ramp": (
-            _number(0, 1, open_low=True),
+            number_in(0, 1, open_low=True),
             "a number in (0, 1] (fraction of the steps that raise the sparsity)",
             0.5,
         ),
         "lr_schedule": (
-            _choice(("hold-cosine", "constant")),
+            one_of(("hold-cosine", "constant")),
             "'hold-cosine' (held during the ramp, then cosine to 1 %) or 'constant'",
             "hold-cosine",
         ),
     },
     "quantize": {
-        "method": (_choice(("ptq", "qat")), "ptq or qat", "ptq"),
+        "method": (one_of(("ptq", "qat")), "ptq or qat", "ptq"),
         "modes": (
-            _list_of(_choice(PTQ_MODES)),
+            list_of(one_of(PTQ_MODES)),
             "a list of dynamic / int8 / float16",
             ["int8"],
         ),
-        "calibration_samples": (_int(1), "an integer >= 1", 256),
-        "epochs": (_int(1), "an integer >= 1", 2),
-        "batch_size": (_int(1), "an integer >= 1", 64),
-        "learning_rate": (_number(0, open_low=True), "a number > 0", 1e-4),
-        "distill": (_bool, "true or false", False),
+        "calibration_samples": (int_at_least(1), "an integer >= 1", 256),
+        "epochs": (int_at_least(1), "an integer >= 1", 2),
+        "batch_size": (int_at_least(1), "an integer >= 1", 64),
+        "learning_rate": (number_in(0, open_low=True), "a number > 0", 1e-4),
+        "distill": (is_bool, "true or false", False),
     },
     "export": {
-        "formats": (_list_of(_choice(("tflite", "onnx"))), "a list of tflite / onnx", ["tflite"]),
-        "batch_size": (_int(1), "an integer >= 1 (leave it out for a free batch)", None),
-        "strip_strings": (_bool, "true or false", False),
+        "formats": (list_of(one_of(("tflite", "onnx"))), "a list of tflite / onnx", ["tflite"]),
+        "batch_size": (int_at_least(1), "an integer >= 1 (leave it out for a free batch)", None),
+        "strip_strings": (is_bool, "true or false", False),
     },
     "bench": {
-        "threads": (_list_of(_int(1)), "a list of integers >= 1", [1, 2]),
-        "xnnpack": (_list_of(_bool), "a list of true / false", [True]),
-        "runs": (_int(1), "an integer >= 1", 50),
-        "warmup": (_int(0), "an integer >= 0", 5),
+        "threads": (list_of(int_at_least(1)), "a list of integers >= 1", [1, 2]),
+        "xnnpack": (list_of(is_bool), "a list of true / false", [True]),
+        "runs": (int_at_least(1), "an integer >= 1", 50),
+        "warmup": (int_at_least(0), "an integer >= 0", 5),
     },
 }
 OPTIONAL_SECTIONS = ("prune", "quantize", "export", "bench", "distill")

