@@ -44,6 +44,14 @@ def student(seed: int, filters=(8, 16)) -> keras.Model:
     return cnn_student(filters=tuple(filters))
 
 
+def copy_of(model: keras.Model) -> keras.Model:
+    """A clone with the same weights, so rows that start from one model do not
+    train each other's weights."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Wall time of each epoch; `median()` skips the first (tracing)."""
 

@@ -43,6 +43,7 @@ import numpy as np
 
 import kd_keras
 from benchmarks import common
+from benchmarks.common import copy_of
 from kd_keras import pruning
 from kd_keras.quantization import convert
 
@@ -53,12 +54,6 @@ TARGETS = [
     ("90 %", {"final": 0.9}),
     ("2:4", {"m_by_n": (2, 4)}),
 ]
-
-
-def copy_of(model):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
 
 
 def prune(dense, spec, steps_per_epoch, epochs, ramp, skip=()):

@@ -9,8 +9,10 @@ to the float .tflite measured in the same run.
 Rows: float TFLite, dynamic range, full-int8 PTQ, float16 PTQ; then the
 rows that train further (each --qat-epochs at lr 1e-4): the float model
 fine-tuned the same epochs (the fair reference for them), QAT (labels), QAT +
-distillation (kd_keras.Distiller on cached teacher logits, T = 2, alpha =
-0.5), clustering (16 clusters), pruned 80 % + QAT int8 (labels, and
+distillation (kd_keras.Distiller on cached teacher logits; --qat-temperature
+1 and --qat-alpha 0.2, chosen on a validation split by
+`benchmarks/tune_distillation.py --qat`; runs before session 5 used T = 2,
+alpha = 0.5), clustering (16 clusters), pruned 80 % + QAT int8 (labels, and
 distilled in both stages; --prune-epochs with kd_keras.pruning's default
 recipe), pruned 80 % + sparsity-preserving clustering + full-int8 PTQ (TFMOT's
 "collaborative optimization", continuing the distilled chain; one row per
@@ -37,6 +39,7 @@ import numpy as np
 
 import kd_keras
 from benchmarks import common
+from benchmarks.common import copy_of
 from kd_keras import pruning
 from kd_keras.models import cnn_student
 from kd_keras.quantization import (
@@ -91,12 +94,14 @@ def payload_bytes(model_bytes) -> bytes:
     return b"".join(bytes(b.data) for b in model.buffers if b.data is not None)
 
 
-def distilled_fit(student, x, y, logits, epochs, lr, callbacks=()):
+def distilled_fit(
+    student, x, y, logits, epochs, lr, callbacks=(), temperature=2.0, alpha=0.5
+):
     distiller = kd_keras.Distiller(
         student=student,
         teacher=None,
-        losses=[kd_keras.losses.SoftTargetKD(temperature=2.0)],
-        alpha=0.5,
+        losses=[kd_keras.losses.SoftTargetKD(temperature=temperature)],
+        alpha=alpha,
     )
     distiller.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"])
     distiller.fit(
@@ -108,12 +113,6 @@ def distilled_fit(student, x, y, logits, epochs, lr, callbacks=()):
         callbacks=list(callbacks),
     )
     return distiller.student
-
-
-def copy_of(model):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
 
 
 def prune_80(student, steps, epochs):
@@ -146,6 +145,10 @@ def main():
         "no tensor names); the batch-64 latency column is then not measured",
     )
     parser.add_argument("--teacher", help=".keras teacher (default: benchmarks/out cache)")
+    # Chosen for the QAT fine-tune on a validation split (benchmarks/tune_distillation.py
+    # --qat, RESULTS section 4); distillation while pruning keeps T = 2, alpha = 0.5.
+    parser.add_argument("--qat-temperature", type=float, default=1.0)
+    parser.add_argument("--qat-alpha", type=float, default=0.2)
     parser.add_argument("--calibration-batches", type=int, default=200)
     parser.add_argument("--latency-runs", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -224,15 +227,19 @@ def main():
     logits = teacher.predict(x, batch_size=512, verbose=0)
     teacher_note = (
         f"teacher {teacher.count_params() / 1e6:.2f} M params, "
-        f"{common.accuracy(teacher, xt, yt):.2%}, T=2, alpha=0.5"
+        f"{common.accuracy(teacher, xt, yt):.2%}"
     )
+    qat_kd_args = {"temperature": args.qat_temperature, "alpha": args.qat_alpha}
+    qat_kd_note = f"T={args.qat_temperature:g}, alpha={args.qat_alpha:g}"
     keras.utils.set_random_seed(args.seed)
-    qat_kd = distilled_fit(quantize_model(student), x, y, logits, args.qat_epochs, 1e-4)
+    qat_kd = distilled_fit(
+        quantize_model(student), x, y, logits, args.qat_epochs, 1e-4, **qat_kd_args
+    )
     record(
         "QAT int8 + distillation",
         convert(qat_kd, mode="qat", int8_io=True, **layout),
         "float+",
-        f"{tuned}; {teacher_note}",
+        f"{tuned}; {teacher_note}, {qat_kd_note}",
     )
 
     keras.utils.set_random_seed(args.seed)
@@ -254,21 +261,22 @@ def main():
     prune_note = f"+{args.prune_epochs} pruning + {args.qat_epochs} QAT epochs"
     # The same prune -> strip -> QAT chain, fine-tuned on labels or with the teacher.
     variants = [
-        ("", lambda m, epochs, lr, **kw: compile_fit(m, x, y, epochs, lr, **kw), None),
+        ("", lambda m, epochs, lr, **kw: compile_fit(m, x, y, epochs, lr, **kw), None, {}),
         (
             ", distilled",
             lambda m, epochs, lr, **kw: distilled_fit(m, x, y, logits, epochs, lr, **kw),
-            "both with the teacher",
+            f"both with the teacher (pruning T=2, alpha=0.5; QAT {qat_kd_note})",
+            qat_kd_args,
         ),
     ]
     stripped_by_variant = {}
-    for suffix, fit, note in variants:
+    for suffix, fit, note, qat_kw in variants:
         keras.utils.set_random_seed(args.seed)
         to_prune, prune_lr = prune_80(student, steps, args.prune_epochs)
         pruned = fit(to_prune, args.prune_epochs, prune_lr, callbacks=[pruning.UpdatePruningStep()])
         stripped = pruning.strip_pruning(pruned)
         stripped_by_variant[suffix] = stripped
-        pruned_qat = fit(quantize_model(stripped), args.qat_epochs, 1e-4)
+        pruned_qat = fit(quantize_model(stripped), args.qat_epochs, 1e-4, **qat_kw)
         record(
             f"pruned 80 % + QAT int8{suffix}",
             convert(pruned_qat, mode="qat", int8_io=True, **layout),
@@ -277,7 +285,7 @@ def main():
         )
     # Prune -> cluster -> int8 continues the distilled chain, the teacher in
     # every training stage.
-    _, distilled_fit_in, _ = variants[1]
+    _, distilled_fit_in, _, _ = variants[1]
     for clusters in args.pcq_clusters:
         # conv1 keeps 14 of its 72 weights at 80 %: fewer than the centroids.
         keras.utils.set_random_seed(args.seed)

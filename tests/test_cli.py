@@ -32,6 +32,22 @@ def test_demo_defaults_come_from_the_demo_module():
     assert args.overwrite is False
 
 
+def test_qat_distills_with_its_tuned_soft_target_defaults():
+    from kd_keras.pipeline import steps
+
+    parser = cli.build_parser()
+    quantize = parser.parse_args(["quantize", "m.keras", "--data", "digits", "--out", "q.tflite"])
+    assert (quantize.temperature, quantize.alpha) == (
+        steps.DEFAULT_QAT_TEMPERATURE,
+        steps.DEFAULT_QAT_ALPHA,
+    )
+    distill = parser.parse_args(
+        ["distill", "--teacher", "t.keras", "--student", "s.keras", "--data", "digits",
+         "--out", "d.keras"]
+    )  # fmt: skip
+    assert (distill.temperature, distill.alpha) == (steps.DEFAULT_TEMPERATURE, steps.DEFAULT_ALPHA)
+
+
 def test_demo_options_parse():
     args = cli.build_parser().parse_args(
         "demo --epochs 3 --teacher-epochs 4 --seed 7 --temperature 2.5 --alpha 0.5 "

@@ -39,6 +39,33 @@ def test_defaults_fill_in():
     assert m_by_n["final_sparsity"] is None and m_by_n["m_by_n"] == "2:4"
 
 
+def test_each_stage_distills_with_its_own_or_the_distill_settings():
+    from kd_keras.pipeline.stages import Pipeline
+    from kd_keras.pipeline.steps import DEFAULT_QAT_ALPHA, DEFAULT_QAT_TEMPERATURE
+
+    config = validate_config(
+        _with(
+            distill={"temperature": 3.0, "alpha": 0.4},
+            prune={"distill": True, "alpha": 0.7},
+            quantize={"method": "qat", "distill": True},
+        )
+    )
+    pipeline = Pipeline(config)
+    teacher = keras.Sequential()  # any object: only passed through
+    picked = {
+        stage: pipeline._fit_args(config[stage], teacher=teacher)
+        for stage in ("distill", "prune", "quantize")
+    }
+    assert (picked["distill"]["temperature"], picked["distill"]["alpha"]) == (3.0, 0.4)
+    # prune sets alpha and inherits the temperature from distill
+    assert (picked["prune"]["temperature"], picked["prune"]["alpha"]) == (3.0, 0.7)
+    assert (picked["quantize"]["temperature"], picked["quantize"]["alpha"]) == (
+        DEFAULT_QAT_TEMPERATURE,
+        DEFAULT_QAT_ALPHA,
+    )
+    assert "temperature" not in pipeline._fit_args(config["prune"], teacher=None)
+
+
 def test_every_schema_key_is_documented():
     from kd_keras.pipeline import config
 
@@ -98,6 +125,15 @@ def test_examples_validate():
             r"add tflite to 'export.formats'",
         ),
         (_with(quantize={"epoch": 2}), r"unknown key 'quantize.epoch'; did you mean"),
+        (
+            _with(prune={"temperature": 4.0}),
+            r"'prune.temperature' applies when prune.distill is true",
+        ),
+        (
+            _with(quantize={"method": "qat", "alpha": 0.3}),
+            r"'quantize.alpha' applies when quantize.distill is true",
+        ),
+        (_with(quantize={"temperature": 0}), r"'quantize.temperature' must be a number > 0"),
         (_with(task="audio"), r"'task' must be image"),
     ],
 )

@@ -71,7 +71,14 @@ def _output_file(path: str, suffix: str, overwrite: bool) -> Path:
     return out
 
 
-def _add_training_args(parser, epochs: int, learning_rate: float, what: str) -> None:
+def _add_training_args(
+    parser,
+    epochs: int,
+    learning_rate: float,
+    what: str,
+    temperature: float = steps.DEFAULT_TEMPERATURE,
+    alpha: float = steps.DEFAULT_ALPHA,
+) -> None:
     parser.add_argument("--data", required=True, help=f"training and evaluation data: {DATA_HELP}")
     parser.add_argument(
         "--epochs", type=_positive_int, default=epochs, help=f"{what} (default: %(default)s)"
@@ -86,13 +93,13 @@ def _add_training_args(parser, epochs: int, learning_rate: float, what: str) -> 
     parser.add_argument(
         "--temperature",
         type=_positive_float,
-        default=steps.DEFAULT_TEMPERATURE,
+        default=temperature,
         help="soft-target temperature when distilling (default: %(default)s)",
     )
     parser.add_argument(
         "--alpha",
         type=_unit_float,
-        default=steps.DEFAULT_ALPHA,
+        default=alpha,
         help="label weight when distilling; 1 - alpha weights the teacher (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="split and weight seed")
@@ -164,7 +171,14 @@ def _add_step_commands(subparsers) -> None:
     )
     quantize.add_argument("--out", required=True, help=".tflite file to write")
     _add_layout_args(quantize)
-    _add_training_args(quantize, 2, 1e-4, "QAT epochs")
+    _add_training_args(
+        quantize,
+        2,
+        1e-4,
+        "QAT epochs",
+        temperature=steps.DEFAULT_QAT_TEMPERATURE,
+        alpha=steps.DEFAULT_QAT_ALPHA,
+    )
     quantize.set_defaults(func=_step(_quantize))
 
 

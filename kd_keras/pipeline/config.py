@@ -36,7 +36,9 @@ prune:
   enabled: true
   final_sparsity: 0.5    # unstructured magnitude pruning, or
   m_by_n: null           # "2:4": structured, exclusive with final_sparsity
-  distill: false         # fine-tune from the teacher (distill.temperature / alpha)
+  distill: false         # fine-tune from the teacher
+  temperature: null      # with distill: soft-target T (default: distill.temperature)
+  alpha: null            # with distill: label weight (default: distill.alpha)
   epochs: 2
   batch_size: 64
   learning_rate: 0.001
@@ -50,6 +52,8 @@ quantize:
   batch_size: 64         # qat
   learning_rate: 0.0001  # qat
   distill: false         # qat inside the Distiller with the teacher
+  temperature: 1.0       # with distill (tuned for the short QAT fine-tune)
+  alpha: 0.2             # with distill: label weight, 1 - alpha weights the teacher
 export:
   formats: [tflite]      # tflite / onnx
   batch_size: 1          # optional: a fixed batch in the .tflite files (static shapes)
@@ -79,6 +83,8 @@ from kd_keras.pipeline.steps import (
     BUILDERS,
     DATASETS,
     DEFAULT_ALPHA,
+    DEFAULT_QAT_ALPHA,
+    DEFAULT_QAT_TEMPERATURE,
     DEFAULT_TEMPERATURE,
     PTQ_MODES,
     parse_m_by_n,
@@ -168,6 +174,12 @@ SCHEMA: dict[str, Any] = {
         ),
         "m_by_n": (_m_by_n, "'M:N' with 1 <= M < N, e.g. '2:4'", None),
         "distill": (is_bool, "true or false", False),
+        "temperature": (
+            number_in(0, open_low=True),
+            "a number > 0 (default: distill.temperature)",
+            None,
+        ),
+        "alpha": (number_in(0, 1), "a number in [0, 1] (default: distill.alpha)", None),
         "epochs": (int_at_least(1), "an integer >= 1", 2),
         "batch_size": (int_at_least(1), "an integer >= 1", 64),
         "learning_rate": (number_in(0, open_low=True), "a number > 0", 1e-3),
@@ -194,6 +206,8 @@ SCHEMA: dict[str, Any] = {
         "batch_size": (int_at_least(1), "an integer >= 1", 64),
         "learning_rate": (number_in(0, open_low=True), "a number > 0", 1e-4),
         "distill": (is_bool, "true or false", False),
+        "temperature": (number_in(0, open_low=True), "a number > 0", DEFAULT_QAT_TEMPERATURE),
+        "alpha": (number_in(0, 1), "a number in [0, 1]", DEFAULT_QAT_ALPHA),
     },
     "export": {
         "formats": (list_of(one_of(("tflite", "onnx"))), "a list of tflite / onnx", ["tflite"]),
@@ -250,6 +264,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections.")
     config = validate_section(raw, SCHEMA, prefix="", source=source)
+    _check_soft_targets(raw, config, source)
     _check_models(config, source)
     _check_data(config["data"], source)
     _check_prune(config["prune"], source)
@@ -303,6 +318,18 @@ def _check_data(spec, source):
             f"{source}: 'data.path' is not read by data.name: tfds; use 'data.data_dir' "
             "(and 'data.manual_dir' for source files)."
         )
+
+
+def _check_soft_targets(raw, config, source):
+    """A temperature / alpha written for a stage that does not distill would be
+    read by nothing: say so rather than train without it."""
+    for stage in ("prune", "quantize"):
+        given = [k for k in ("temperature", "alpha") if (raw.get(stage) or {}).get(k) is not None]
+        if given and not config[stage]["distill"]:
+            raise ConfigError(
+                f"{source}: '{stage}.{given[0]}' applies when {stage}.distill is true; "
+                f"set {stage}.distill: true, or remove it."
+            )
 
 
 def _check_prune(spec, source):

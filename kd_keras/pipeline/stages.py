@@ -367,8 +367,10 @@ class Pipeline:
             "teacher": teacher,
         }
         if teacher is not None:
-            distill = self.config["distill"]
-            args.update(temperature=distill["temperature"], alpha=distill["alpha"])
+            # A stage's own settings, else the distill section's.
+            for key in ("temperature", "alpha"):
+                value = spec.get(key)
+                args[key] = self.config["distill"][key] if value is None else value
         return args
 
     def _train(self, model, spec, stage, teacher=None):

@@ -43,6 +43,11 @@ PTQ_MODES = ("dynamic", "int8", "float16")
 # 0.1 came out below training without a teacher there.
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
+# QAT fine-tunes a trained student for a few epochs at a low rate; there T = 1
+# beat T = 2 (which only tied training on labels) on the same kind of split
+# (benchmarks/tune_distillation.py --qat, RESULTS.md section 4).
+DEFAULT_QAT_TEMPERATURE = 1.0
+DEFAULT_QAT_ALPHA = 0.2
 
 
 def verbosity() -> int:
