@@ -357,6 +357,39 @@ def test_pruned_weights_exactly_zero_after_adam_and_strip():
     np.testing.assert_array_equal(np_(stripped.get_layer("hidden").kernel.value), before)
 
 
+def test_pruning_under_mixed_precision_masks_the_float32_kernel():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        pruned = pruning.prune_low_magnitude(
+            mlp(), pruning_schedule=pruning.ConstantSparsity(0.5, 0, frequency=1)
+        )
+        x, y = data()
+        fit(pruned, x, y, epochs=2, lr=0.05)
+        for name, (kernel, mask) in _kernel_rows(pruned).items():
+            assert kernel.dtype == np.float32 and (kernel[mask == 0] == 0).all(), name
+            assert np.mean(mask == 0) == 0.5, name  # even sizes: exactly half
+        stripped = pruning.strip_pruning(pruned)
+        assert np.mean(np_(stripped.get_layer("hidden").kernel.value) == 0) >= 0.5
+        # Magnitudes that bfloat16 rounds to one value are still ranked in float32.
+        inputs = keras.Input((2,))
+        dense = keras.layers.Dense(2, use_bias=False, name="d")
+        model = keras.Model(inputs, dense(inputs))
+        kernel = np.array([[1.0, -1.001], [1.002, -1.003]], "float32")
+        dense.kernel.assign(kernel)
+        pruned = pruning.prune_low_magnitude(
+            model, pruning_schedule=pruning.ConstantSparsity(0.5, 0, frequency=1)
+        )
+        fit(pruned, *data(4, features=2, classes=2), batch_size=4, lr=0.0)
+        ((_, mask),) = _kernel_rows(pruned).values()
+        np.testing.assert_array_equal(mask, np.abs(kernel) >= 1.002)
+        # ... while the wrapped layer still computes in the policy's bfloat16.
+        out = wrappers(pruned)[0](np.ones((1, 2), "float32"))
+        assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def test_forward_pass_uses_masked_weights_between_epochs():
     layer = pruning.prune_low_magnitude(
         keras.layers.Dense(4), pruning_schedule=pruning.ConstantSparsity(0.5, 0, frequency=1)

@@ -226,6 +226,37 @@ def test_qat_trains_a_few_steps_and_updates_ranges():
     assert ranges["output_min"] == 0.0 < ranges["output_max"]  # fused ReLU
 
 
+def test_qat_under_mixed_precision_quantizes_in_float32():
+    x, y = tiny.images(32)
+    keras.utils.set_random_seed(0)
+    reference = quantize_model(_student_with_bn_stats())
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        with pytest.warns(UserWarning, match="computes in float32"):
+            qat = quantize_model(_student_with_bn_stats())
+        assert {layer.compute_dtype for layer in qat._flatten_layers()} == {"float32"}
+        # The same function as the QAT copy of the float32 model, to float32 precision.
+        reference(x, training=True)
+        qat(x, training=True)  # the same activation ranges from the same batch
+        np.testing.assert_allclose(to_np(qat(x)), to_np(reference(x)), atol=ATOL)
+        qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = qat.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        logits = qat.get_layer("logits")
+        ranges = {w.name: w for w in logits.non_trainable_weights}
+        assert {w.dtype for w in ranges.values()} == {"float32"}
+        assert float(to_np(ranges["output_min"])) < float(to_np(ranges["output_max"]))
+        # The int8 grid is computed from the float32 kernel, not a bfloat16 copy.
+        kernel = to_np(logits.layer.kernel)
+        m = np.abs(kernel).max()
+        want = np_fake_quant(kernel, -m, m, narrow_range=True)
+        np.testing.assert_allclose(to_np(logits.quantized_kernel()), want, atol=1e-6)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def test_pruning_zeros_stay_zero_through_qat():
     model = _student_with_bn_stats()
     rng = np.random.default_rng(4)

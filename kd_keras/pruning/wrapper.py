@@ -176,6 +176,15 @@ class PruneLowMagnitude(layers.Wrapper):
             if block_size != (1, 1):
                 raise ValueError("Use either block_size or sparsity_m_by_n, not both.")
         kwargs.setdefault("name", f"{_snake(type(self).__name__)}_{layer.name}")
+        # Under a mixed policy the wrapper must see its variables in float32:
+        # masks are ranked on the float32 kernel (bfloat16 would tie
+        # magnitudes), and on torch an assign inside an autocast scope writes
+        # to a cast copy and is lost. autocast=False clears an enclosing
+        # scope; a float32 policy keeps the wrapper from opening one itself
+        # (Keras does, for mixed layers called outside any scope, as in JAX's
+        # stateless training step). The wrapped layer keeps its own policy.
+        kwargs["autocast"] = False
+        kwargs["dtype"] = "float32"
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule
         self.block_size = block_size

@@ -35,6 +35,7 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -654,7 +655,25 @@ def quantize_model(
         return outputs
 
     new_model, _ = _rewrite(model, plan, make_layer, call_layer)
-    return new_model
+    return _in_float32(new_model)
+
+
+def _in_float32(model: keras.Model) -> keras.Model:
+    """A mixed precision QAT copy is switched to float32 compute: bfloat16 and
+    float16 cannot hold every int8 grid value times its scale, so pooling or
+    a matmul in them would step off the grid the int8 file computes on."""
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    mixed = [layer for layer in layers if layer.compute_dtype != layer.variable_dtype]
+    if mixed:
+        warnings.warn(
+            f"quantize_model: {len(mixed)} layers use a mixed precision policy "
+            f"({mixed[0].dtype_policy.name}); the QAT copy computes in float32 so that its "
+            "fake quantization matches the int8 model exactly.",
+            stacklevel=3,
+        )
+        for layer in mixed:
+            layer.dtype_policy = "float32"
+    return model
 
 
 def is_quantized(model: keras.Model) -> bool:
