@@ -401,6 +401,32 @@ def test_cluster_weights_trains_and_strip_leaves_k_values(tmp_path):
         assert len(np.unique(to_np(layer.kernel))) == 4, name
 
 
+def test_clustering_under_mixed_precision_assigns_in_float32():
+    x, y = tiny.images(32)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        clustered = cluster_weights(
+            _student_with_bn_stats(), 4, cluster_centroids_init=CentroidInitialization.LINEAR
+        )
+        clustered.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        clustered.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        wrapper = clustered.get_layer("logits")
+        assert wrapper.compute_dtype == "float32" and wrapper.layer.compute_dtype == "bfloat16"
+        kernel, centroids = to_np(wrapper.layer.kernel), to_np(wrapper.cluster_centroids)
+        nearest = centroids[np.argmin(np.abs(kernel[..., None] - centroids), axis=-1)]
+        np.testing.assert_array_equal(to_np(wrapper.clustered_kernel(False)), nearest)
+        # The clustered model and its stripped copy compute the same function.
+        final = strip_clustering(clustered)
+        assert final.get_layer("logits").compute_dtype == "bfloat16"
+        np.testing.assert_array_equal(to_np(final.get_layer("logits").kernel), nearest)
+        np.testing.assert_allclose(
+            to_np(final.predict(x, verbose=0)), to_np(clustered.predict(x, verbose=0)), atol=0.1
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _pruned_copy(model, sparsity=0.75, seed=0):
     """`model` with the smallest `sparsity` of every kernel set to zero."""
     for layer in model.layers:

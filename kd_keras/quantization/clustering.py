@@ -139,6 +139,13 @@ class ClusterWeights(keras.layers.Wrapper):
         preserve_sparsity: bool = False,
         **kwargs,
     ):
+        # Under a mixed policy, weights are assigned to their nearest centroid
+        # in float32: in bfloat16 both would be rounded first, and the stripped
+        # float32 kernel would not be the one trained with. So the clustered
+        # layer computes in float32 (inputs cast in `call`); the wrapped
+        # layer's own policy comes back with `strip_clustering`.
+        kwargs["autocast"] = False
+        kwargs["dtype"] = "float32"
         super().__init__(layer, **kwargs)
         if not _kernels.is_kernel_layer(layer):
             raise ValueError(
@@ -221,6 +228,7 @@ class ClusterWeights(keras.layers.Wrapper):
         return clustered + (passthrough if mask is None else passthrough * mask)
 
     def call(self, inputs):
+        inputs = ops.cast(inputs, self.compute_dtype)
         outputs = _kernels.kernel_call(self.layer, inputs, self.clustered_kernel())
         return self.layer.activation(outputs)
 
