@@ -67,9 +67,33 @@ def test_qat_converts_to_fully_int8_and_agrees_with_keras(trained, digits):
         assert op["outputs"] == ["int8"], op
     assert "float32" not in set(tflite_tensor_types(model_bytes).values())
     assert all(op["op"] not in ("QUANTIZE", "DEQUANTIZE") for op in tflite_ops(model_bytes))
-    keras_logits = keras.ops.convert_to_numpy(qat.predict(xt, verbose=0))
-    lite_logits = tflite_predict(model_bytes, xt)
-    agreement = np.mean(keras_logits.argmax(1) == lite_logits.argmax(1))
+    agreement = top1_agreement(qat, model_bytes, xt)
+    assert agreement >= 0.99, agreement
+
+
+def top1_agreement(model, model_bytes, x):
+    keras_logits = keras.ops.convert_to_numpy(model.predict(x, verbose=0))
+    return np.mean(keras_logits.argmax(1) == tflite_predict(model_bytes, x).argmax(1))
+
+
+def test_mixed_precision_student_converts_to_a_fully_int8_tflite(digits):
+    x, y, xt, _ = digits
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        student = cnn_student(input_shape=(8, 8, 1))
+        student.compile(keras.optimizers.Adam(3e-3), LOSS)
+        student.fit(x, y, epochs=2, batch_size=32, verbose=0)
+        with pytest.warns(UserWarning, match="computes in float32"):
+            qat = quantize_model(student)
+        qat.compile(keras.optimizers.Adam(1e-3), LOSS)
+        qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        model_bytes = convert(qat, mode="qat", int8_io=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert set(tflite_tensor_types(model_bytes).values()) <= {"int8", "int32"}
+    agreement = top1_agreement(qat, model_bytes, xt)
     assert agreement >= 0.99, agreement
 
 
@@ -253,10 +277,7 @@ def test_branching_graph_converts_fully_int8():
     for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION", "AVERAGE_POOL_2D"):
         assert op in names
     assert "float32" not in set(tflite_tensor_types(model_bytes).values())
-    agreement = np.mean(
-        qat.predict(x, verbose=0).argmax(1) == tflite_predict(model_bytes, x).argmax(1)
-    )
-    assert agreement >= 0.95
+    assert top1_agreement(qat, model_bytes, x) >= 0.95
 
 
 def test_skipped_layer_runs_in_float_between_int8_ops():
