@@ -1,5 +1,6 @@
 """Distribution: tf.distribute.MirroredStrategy on 2 logical CPUs and
-keras.distribution.DataParallel on 2 JAX host devices. Each runs in a fresh
+keras.distribution.DataParallel on 2 JAX host devices, for the Distiller and
+for pruning / QAT (whose steps assign variables). Each runs in a fresh
 interpreter, since device counts are fixed when the framework starts."""
 
 import os
@@ -19,7 +20,37 @@ x = rng.normal(size=(64, 6)).astype("float32"); y = rng.integers(0, 4, 64).astyp
 def mlp(units, name):
     i = keras.Input((6,)); h = keras.layers.Dense(units, activation="relu")(i)
     return keras.Model(i, keras.layers.Dense(4)(h), name=name)
+
+def compress(scope):  # scope: a context manager factory
+    # Pruning masks and QAT ranges are variables assigned inside the step.
+    from kd_keras import pruning
+    from kd_keras.models import cnn_student
+    from kd_keras.quantization import quantize_model
+    xi = rng.random((64, 8, 8, 1)).astype("float32"); yi = rng.integers(0, 4, 64)
+    schedule = pruning.ConstantSparsity(0.5, 0, frequency=1)
+    for name, wrap in (("prune", lambda m: pruning.prune_low_magnitude(m, schedule)),
+                       ("qat", quantize_model)):
+        with scope():
+            m = wrap(cnn_student(input_shape=(8, 8, 1), num_classes=4))
+            m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        m.fit(xi, yi, epochs=1, batch_size=16, verbose=0,
+              callbacks=[pruning.UpdatePruningStep()] if name == "prune" else [])
+        if name == "prune":
+            wrappers = [l for l in m._flatten_layers() if isinstance(l, pruning.PruneLowMagnitude)]
+            masks = [w.masks[0] for w in wrappers]
+            print("ZEROS", *[float((keras.ops.convert_to_numpy(v) == 0).mean()) for v in masks])
+        else:
+            ranges = {v.name: v for v in m.get_layer("conv2").non_trainable_weights}
+            print("RANGE", *[float(keras.ops.convert_to_numpy(ranges[k])) for k in
+                             ("output_initialized", "output_min", "output_max")])
 """
+
+
+def check_compression(out: str) -> None:
+    zeros = [float(v) for v in out.split("ZEROS")[1].splitlines()[0].split()]
+    assert len(zeros) == 3 and all(z == 0.5 for z in zeros), zeros
+    initialized, low, high = map(float, out.split("RANGE")[1].splitlines()[0].split())
+    assert initialized == 1.0 and low == 0.0 < high  # fused ReLU: range [0, max]
 
 
 def run(code: str, backend: str, env_extra: dict) -> str:
@@ -62,12 +93,14 @@ def test_mirrored_strategy_on_two_logical_cpus():
         single = float(d.compute_loss(x, y, d(x), training=False))
         h = d.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
         print("LOSS", h.history["loss"][0], single)
+        compress(strategy.scope)
         """,
         "tensorflow",
         {},
     )
-    fitted, single = map(float, out.split("LOSS")[1].split())
+    fitted, single = map(float, out.split("LOSS")[1].split()[:2])
     assert abs(fitted - single) < 1e-4 * max(1.0, abs(single))
+    check_compression(out)
 
 
 @pytest.mark.skipif(not has("jax"), reason="needs JAX")
@@ -83,9 +116,12 @@ def test_jax_data_parallel_on_two_host_devices():
         single = float(d.compute_loss(x, y, d(x), training=False))
         h = d.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
         print("LOSS", h.history["loss"][0], single)
+        import contextlib
+        compress(contextlib.nullcontext)
         """,
         "jax",
         {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
     )
-    fitted, single = map(float, out.split("LOSS")[1].split())
+    fitted, single = map(float, out.split("LOSS")[1].split()[:2])
     assert abs(fitted - single) < 1e-4 * max(1.0, abs(single))
+    check_compression(out)
