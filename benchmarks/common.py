@@ -78,27 +78,21 @@ def mean_spread(values) -> str:
     return f"{values.mean():.2f} ± {values.std():.2f}"
 
 
-def latency_ms(model_bytes: bytes, sample, warmup: int = 50, runs: int = 500) -> float:
+def latency_ms(model_bytes: bytes, sample=None, warmup: int = 50, runs: int = 500) -> float:
     """Median time of one `invoke()` of a `.tflite` on `sample` (float; quantized
-    for an int8 input), 1 thread, default XNNPACK delegate, in milliseconds.
-    Setting the input is outside the timed region."""
-    from kd_keras.export.runtime import litert_interpreter
+    for an int8 input; default: zeros of the file's input shape), 1 thread,
+    default XNNPACK delegate, in milliseconds. Setting the input is outside the
+    timed region."""
+    from kd_keras.export.runtime import TFLiteRunner
 
-    interpreter = litert_interpreter(model_bytes, threads=1)
-    inp = interpreter.get_input_details()[0]
-    x = sample
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        x = np.clip(np.round(sample / scale + zero), -128, 127)
-    x = x.astype(inp["dtype"])
-    if tuple(inp["shape"]) != x.shape:
-        interpreter.resize_tensor_input(inp["index"], x.shape)
-        interpreter.allocate_tensors()
+    runner = TFLiteRunner(model_bytes, threads=1)
+    if sample is None:
+        sample = np.zeros(runner.interpreter.get_input_details()[0]["shape"], "float32")
     times = []
     for i in range(warmup + runs):
-        interpreter.set_tensor(inp["index"], x)
+        runner.set_input(sample)
         start = time.perf_counter()
-        interpreter.invoke()
+        runner.interpreter.invoke()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))

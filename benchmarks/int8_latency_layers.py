@@ -110,13 +110,6 @@ def load_files(folder: Path) -> tuple[dict, bytes, int, list]:
     return files, floor, manifest["params"], manifest["filters"]
 
 
-def input_zeros(model_bytes: bytes) -> np.ndarray:
-    from kd_keras.export.runtime import litert_interpreter
-
-    shape = litert_interpreter(model_bytes).get_input_details()[0]["shape"]
-    return np.zeros(shape, "float32")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--filters", type=int, nargs=2, default=[8, 16])
@@ -139,8 +132,7 @@ def main(argv=None):
             save_files(args.save, files, floor, params, filters)
 
     def invoke_us(model_bytes):
-        sample = input_zeros(model_bytes)
-        return 1000 * common.latency_ms(model_bytes, sample, warmup=100, runs=args.runs)
+        return 1000 * common.latency_ms(model_bytes, warmup=100, runs=args.runs)
 
     rounds = {}
     for _ in range(args.repeats):

@@ -105,13 +105,20 @@ class TFLiteRunner(Runner):
                 pad = np.zeros((fixed - len(chunk), *x.shape[1:]), x.dtype)
                 chunks.append(self(np.concatenate([chunk, pad]))[: len(chunk)])
             return np.concatenate(chunks)
+        self.set_input(x)
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
+
+    def set_input(self, x: np.ndarray) -> None:
+        """Everything a call does before `invoke()`: resize the input to `x`'s
+        shape if needed, quantize a float `x` for an integer input, set it.
+        Timing code calls this outside the timed `self.interpreter.invoke()`."""
+        x = np.asarray(x)
         if tuple(x.shape) != self._shape:
             self.interpreter.resize_tensor_input(self._input["index"], list(x.shape))
             self.interpreter.allocate_tensors()
             self._shape = tuple(x.shape)
         self.interpreter.set_tensor(self._input["index"], self._quantize(x))
-        self.interpreter.invoke()
-        return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
 
     def _quantize(self, x):
         dtype = self._input["dtype"]
