@@ -11,7 +11,8 @@ EXTRAS = {
     "tfmot": ["tensorflow-model-optimization>=0.8", "tf_keras>=2.16"],
     "data": ["tensorflow-datasets", "importlib_resources", "scikit-learn", "matplotlib"],
     "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
-    "test": ["pytest", "ruff"],
+    # import-linter: `lint-imports` checks which way the package imports run.
+    "test": ["pytest", "ruff", "import-linter"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

@@ -13,17 +13,10 @@ distiller.fit(x_train, y_train, epochs=10)
 
 import os
 
-# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) buries the
-# progress bars on CPU machines; a user's own setting wins.
+# TensorFlow's C++ chatter (CUDA probing, CPU-feature notices) buries the
+# progress bars on CPU machines; set before Keras can import TensorFlow, and a
+# user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from kd_keras import bench, callbacks, export, losses, pruning, quantization, schedules
-from kd_keras.callbacks import DistillationScheduler, NaNGuard
-from kd_keras.distiller import Distiller
-from kd_keras.features import record_outputs, resolve_layer
-from kd_keras.mutual import MutualDistiller
-from kd_keras.self_distillation import TeacherSnapshot, self_distillation
-from kd_keras.teacher_cache import cache_teacher_outputs, random_ops_in_dataset
 
 __version__ = "0.1.0"
 __all__ = [
@@ -45,3 +38,40 @@ __all__ = [
     "schedules",
     "self_distillation",
 ]
+
+# `import kd_keras` stays light (no Keras, no TensorFlow) so that the
+# `kd-keras` command answers `--help` at once; the first use of a public name
+# loads the whole API below, which also registers every kd_keras Keras class
+# for `keras.saving.load_model`.
+_loading = False
+
+
+def _load_public_api() -> None:
+    global _loading, bench, callbacks, export, losses, pruning, quantization, schedules
+    global DistillationScheduler, NaNGuard, Distiller, record_outputs, resolve_layer
+    global MutualDistiller, TeacherSnapshot, self_distillation
+    global cache_teacher_outputs, random_ops_in_dataset
+    _loading = True
+    try:
+        from kd_keras import bench, callbacks, export, losses, pruning, quantization, schedules
+        from kd_keras.callbacks import DistillationScheduler, NaNGuard
+        from kd_keras.distiller import Distiller
+        from kd_keras.features import record_outputs, resolve_layer
+        from kd_keras.mutual import MutualDistiller
+        from kd_keras.self_distillation import TeacherSnapshot, self_distillation
+        from kd_keras.teacher_cache import cache_teacher_outputs, random_ops_in_dataset
+    finally:
+        _loading = False
+
+
+def __getattr__(name: str):
+    # While loading, `from kd_keras import bench` must fall through to the
+    # import system (an AttributeError here) instead of loading again.
+    if name in __all__ and not _loading:
+        _load_public_api()
+        return globals()[name]
+    raise AttributeError(f"module 'kd_keras' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

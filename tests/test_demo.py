@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kd_keras import cli, demo
+from kd_keras.cli import commands
 from kd_keras.data import load_digits
 from kd_keras.models import cnn_student, cnn_teacher
 
@@ -111,7 +112,7 @@ def test_out_must_be_a_folder(tmp_path):
 
 def test_cli_parses_demo_arguments_into_a_runnable_call():
     args = cli.build_parser().parse_args(["demo", "--epochs", "2", "--seed", "3"])
-    assert args.func is cli._run_demo
+    assert commands.COMMANDS[args.command] is commands.run_demo
     assert (args.epochs, args.seed) == (2, 3)
 
 

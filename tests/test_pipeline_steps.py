@@ -295,7 +295,9 @@ def test_data_argument_forms(tmp_path, capsys):
     }
     with pytest.raises(ValueError, match="no such .npz file"):
         steps.data_spec(str(tmp_path / "missing.npz"))
-    assert cli.main(["bench", "model.tflite", "--data", "cifar"]) == 2
+    # An existing artifact: the command line checks its files first.
+    (tmp_path / "model.tflite").write_bytes(b"")
+    assert cli.main(["bench", str(tmp_path / "model.tflite"), "--data", "cifar"]) == 2
     assert "kd-keras bench: --data 'cifar' is not digits" in capsys.readouterr().err
 
 
