@@ -453,6 +453,11 @@ def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
     if reference:  # this TensorFlow build announces itself on import
         assert reference.splitlines()[0] in verbose.stderr
         assert len(verbose.stderr.strip().splitlines()) > 1
+        # Each line TensorFlow printed is one the quiet filter recognises.
+        from kd_keras.cli.main import _NATIVE_NOISE
+
+        for line in reference.splitlines():
+            assert _NATIVE_NOISE.match(line.encode()), line
 
 
 def test_bench_out_never_mixes_old_and_new_report_files(tmp_path, capsys):
@@ -473,3 +478,22 @@ def test_bench_out_never_mixes_old_and_new_report_files(tmp_path, capsys):
     assert cli.main([*argv, "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
     assert json.loads((out / "report.json").read_text())["artifacts"][0]["name"] == "m.keras"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None
+    or __import__("keras").backend.backend() != "tensorflow",
+    reason="TFLite conversion needs the TensorFlow backend",
+)
+def test_export_float_tflite_with_data_for_parity(tmp_path, capsys):
+    """`--data` without `--quantization` gives parity inputs only (no
+    calibration set for a float model, which the converter refuses)."""
+    import keras
+
+    layers = [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    keras.Sequential(layers).save(tmp_path / "m.keras")
+    out = tmp_path / "m.tflite"
+    argv = ["export", str(tmp_path / "m.keras"), "--data", "digits", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "[PASS] tflite parity" in capsys.readouterr().out
+    assert out.exists() and out.with_name("m.tflite.parity.json").exists()

@@ -157,7 +157,8 @@ def export_model(args: argparse.Namespace) -> int:
                 model,
                 args.out,
                 quantization=args.quantization,
-                representative_data=x_train[:256] if x_train is not None else None,
+                # Calibration is for int8 only; the other modes refuse it.
+                representative_data=x_train[:256] if args.quantization == "int8" else None,
                 min_top1_agreement=args.min_top1,
                 **common,
                 **_layout(args),

@@ -27,8 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 
 import kd_keras
@@ -78,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         cli_args.check_files(args)
-        with _framework_logs(args.verbose):
+        with _native_logs(args.verbose):
             from kd_keras.cli import commands  # Keras and its backend load here
-        code = commands.COMMANDS[args.command](args)
+
+            code = commands.COMMANDS[args.command](args)
     except UsageError as err:
         print(f"kd-keras {args.command}: {err}", file=sys.stderr)
         return 2
@@ -90,37 +92,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if code is None else int(code)
 
 
-@contextlib.contextmanager
-def _framework_logs(verbose: bool) -> Iterator[None]:
-    """TensorFlow's C++ log level for this process, and (unless `verbose`) its
-    start-up lines kept off the terminal.
+# What TensorFlow, absl and LiteRT print from C++ straight to file descriptor
+# 2, which no Python logging setting reaches: absl's "I0000 00:00:17.5  12
+# port.cc:153]" prefix and TensorFlow's older dated one, absl's pre-init notice,
+# the CPU-feature notice's second line, LiteRT's delegate notices and the
+# TFLite calibrator's summary line.
+_NATIVE_NOISE = re.compile(
+    rb"(?:[IWE]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w./-]+:\d+\]"
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+: [IWE] [\w./-]+:\d+\]"
+    rb"|WARNING: All log messages before absl::InitializeLog"
+    rb"|To enable the following instructions: "
+    rb"|INFO: (?:Created|Initialized|Replacing) TensorFlow Lite"
+    rb"|fully_quantize: \d)"
+)
 
-    `TF_CPP_MIN_LOG_LEVEL` must be set before TensorFlow is imported. The
-    oneDNN / CUDA-stub lines are written while TensorFlow's shared libraries
-    load, before its logging reads that variable, so file descriptor 2 is sent
-    to a temporary file during the import; if the import fails, what was
-    captured is written back, so the failure still explains itself.
+
+@contextlib.contextmanager
+def _native_logs(verbose: bool) -> Iterator[None]:
+    """TensorFlow's C++ log lines shown with `verbose`, else filtered out.
+
+    `TF_CPP_MIN_LOG_LEVEL` must be set before TensorFlow is imported, but the
+    oneDNN / CUDA-stub lines are written while its shared libraries load,
+    before its logging reads that variable, and LiteRT prints its own. So,
+    while a command runs, file descriptor 2 feeds a pipe whose reader forwards
+    every line except those (`_NATIVE_NOISE`): the command's own messages and
+    any error still reach the terminal as they are written.
     """
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
     if verbose:
         yield
         return
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            captured.seek(0)
-            os.write(2, captured.read())
-            raise
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _NATIVE_NOISE.match(line):
+                    os.write(terminal, line)
+
+    reader = threading.Thread(target=forward, name="kd-keras-stderr", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # drops the pipe's last write end: the reader sees EOF
+        reader.join(timeout=10)
+        os.close(terminal)
 
 
 def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
