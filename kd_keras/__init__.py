@@ -9,6 +9,10 @@ distiller = kd_keras.Distiller(student, teacher, alpha=0.1)
 distiller.compile(optimizer="adam", metrics=["accuracy"])
 distiller.fit(x_train, y_train, epochs=10)
 ```
+
+`import kd_keras` itself imports neither Keras nor a backend (the `kd-keras`
+command answers `--help` without them); the first public name used, e.g.
+`kd_keras.Distiller`, loads the API and registers its Keras classes.
 """
 
 import os

@@ -497,3 +497,22 @@ def test_export_float_tflite_with_data_for_parity(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert "[PASS] tflite parity" in capsys.readouterr().out
     assert out.exists() and out.with_name("m.tflite.parity.json").exists()
+
+
+def test_pipeline_loads_kd_keras_layers_in_a_fresh_interpreter(tmp_path):
+    """`import kd_keras` no longer loads the API, so a loader reached without
+    any public name (`kd-keras run` resuming at the export stage) must still
+    find kd_keras's registered classes."""
+    path = tmp_path / "wrapped.keras"
+    saved = _probe(
+        "import keras, kd_keras\n"
+        "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])\n"
+        f"kd_keras.pruning.prune_low_magnitude(m).save({str(path)!r})"
+    )
+    assert saved.returncode == 0, saved.stderr
+    loaded = _probe(
+        "from kd_keras.pipeline import steps\n"
+        f"print(type(steps.load_model({str(path)!r}).layers[0]).__name__)"
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split()[-1] == "PruneLowMagnitude"

@@ -141,6 +141,10 @@ def load_model(path: str | os.PathLike):
     """A `.keras` file (kd_keras objects load without custom scopes)."""
     import keras
 
+    # A public name loads kd_keras's API, registering its Keras classes (pruning
+    # and quantization wrappers, Distiller) with `keras.saving`.
+    from kd_keras import Distiller  # noqa: F401
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected a .keras model file).")
