@@ -10,12 +10,18 @@ distiller.compile(optimizer="adam", metrics=["accuracy"])
 distiller.fit(x_train, y_train, epochs=10)
 ```
 
-`import kd_keras` itself imports neither Keras nor a backend (the `kd-keras`
-command answers `--help` without them); the first public name used, e.g.
-`kd_keras.Distiller`, loads the API and registers its Keras classes.
+`import kd_keras` loads the API, registering every kd_keras Keras class for
+`keras.saving.load_model`, with TensorFlow's C++ start-up lines kept off the
+terminal (`TF_CPP_MIN_LOG_LEVEL=0` shows them). Only the `kd-keras` command
+defers that until a sub-command runs, so its `--help` answers at once.
 """
 
 import os
+import sys
+
+from kd_keras.native_logs import filtered_native_logs, user_wants_native_logs
+
+_SHOW_NATIVE_LOGS = user_wants_native_logs()
 
 # TensorFlow's C++ chatter (CUDA probing, CPU-feature notices) buries the
 # progress bars on CPU machines; set before Keras can import TensorFlow, and a
@@ -43,10 +49,8 @@ __all__ = [
     "self_distillation",
 ]
 
-# `import kd_keras` stays light (no Keras, no TensorFlow) so that the
-# `kd-keras` command answers `--help` at once; the first use of a public name
-# loads the whole API below, which also registers every kd_keras Keras class
-# for `keras.saving.load_model`.
+# In the `kd-keras` command the API loads on first use of a public name (the
+# command's bodies use them), so that `--help` imports no framework.
 _loading = False
 
 
@@ -79,3 +83,19 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def _started_as_command() -> bool:
+    """True in the `kd-keras` console script and in `python -m kd_keras.cli`."""
+    if sys.argv and os.path.basename(sys.argv[0]) in ("kd-keras", "kd-keras.exe"):
+        return True
+    argv = list(getattr(sys, "orig_argv", ()))
+    return any(a == "-m" and b == "kd_keras.cli" for a, b in zip(argv, argv[1:]))
+
+
+if not _started_as_command():
+    if _SHOW_NATIVE_LOGS:
+        _load_public_api()
+    else:
+        with filtered_native_logs():
+            _load_public_api()

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 
 import kd_keras
 from kd_keras.cli import args as cli_args
 from kd_keras.cli.args import UsageError
+from kd_keras.native_logs import filtered_native_logs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,57 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if code is None else int(code)
 
 
-# What TensorFlow, absl and LiteRT print from C++ straight to file descriptor
-# 2, which no Python logging setting reaches: absl's "I0000 00:00:17.5  12
-# port.cc:153]" prefix and TensorFlow's older dated one, absl's pre-init notice,
-# the CPU-feature notice's second line, LiteRT's delegate notices and the
-# TFLite calibrator's summary line.
-_NATIVE_NOISE = re.compile(
-    rb"(?:[IWE]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w./-]+:\d+\]"
-    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+: [IWE] [\w./-]+:\d+\]"
-    rb"|WARNING: All log messages before absl::InitializeLog"
-    rb"|To enable the following instructions: "
-    rb"|INFO: (?:Created|Initialized|Replacing) TensorFlow Lite"
-    rb"|fully_quantize: \d)"
-)
-
-
 @contextlib.contextmanager
 def _native_logs(verbose: bool) -> Iterator[None]:
-    """TensorFlow's C++ log lines shown with `verbose`, else filtered out.
-
-    `TF_CPP_MIN_LOG_LEVEL` must be set before TensorFlow is imported, but the
-    oneDNN / CUDA-stub lines are written while its shared libraries load,
-    before its logging reads that variable, and LiteRT prints its own. So,
-    while a command runs, file descriptor 2 feeds a pipe whose reader forwards
-    every line except those (`_NATIVE_NOISE`): the command's own messages and
-    any error still reach the terminal as they are written.
-    """
+    """TensorFlow's C++ log lines shown with `verbose`, else filtered out
+    (`kd_keras.native_logs`): the command's own messages and any error still
+    reach the terminal as they are written."""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
     if verbose:
         yield
         return
-    sys.stderr.flush()
-    terminal = os.dup(2)
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def forward() -> None:
-        with os.fdopen(read_end, "rb") as pipe:
-            for line in pipe:
-                if not _NATIVE_NOISE.match(line):
-                    os.write(terminal, line)
-
-    reader = threading.Thread(target=forward, name="kd-keras-stderr", daemon=True)
-    reader.start()
-    try:
+    with filtered_native_logs():
         yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(terminal, 2)  # drops the pipe's last write end: the reader sees EOF
-        reader.join(timeout=10)
-        os.close(terminal)
 
 
 def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
