@@ -127,7 +127,7 @@ def test_strip_pruning_in_place_on_a_subclassed_model_uncompiles_it(tmp_path):
 
         def call(self, inputs, training=None):
             flat = keras.ops.reshape(inputs, (-1, 64))
-            return self.head(self.hidden(flat, training=training))
+            return self.head(self.hidden(flat, training=training), training=training)
 
     x, y = digits_like()
     net = Net()

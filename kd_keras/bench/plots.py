@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -187,6 +188,7 @@ def place_labels(
     fontsize: float = 8,
     rings: int = 20,
     step: float = 9.0,
+    orders_tried: int = 12,
 ) -> list:
     """Annotates each data point of `ax` with its label, none overlapping.
 
@@ -196,10 +198,12 @@ def place_labels(
     costs its overlap with other labels and markers, the part of it outside
     the axes, and any crossing of a leader line (drawn from a point to a
     label placed beyond the first ring) with a label, a marker or another
-    leader. Labels are placed greedily, the most crowded point first, each
-    at its cheapest position (the nearest of equal ones), then any label
-    still in conflict is moved to its cheapest position given all the
-    others, a few passes. Call it once the figure's layout is final
+    leader. Labels are placed greedily, each at its cheapest position (the
+    nearest of equal ones), then any label still in conflict is moved to its
+    cheapest position given all the others, a few passes; this is repeated
+    for up to `orders_tried` placement orders (most crowded point first,
+    sweeps, seeded shuffles) and the cheapest layout kept, the first free
+    one as soon as it is found. Call it once the figure's layout is final
     (`tight_layout`, limits, scales): positions are in display space.
 
     Returns the `Annotation`s, in the order of `points`.
@@ -219,6 +223,7 @@ def place_labels(
     renderer = fig.canvas.get_renderer()
     to_pixels = fig.dpi / 72.0
     frame = ax.get_window_extent(renderer)
+    clearance = 3 * to_pixels
     centers = [tuple(c) for c in ax.transData.transform(points)]
     radii = [(area / math.pi) ** 0.5 for area in areas]  # points
     markers = [
@@ -254,9 +259,11 @@ def place_labels(
         total = box.width * box.height - _overlap(box, frame)
         for j, marker in enumerate(markers):
             if j != i:
-                total += _overlap(box, marker)
+                # Kept clear of other markers, not just off them: a label
+                # touching a neighbour's marker reads as the neighbour's.
+                total += _overlap(box, marker.padded(clearance))
                 if leader is not None and _crosses(leader, marker):
-                    total += _GRAZING
+                    total += _THROUGH_MARKER
         for j, (_, _, _, other, other_leader) in chosen.items():
             if j == i:
                 continue
@@ -279,19 +286,44 @@ def place_labels(
                     break
         return best
 
-    crowd = [sum(math.dist(c, other) < 60 * to_pixels for other in centers) for c in centers]
-    order = sorted(range(len(points)), key=lambda i: (-crowd[i], centers[i][0]))
-    for i in order:
-        chosen[i] = cheapest(i)
-    for _ in range(5):
-        moved = False
+    def arrange(order) -> float:
+        chosen.clear()
         for i in order:
-            if cost(i, chosen[i]) > 0:
-                option = cheapest(i)
-                moved |= option is not chosen[i]
-                chosen[i] = option
-        if not moved:
+            chosen[i] = cheapest(i)
+        for _ in range(5):
+            moved = False
+            for i in order:
+                if cost(i, chosen[i]) > 0:
+                    option = cheapest(i)
+                    moved |= option is not chosen[i]
+                    chosen[i] = option
+            if not moved:
+                break
+        return sum(cost(i, chosen[i]) for i in order)
+
+    # Greedy placement depends on the order: a label placed early can wall
+    # a later one in. Try a few orders (the most crowded point first, then
+    # sweeps across the plot, then seeded shuffles) and keep the cheapest.
+    crowd = [sum(math.dist(c, other) < 60 * to_pixels for other in centers) for c in centers]
+    indices = range(len(points))
+    orders = [
+        sorted(indices, key=lambda i: (-crowd[i], centers[i][0])),
+        sorted(indices, key=lambda i: centers[i]),
+        sorted(indices, key=lambda i: (-centers[i][0], centers[i][1])),
+        sorted(indices, key=lambda i: (-centers[i][1], centers[i][0])),
+        sorted(indices, key=lambda i: (centers[i][1], centers[i][0])),
+    ]
+    shuffler = random.Random(0)
+    for _ in range(orders_tried - len(orders)):
+        orders.append(shuffler.sample(list(indices), len(points)))
+    best_layout, best_total = None, math.inf
+    for order in orders[: max(orders_tried, 1)]:
+        total = arrange(order)
+        if total < best_total:
+            best_layout, best_total = dict(chosen), total
+        if total == 0:
             break
+    chosen = best_layout
     annotations = []
     for i in range(len(points)):
         offset, ha, va, _, leader = chosen[i]
@@ -334,11 +366,13 @@ def _annotate(ax, text, xy, offset, ha, va, fontsize, leader_from=None):
 
 
 # Costs in the units of overlap (pixels²). A leader line through a label
-# reads as the wrong pair: like a small overlap. One that grazes another
-# marker or crosses another leader (unavoidable in a tight crowd, where every
-# way out passes a neighbour) is only a blemish. A free position beats both.
+# reads as the wrong pair: like a small overlap. One through another marker
+# misleads less (the line ends at a label), and two leaders crossing (in a
+# tight crowd every way out passes a neighbour) is only a blemish. A free
+# position beats all three.
 _CROSSING = 50.0
-_GRAZING = 2.0
+_THROUGH_MARKER = 30.0
+_GRAZING = 5.0
 
 
 def _crosses(line, box) -> bool:
