@@ -1,4 +1,4 @@
-"""Fashion-MNIST distillation benchmark (issue 2).
+"""Fashion-MNIST distillation benchmark.
 
 Teacher (1.23 M params) -> student (9.2 k params), same epochs and seeds:
 scratch student, kd_keras (cached teacher logits), kd_keras (teacher online),

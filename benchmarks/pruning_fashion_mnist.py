@@ -1,4 +1,4 @@
-"""Fashion-MNIST pruning benchmark (issue 3): prune with labels vs distill while pruning.
+"""Fashion-MNIST pruning benchmark: prune with labels vs distill while pruning.
 
 The student (kd_keras.models.cnn_student, 9.2 k params) is trained dense
 twice for --epochs: with labels, and with the Distiller (soft targets from

@@ -1,4 +1,4 @@
-"""Fashion-MNIST quantization benchmark (issue 4).
+"""Fashion-MNIST quantization benchmark.
 
 One float student (kd_keras.models.cnn_student, 9.2 k params) trained once,
 then every compression path turned into a .tflite and measured the same way:
@@ -11,7 +11,7 @@ rows that train further (each --qat-epochs at lr 1e-4): the float model
 fine-tuned the same epochs (the fair reference for them), QAT (labels), QAT +
 distillation (kd_keras.Distiller on cached teacher logits; --qat-temperature
 1 and --qat-alpha 0.2, chosen on a validation split by
-`benchmarks/tune_distillation.py --qat`; runs before session 5 used T = 2,
+`benchmarks/tune_distillation.py --qat`; earlier runs used T = 2,
 alpha = 0.5), clustering (16 clusters), pruned 80 % + QAT int8 (labels, and
 distilled in both stages; --prune-epochs with kd_keras.pruning's default
 recipe), pruned 80 % + sparsity-preserving clustering + full-int8 PTQ (TFMOT's

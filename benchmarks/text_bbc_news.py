@@ -1,4 +1,4 @@
-"""Text distillation benchmark (issue 6): MiniLM-L6 teacher vs 2-layer
+"""Text distillation benchmark: MiniLM-L6 teacher vs 2-layer
 students on BBC News (or the VADER movie snippets).
 
     TF_CPP_MIN_LOG_LEVEL=3 python -m benchmarks.text_bbc_news --seq-len 128

@@ -1,8 +1,9 @@
-"""Text distillation students trained on a GPU with the JAX backend (issue 6),
+"""Text distillation students trained on a GPU with the JAX backend,
 with TinyBERT's data augmentation and principal-component embedding init.
 
 The GPU machine has JAX but no TensorFlow (no WordPiece tokenizer, no TFLite
-converter), so the work is split in three, the first and last here:
+converter), so the work is split in three, the first and last on a machine
+with TensorFlow:
 
     # 1. tokenize, write the cached teacher's weights (float16, to travel) and
     #    the augmentation tables; the teacher comes from benchmarks.text_bbc_news

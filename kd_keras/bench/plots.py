@@ -2,7 +2,8 @@
 
 - `plot_frontier`: accuracy against p50 latency, marker area proportional to
   file size, with the Pareto frontier (no other model is both faster and
-  more accurate) drawn through the points that lie on it.
+  more accurate) drawn through the points that lie on it; labels are placed
+  by `place_labels` so that none overlaps another label or a marker.
 - `plot_history`: training curves from a `keras.callbacks.History` or its
   `.history` dict, one panel per metric with its `val_` twin.
 """
@@ -10,7 +11,9 @@
 from __future__ import annotations
 
 import io
+import math
 import os
+import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +58,25 @@ def plot_frontier(
     plot_frontier(report, "out/frontier.png", threads=1)
     ```
     """
+    return _save(frontier_figure(report, threads, title), path, overwrite, layout=False)
+
+
+def frontier_figure(
+    report,
+    threads: int | None = 1,
+    title: str = "Accuracy vs latency (marker area ∝ file size)",
+):
+    """The matplotlib `Figure` `plot_frontier` saves: one marker per artifact
+    (area ∝ file size), the Pareto frontier, and labels placed so that no two
+    overlap (`place_labels`). The layout is final: draw or save it as it is.
+
+    Example:
+
+    ```python
+    fig = frontier_figure(report)
+    fig.savefig("frontier.svg")
+    ```
+    """
     plt = _pyplot()
     names, runtimes, points, sizes = [], [], [], []
     for artifact in report.artifacts:
@@ -72,7 +94,7 @@ def plot_frontier(
     largest = max(known) if known else 1
     # Area ∝ size, between 40 and 1200 pt² so the smallest stays visible.
     areas = [40 + 1160 * (s / largest) if s else 60 for s in sizes]
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     xs, ys = [p[0] for p in points], [100 * p[1] for p in points]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, runtime in enumerate(dict.fromkeys(runtimes)):
@@ -97,25 +119,299 @@ def plot_frontier(
         label="Pareto frontier",
         zorder=2,
     )
-    order = sorted(range(len(points)), key=lambda i: (xs[i], ys[i]))
-    for rank, i in enumerate(order):
-        label = names[i] + (f" ({sizes[i] / 1024:.1f} KB)" if sizes[i] else " (in memory)")
-        # Alternate above / below so neighbours' labels do not collide.
-        offset = (6, 10) if rank % 2 == 0 else (6, -16)
-        ax.annotate(label, (xs[i], ys[i]), textcoords="offset points", xytext=offset, fontsize=8)
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency (ms), threads={threads}")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.3)
-    # Fixed-size legend markers: their area would otherwise read as a size.
-    legend = ax.legend(loc="best", fontsize=8, markerscale=1.0)
+    # Outside the axes, so it never covers a marker or a label. Fixed-size
+    # legend markers: their area would otherwise read as a size.
+    legend = ax.legend(
+        loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, markerscale=1.0
+    )
     for handle in legend.legend_handles:
         if hasattr(handle, "set_sizes"):
             handle.set_sizes([50])
-    ax.margins(x=0.25, y=0.15)
-    return _save(fig, path, overwrite)
+    # Room for labels beside the outermost markers.
+    ax.margins(x=0.3, y=0.2)
+    # Labels are placed in display coordinates: fix the layout first.
+    fig.tight_layout()
+    labels = [
+        name + (f" ({size / 1024:.1f} KB)" if size else " (in memory)")
+        for name, size in zip(names, sizes)
+    ]
+    place_labels(ax, list(zip(xs, ys)), labels, areas)
+    return fig
+
+
+def _direction(degrees: float) -> tuple[tuple[float, float], str, str]:
+    """A unit vector and the text alignment that makes a label grow away
+    from its point in that direction."""
+    dx, dy = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    ha = "left" if dx > 0.3 else "right" if dx < -0.3 else "center"
+    va = "bottom" if dy > 0.3 else "top" if dy < -0.3 else "center"
+    return (dx, dy), ha, va
+
+
+# Right and left first (they read best beside a marker), then the diagonals,
+# above and below, then the directions in between (more paths for a leader
+# line out of a crowd).
+_DIRECTIONS = tuple(
+    _direction(d)
+    for d in (
+        0,
+        180,
+        45,
+        -45,
+        135,
+        -135,
+        90,
+        -90,
+        22.5,
+        -22.5,
+        157.5,
+        -157.5,
+        67.5,
+        -67.5,
+        112.5,
+        -112.5,
+    )
+)
+
+
+def place_labels(
+    ax,
+    points: Sequence[tuple[float, float]],
+    labels: Sequence[str],
+    areas: Sequence[float],
+    fontsize: float = 8,
+    rings: int = 20,
+    step: float = 9.0,
+    orders_tried: int = 12,
+) -> list:
+    """Annotates each data point of `ax` with its label, none overlapping.
+
+    Each label has candidate positions: 16 directions at `rings` distances
+    `step` points apart, starting just outside its marker (area `areas[i]`
+    pt²), each measured with the renderer's actual text extent. A position
+    costs its overlap with other labels and markers, the part of it outside
+    the axes, and any crossing of a leader line (drawn from a point to a
+    label placed beyond the first ring) with a label, a marker or another
+    leader. Labels are placed greedily, each at its cheapest position (the
+    nearest of equal ones), then any label still in conflict is moved to its
+    cheapest position given all the others, a few passes; this is repeated
+    for up to `orders_tried` placement orders (most crowded point first,
+    sweeps, seeded shuffles) and the cheapest layout kept, the first free
+    one as soon as it is found. Call it once the figure's layout is final
+    (`tight_layout`, limits, scales): positions are in display space.
+
+    Returns the `Annotation`s, in the order of `points`.
+
+    Example:
+
+    ```python
+    fig, ax = plt.subplots()
+    ax.scatter([1, 1.01], [90, 90.1], s=[50, 50])
+    fig.tight_layout()
+    place_labels(ax, [(1, 90), (1.01, 90.1)], ["a", "b"], [50, 50])
+    ```
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_pixels = fig.dpi / 72.0
+    frame = ax.get_window_extent(renderer)
+    clearance = 3 * to_pixels
+    centers = [tuple(c) for c in ax.transData.transform(points)]
+    radii = [(area / math.pi) ** 0.5 for area in areas]  # points
+    markers = [
+        Bbox.from_extents(
+            x - r * to_pixels, y - r * to_pixels, x + r * to_pixels, y + r * to_pixels
+        )
+        for (x, y), r in zip(centers, radii)
+    ]
+    candidates = []  # per point: (offset, ha, va, box, leader), nearest first
+    for i, (x, y) in enumerate(centers):
+        # A text's extent moves with its offset and nothing else: measure it
+        # once per alignment, at the point itself, and translate.
+        extents = {}
+        for _, ha, va in _DIRECTIONS:
+            probe = _annotate(ax, labels[i], points[i], (0, 0), ha, va, fontsize)
+            extents[ha, va] = probe.get_window_extent(renderer)
+            probe.remove()
+        options = []
+        for ring in range(rings):
+            distance = radii[i] + 3 + ring * step
+            for (dx, dy), ha, va in _DIRECTIONS:
+                offset = (dx * distance, dy * distance)
+                shift = (offset[0] * to_pixels, offset[1] * to_pixels)
+                box = extents[ha, va].translated(*shift)
+                end = (x + shift[0], y + shift[1])
+                options.append((offset, ha, va, box, ((x, y), end) if ring else None))
+        candidates.append(options)
+
+    chosen: dict[int, tuple] = {}
+
+    def cost(i, option) -> float:
+        _, _, _, box, leader = option
+        total = box.width * box.height - _overlap(box, frame)
+        for j, marker in enumerate(markers):
+            if j != i:
+                # Kept clear of other markers, not just off them: a label
+                # touching a neighbour's marker reads as the neighbour's.
+                total += _overlap(box, marker.padded(clearance))
+                if leader is not None and _crosses(leader, marker):
+                    total += _THROUGH_MARKER
+        for j, (_, _, _, other, other_leader) in chosen.items():
+            if j == i:
+                continue
+            total += _overlap(box, other)
+            if other_leader is not None and _crosses(other_leader, box):
+                total += _CROSSING
+            if leader is not None:
+                total += _CROSSING * _crosses(leader, other)
+                if other_leader is not None:
+                    total += _GRAZING * _segments_cross(leader, other_leader)
+        return total
+
+    def cheapest(i):
+        best, best_cost = None, math.inf
+        for option in candidates[i]:
+            c = cost(i, option)
+            if c < best_cost:
+                best, best_cost = option, c
+                if c == 0:
+                    break
+        return best
+
+    def arrange(order) -> float:
+        chosen.clear()
+        for i in order:
+            chosen[i] = cheapest(i)
+        for _ in range(5):
+            moved = False
+            for i in order:
+                if cost(i, chosen[i]) > 0:
+                    option = cheapest(i)
+                    moved |= option is not chosen[i]
+                    chosen[i] = option
+            if not moved:
+                break
+        return sum(cost(i, chosen[i]) for i in order)
+
+    # Greedy placement depends on the order: a label placed early can wall
+    # a later one in. Try a few orders (the most crowded point first, then
+    # sweeps across the plot, then seeded shuffles) and keep the cheapest.
+    crowd = [sum(math.dist(c, other) < 60 * to_pixels for other in centers) for c in centers]
+    indices = range(len(points))
+    orders = [
+        sorted(indices, key=lambda i: (-crowd[i], centers[i][0])),
+        sorted(indices, key=lambda i: centers[i]),
+        sorted(indices, key=lambda i: (-centers[i][0], centers[i][1])),
+        sorted(indices, key=lambda i: (-centers[i][1], centers[i][0])),
+        sorted(indices, key=lambda i: (centers[i][1], centers[i][0])),
+    ]
+    shuffler = random.Random(0)
+    for _ in range(orders_tried - len(orders)):
+        orders.append(shuffler.sample(list(indices), len(points)))
+    best_layout, best_total = None, math.inf
+    for order in orders[: max(orders_tried, 1)]:
+        total = arrange(order)
+        if total < best_total:
+            best_layout, best_total = dict(chosen), total
+        if total == 0:
+            break
+    chosen = best_layout
+    annotations = []
+    for i in range(len(points)):
+        offset, ha, va, _, leader = chosen[i]
+        radius = radii[i] if leader is not None else None
+        annotations.append(_annotate(ax, labels[i], points[i], offset, ha, va, fontsize, radius))
+    return annotations
+
+
+# Where an alignment anchors the text, as a fraction of its box.
+_RELATIVE = {"left": 0.0, "center": 0.5, "right": 1.0, "bottom": 0.0, "top": 1.0}
+
+
+def _annotate(ax, text, xy, offset, ha, va, fontsize, leader_from=None):
+    """One label `offset` points from `xy`; with `leader_from` (the marker's
+    radius in points), a thin line from the marker's edge to the label's
+    anchor (the corner or edge nearest the point, as `place_labels` assumes;
+    matplotlib's default would aim at the text's centre)."""
+    arrow = None
+    if leader_from is not None:
+        relpos = (_RELATIVE[ha], _RELATIVE[va])
+        arrow = {
+            "arrowstyle": "-",
+            "color": "0.5",
+            "lw": 0.6,
+            "relpos": relpos,
+            "shrinkA": 1,
+            "shrinkB": leader_from,
+        }
+    return ax.annotate(
+        text,
+        xy,
+        xytext=offset,
+        textcoords="offset points",
+        ha=ha,
+        va=va,
+        fontsize=fontsize,
+        zorder=4,
+        arrowprops=arrow,
+    )
+
+
+# Costs in the units of overlap (pixels²). A leader line through a label
+# reads as the wrong pair: like a small overlap. One through another marker
+# misleads less (the line ends at a label), and two leaders crossing (in a
+# tight crowd every way out passes a neighbour) is only a blemish. A free
+# position beats all three.
+_CROSSING = 50.0
+_THROUGH_MARKER = 30.0
+_GRAZING = 5.0
+
+
+def _crosses(line, box) -> bool:
+    """Whether the segment `line` meets the `Bbox` `box` (Liang-Barsky clipping)."""
+    (x0, y0), (x1, y1) = line
+    dx, dy = x1 - x0, y1 - y0
+    low, high = 0.0, 1.0
+    for p, q in ((-dx, x0 - box.x0), (dx, box.x1 - x0), (-dy, y0 - box.y0), (dy, box.y1 - y0)):
+        if p == 0:
+            if q < 0:
+                return False
+            continue
+        ratio = q / p
+        if p < 0:
+            low = max(low, ratio)
+        else:
+            high = min(high, ratio)
+        if low > high:
+            return False
+    return True
+
+
+def _segments_cross(a, b) -> bool:
+    """Whether two segments properly intersect (orientation test)."""
+
+    def turn(p, q, r):
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    (p1, p2), (p3, p4) = a, b
+    d1, d2 = turn(p3, p4, p1), turn(p3, p4, p2)
+    d3, d4 = turn(p1, p2, p3), turn(p1, p2, p4)
+    return d1 * d2 < 0 and d3 * d4 < 0
+
+
+def _overlap(a, b) -> float:
+    """Area (pixels²) shared by two display-space `Bbox`es."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(width, 0.0) * max(height, 0.0)
 
 
 def plot_history(
@@ -171,10 +467,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path, overwrite: bool) -> Path:
+def _save(fig, path, overwrite: bool, layout: bool = True) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

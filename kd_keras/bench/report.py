@@ -9,7 +9,9 @@ all of them with the frontier plot into a folder. The phone script
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import platform
 from pathlib import Path
@@ -229,6 +231,29 @@ class BenchReport:
         return paths
 
 
+class _RetracingHint(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" hint. Each Keras
+    model benchmarked traces its own predict step (batch 1 for latency, the
+    evaluation batches for accuracy); TensorFlow counts the traces of all
+    those models together, as if one function were rebuilt in a loop, and
+    suggests fixes that do not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_retracing_hint():
+    logger = logging.getLogger("tensorflow")
+    hint = _RetracingHint()
+    logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hint)
+
+
+@_without_retracing_hint()
 def benchmark(
     artifacts: Mapping[str, Any],
     x_eval=None,

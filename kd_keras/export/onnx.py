@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 from kd_keras.export.base import publish
@@ -24,6 +25,23 @@ def onnx_export_available() -> bool:
 
     module = _BACKEND_REQUIREMENT.get(keras.backend.backend())
     return module is not None and importlib.util.find_spec(module) is not None
+
+
+def write_onnx(model, path: str | os.PathLike, opset: int) -> None:
+    """`model.export(path, format="onnx")`, quietly: Keras's exporter prints
+    its progress on stdout, and its tf2onnx patch probes `np.object`, which
+    NumPy answers with a FutureWarning that says nothing about the user's
+    model. Other warnings pass through.
+
+    Example:
+
+    ```python
+    write_onnx(student, "student.onnx", opset=17)
+    ```
+    """
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*`np.object`", category=FutureWarning)
+        model.export(str(path), format="onnx", verbose=False, opset_version=int(opset))
 
 
 def to_onnx(
@@ -64,8 +82,7 @@ def to_onnx(
         raise ValueError(f"opset must be >= 9 (onnxruntime's oldest), got {opset}.")
 
     def write(tmp: Path) -> None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model.export(str(tmp), format="onnx", verbose=False, opset_version=opset)
+        write_onnx(model, tmp, opset)
 
     return publish(
         model,

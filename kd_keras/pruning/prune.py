@@ -23,6 +23,7 @@ from kd_keras.pruning.wrapper import (
     is_prunable,
     unsupported_layer_message,
 )
+from kd_keras.uncompile import uncompile
 
 LayerSelector = Iterable["str | type | keras.layers.Layer"]
 
@@ -248,7 +249,10 @@ def strip_pruning(model):
     Returns:
         For Sequential and Functional models, a new model with the original
         layer types, independent weights and the pruned zeros in its kernels.
-        A pruned subclassed model is unwrapped in place and returned. A single
+        A pruned subclassed model is unwrapped in place and returned. Models
+        come back uncompiled (`kd_keras.uncompile`): the pruning run's
+        optimizer state is not part of the result, so the saved file is the
+        size of the model; `compile` again to evaluate or fine-tune. A single
         `PruneLowMagnitude` gives a new plain layer.
 
     Example:
@@ -268,14 +272,14 @@ def strip_pruning(model):
             f"{type(model).__name__}."
         )
     if _is_graph_model(model):
-        return keras.models.clone_model(model, clone_function=_stripped_copy)
+        return uncompile(keras.models.clone_model(model, clone_function=_stripped_copy))
     remask_weights(model)
     _replace_in_place(
         model,
         lambda layer: layer.layer if isinstance(layer, PruneLowMagnitude) else layer,
         set(),
     )
-    return model
+    return uncompile(model)
 
 
 def _stripped_copy(layer):

@@ -36,6 +36,7 @@ from keras import ops
 
 from kd_keras.quantization import _kernels
 from kd_keras.quantization.qat import _as_functional
+from kd_keras.uncompile import uncompile
 
 
 class CentroidInitialization(str, enum.Enum):
@@ -325,6 +326,10 @@ def cluster_weights(
 def strip_clustering(model: keras.Model) -> keras.Model:
     """Replace every `ClusterWeights` by its layer holding the clustered kernel.
 
+    The result is a new, uncompiled model (`kd_keras.uncompile`): the
+    clustering run's optimizer state is not saved with it; `compile` again
+    to evaluate or fine-tune.
+
     Example:
 
     ```python
@@ -352,4 +357,4 @@ def strip_clustering(model: keras.Model) -> keras.Model:
         elif old.weights:
             new.set_weights(old.get_weights())
 
-    return _clone_with(model, make_layer, copy_weights)
+    return uncompile(_clone_with(model, make_layer, copy_weights))

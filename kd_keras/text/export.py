@@ -123,12 +123,10 @@ def export_text_onnx(
     export_text_onnx(student, "out/student", kd_keras.text.tokenize(student, texts[:64]))
     ```
     """
-    import contextlib
-    import io
+    from kd_keras.export.onnx import write_onnx
 
     def write(wrapped, tmp):
-        with contextlib.redirect_stdout(io.StringIO()):
-            wrapped.export(str(tmp), format="onnx", verbose=False, opset_version=int(opset))
+        write_onnx(wrapped, tmp, opset)
 
     return _export_checked(
         model,
