@@ -17,10 +17,12 @@ SavedModel and `predict_on_batch` for Keras.
 What a Python application pays per call is more: `set_inputs` + `invoke` +
 `get_outputs`. That is timed separately, in `runs` more calls after the
 invoke runs, and reported as `call_p50_ms` with `overhead_ms = call_p50_ms -
-p50_ms`. The overhead is not negligible for small models: for an 8x8 digits
-int8 student at batch 1 the whole call took 2.5x the invoke, mostly the NumPy
-float -> int8 input quantization, which a float file does not pay; timing the
-whole call would therefore tilt every int8-vs-float ratio against int8.
+p50_ms`. The overhead is not negligible for small models: for the 9.2 k
+parameter Fashion-MNIST student at batch 1 (Intel Xeon, 1 thread) a whole
+call takes 8-12 us more than its 12-38 us invoke, +30 to +70 %, and an
+int8-input file pays the NumPy float -> int8 input quantization on top,
+which a float file does not; timing the whole call would tilt every
+int8-vs-float ratio against int8 (`benchmarks/latency_invoke_only.py`).
 
 Peak memory is the process's resident-set high-water mark (`VmHWM` in
 `/proc/self/status`) over load + runs, after resetting it through
