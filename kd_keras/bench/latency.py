@@ -15,14 +15,16 @@ inputs in; its Python API has no separate step), the serving function for a
 SavedModel and `predict_on_batch` for Keras.
 
 What a Python application pays per call is more: `set_inputs` + `invoke` +
-`get_outputs`. That is timed separately, in `runs` more calls after the
-invoke runs, and reported as `call_p50_ms` with `overhead_ms = call_p50_ms -
-p50_ms`. The overhead is not negligible for small models: for the 9.2 k
-parameter Fashion-MNIST student at batch 1 (Intel Xeon, 1 thread) a whole
-call takes 8-12 us more than its 12-38 us invoke, +30 to +70 %, and an
-int8-input file pays the NumPy float -> int8 input quantization on top,
-which a float file does not; timing the whole call would tilt every
-int8-vs-float ratio against int8 (`benchmarks/latency_invoke_only.py`).
+`get_outputs`. That is timed separately, in `runs` more calls made in
+blocks alternating with the blocks of invoke runs (so that load from other
+processes falls on both alike), and reported as `call_p50_ms` with
+`overhead_ms = call_p50_ms - p50_ms`. The overhead is not negligible for
+small models: for the 9.2 k parameter Fashion-MNIST student at batch 1
+(Intel Xeon, 1 thread) a whole call takes 8-12 us more than its 12-38 us
+invoke, +30 to +70 %, and an int8-input file pays the NumPy float -> int8
+input quantization on top, which a float file does not; timing the whole
+call would tilt every int8-vs-float ratio against int8
+(`benchmarks/latency_invoke_only.py`).
 
 Peak memory is the process's resident-set high-water mark (`VmHWM` in
 `/proc/self/status`) over load + runs, after resetting it through
@@ -40,7 +42,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -224,16 +226,20 @@ def measure_latency(
         invoke = runner.invoke
         for _ in range(warmup):
             invoke()
-        timings = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            invoke()
-            timings.append((time.perf_counter() - start) * 1e3)
-        calls = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            runner(x)
-            calls.append((time.perf_counter() - start) * 1e3)
+        timings, calls = [], []
+        # Invoke runs and whole calls alternate in blocks, so that load from
+        # other processes falls on both alike and their difference (the
+        # overhead) stays meaningful. A call leaves the same input set.
+        blocks = np.array_split(np.arange(runs), min(10, runs))
+        for block in blocks:
+            for _ in block:
+                start = time.perf_counter()
+                invoke()
+                timings.append((time.perf_counter() - start) * 1e3)
+            for _ in block:
+                start = time.perf_counter()
+                runner(x)
+                calls.append((time.perf_counter() - start) * 1e3)
     stats = summarize(timings)
     call_p50 = percentile(calls, 50)
     return LatencyResult(
@@ -286,6 +292,13 @@ def _batch(runner, inputs, batch_size: int):
     """The first `batch_size` samples of `inputs` (an array or named inputs,
     repeated when shorter), else uniform noise of the model's input shapes."""
     if inputs is not None:
+        # Slice before converting: `inputs` may be a whole evaluation set.
+        if isinstance(inputs, Mapping):
+            inputs = {name: np.asarray(a)[:batch_size] for name, a in inputs.items()}
+        elif isinstance(inputs, (list, tuple)) and len(runner.inputs) > 1:
+            inputs = [np.asarray(a)[:batch_size] for a in inputs]
+        else:
+            inputs = np.asarray(inputs)[:batch_size]
         feed = runner.feed(inputs)
         out = {}
         for name, x in feed.items():
