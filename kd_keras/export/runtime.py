@@ -133,11 +133,15 @@ class Runner:
     def feed(self, x) -> dict[str, np.ndarray]:
         """`x` as `{input name: array in that input's dtype}`.
 
-        Accepts one array (single-input models), a dict keyed by input name,
-        or a list/tuple in input order. Raises `ValueError` naming the
+        Accepts one array (single-input models), a dict keyed by input name
+        (any one key for a single-input model), or a list/tuple in input
+        order. Raises `ValueError` naming the
         inputs when `x` does not match them.
         """
         names = self.input_names
+        if isinstance(x, Mapping) and len(x) == 1 and len(names) == 1:
+            # One input: its name may differ between runtimes; no ambiguity.
+            x = next(iter(x.values()))
         if isinstance(x, Mapping):
             missing = [n for n in names if n not in x]
             extra = [k for k in x if k not in names]
