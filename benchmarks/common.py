@@ -81,18 +81,17 @@ def mean_spread(values) -> str:
 def latency_ms(model_bytes: bytes, sample=None, warmup: int = 50, runs: int = 500) -> float:
     """Median time of one `invoke()` of a `.tflite` on `sample` (float; quantized
     for an int8 input; default: zeros of the file's input shape), 1 thread,
-    default XNNPACK delegate, in milliseconds. Setting the input is outside the
-    timed region."""
-    from kd_keras.export.runtime import TFLiteRunner
+    default XNNPACK delegate, in milliseconds: `kd_keras.bench.measure_latency`
+    (the input set once, outside the timed runs, as `benchmark_model` does)."""
+    from kd_keras.bench import measure_latency
 
-    runner = TFLiteRunner(model_bytes, threads=1)
     if sample is None:
-        sample = np.zeros(runner.interpreter.get_input_details()[0]["shape"], "float32")
-    times = []
-    for i in range(warmup + runs):
-        runner.set_input(sample)
-        start = time.perf_counter()
-        runner.interpreter.invoke()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+        from kd_keras.export.runtime import TFLiteRunner
+
+        shape = TFLiteRunner(model_bytes).interpreter.get_input_details()[0]["shape"]
+        sample = np.zeros(shape, "float32")
+    sample = np.asarray(sample)
+    result = measure_latency(
+        model_bytes, threads=1, runs=runs, warmup=warmup, batch_size=len(sample), inputs=sample
+    )
+    return float(result.p50_ms)

@@ -36,6 +36,8 @@ COLUMNS = (
     ("p90_ms", "p90 ms"),
     ("p99_ms", "p99 ms"),
     ("mean_std_ms", "mean±std ms"),
+    ("call_p50_ms", "call p50 ms"),
+    ("overhead_ms", "overhead ms"),
     ("init_ms", "init ms"),
     ("memory_mb", "mem Δ MB"),
     ("peak_pct", "% CPU peak"),
@@ -119,6 +121,8 @@ class BenchReport:
                         "p90_ms": result.p90_ms if result else None,
                         "p99_ms": result.p99_ms if result else None,
                         "mean_std_ms": (result.mean_ms, result.std_ms) if result else None,
+                        "call_p50_ms": result.call_p50_ms if result else None,
+                        "overhead_ms": result.overhead_ms if result else None,
                         "init_ms": result.init_ms if result else None,
                         "memory_mb": result.memory_delta_mb if result else None,
                         "peak_pct": None if fraction is None else 100 * fraction,
@@ -152,8 +156,12 @@ class BenchReport:
         if first is not None:
             lines.append(
                 f"Latency: batch {first.batch_size}, {first.warmup_runs} warm-up runs, "
-                f"{first.runs} timed runs; p50/p90/p99 by linear interpolation; std is the "
-                f"population std. Memory: {first.memory_method} delta over load + runs."
+                f"{first.runs} timed runs of invoke() alone, the input set once before "
+                "them (as LiteRT's benchmark_model); p50/p90/p99 by linear interpolation; "
+                "std is the population std. call p50 = median of "
+                f"{first.runs} whole Python calls (set inputs, incl. int8 quantization; "
+                "invoke; read and dequantize outputs); overhead = call p50 - p50. "
+                f"Memory: {first.memory_method} delta over load + runs."
             )
         lines.append(
             "% CPU peak = 2 x MACs / p50 latency over threads x single-thread peak "

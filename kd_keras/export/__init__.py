@@ -20,11 +20,12 @@ from kd_keras.export.atomic import (
 )
 from kd_keras.export.onnx import onnx_export_available, to_onnx
 from kd_keras.export.parity import ParityError, ParityReport, check_parity, compare, load_report
-from kd_keras.export.runtime import Runner, load_runner, runtime_of
+from kd_keras.export.runtime import InputSpec, Runner, load_runner, runtime_of
 from kd_keras.export.saved_model import to_saved_model
 from kd_keras.export.tflite import to_tflite
 
 __all__ = [
+    "InputSpec",
     "ParityError",
     "ParityReport",
     "Runner",

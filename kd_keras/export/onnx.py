@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kd_keras.export.base import publish
 from kd_keras.export.parity import ParityReport
+from kd_keras.export.runtime import NORMALIZATION_FIX, ONNXRunner
 
 DEFAULT_OPSET = 17
 # What Keras's ONNX export needs on each backend.
@@ -83,6 +84,7 @@ def to_onnx(
 
     def write(tmp: Path) -> None:
         write_onnx(model, tmp, opset)
+        check_onnx_inputs(model, tmp)
 
     return publish(
         model,
@@ -93,3 +95,39 @@ def to_onnx(
         strict=strict,
         overwrite=overwrite,
     )
+
+
+def check_onnx_inputs(model, path: str | os.PathLike) -> None:
+    """Refuses an `.onnx` with more inputs than the Keras model: tf2onnx
+    turns the mean and variance of a `Normalization` layer into required
+    inputs, which no application would know to feed.
+
+    Example:
+
+    ```python
+    check_onnx_inputs(model, "model.onnx")  # ValueError naming the layer
+    ```
+    """
+    names = ONNXRunner(path).input_names
+    expected = len(getattr(model, "inputs", None) or [None])
+    if len(names) <= expected:
+        return
+    normalizations = [
+        layer.name for layer in _all_layers(model) if type(layer).__name__ == "Normalization"
+    ]
+    culprit = (
+        f"its Normalization layer(s) {normalizations}"
+        if normalizations
+        else "layers whose constants were exported as variables"
+    )
+    raise ValueError(
+        f"The ONNX export of {model.name!r} takes {len(names)} inputs {names} where the model "
+        f"takes {expected}: tf2onnx turned the statistics of {culprit} into inputs. "
+        + NORMALIZATION_FIX
+    )
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)

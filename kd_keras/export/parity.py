@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from kd_keras.export import atomic
-from kd_keras.export.runtime import Runner, load_runner
+from kd_keras.export.runtime import KerasRunner, Runner, load_runner
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_TOP1 = 0.99
@@ -84,25 +84,40 @@ def report_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + ".parity.json")
 
 
-def sample_inputs(model, sample_data=None, num_samples: int = 32, seed: int = 0) -> np.ndarray:
-    """The inputs a parity check runs.
+def sample_inputs(model, sample_data=None, num_samples: int = 32, seed: int = 0):
+    """The inputs a parity check runs: an array, or `{input name: array}` for
+    a model with several inputs.
 
-    `sample_data` (an array, or an iterable of batches / `(x, y)` tuples such
-    as a representative dataset) is used when given; otherwise uniform random
-    values in [0, 1) of the model's input shape. Real samples are better:
-    quantized models are calibrated for them, not for noise.
+    `sample_data` (an array, a dict of named arrays, or an iterable of
+    batches / `(x, y)` tuples such as a representative dataset) is used when
+    given; otherwise uniform random values in [0, 1) of the model's input
+    shapes. Real samples are better: quantized models are calibrated for
+    them, not for noise; and integer inputs (token ids) need them, because
+    which ids are valid is not known from the model.
     """
     if sample_data is not None:
         return _take(sample_data, num_samples)
-    shape = tuple(model.inputs[0].shape[1:])
-    if any(d is None for d in shape):
-        raise ValueError(
-            f"The model's input shape {model.inputs[0].shape} has unknown "
-            "dimensions besides the batch; pass sample_inputs=<array> to the "
-            "export so the parity check has something to run."
-        )
+    import keras
+
     rng = np.random.default_rng(seed)
-    return rng.random((num_samples,) + shape, dtype=np.float32)
+    arrays = {}
+    for tensor in model.inputs:
+        shape = tuple(tensor.shape[1:])
+        dtype = np.dtype(keras.backend.standardize_dtype(tensor.dtype))
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"The model's input {tensor.name!r} has shape {tensor.shape}, with unknown "
+                "dimensions besides the batch; pass sample_inputs=<array or dict of arrays> "
+                "to the export so the parity check has something to run."
+            )
+        if not np.issubdtype(dtype, np.floating):
+            raise ValueError(
+                f"The model's input {tensor.name!r} takes {dtype.name} values (token ids?), "
+                "so random floats cannot stand in for it; pass sample_inputs=<real inputs> "
+                "(a dict {input name: array} for several inputs) to the export."
+            )
+        arrays[tensor.name] = rng.random((num_samples,) + shape, dtype=np.float32).astype(dtype)
+    return next(iter(arrays.values())) if len(arrays) == 1 else arrays
 
 
 def compare(
@@ -157,7 +172,7 @@ def compare(
 def check_parity(
     model,
     artifact,
-    inputs: np.ndarray,
+    inputs,
     quantization: str | None = None,
     atol: float | None = None,
     min_top1_agreement: float | None = None,
@@ -169,7 +184,7 @@ def check_parity(
     Args:
         model: the Keras model the artifact was exported from.
         artifact: its path (or a `Runner`).
-        inputs: a batch of inputs.
+        inputs: a batch of inputs: an array, or `{input name: array}`.
         quantization: `None` judges by `atol` on max |diff|; anything else by
             `min_top1_agreement`.
         name: what to call the artifact in the report (default: its path).
@@ -200,7 +215,7 @@ def verify_and_record(
     model,
     tmp_artifact: Path,
     final_path: Path,
-    inputs: np.ndarray,
+    inputs,
     quantization: str | None,
     atol: float | None,
     min_top1_agreement: float | None,
@@ -234,35 +249,36 @@ def load_report(artifact: str | Path) -> ParityReport:
     return ParityReport(**json.loads(report_path(artifact).read_text()))
 
 
-def keras_outputs(model, inputs: np.ndarray) -> np.ndarray:
-    """The model's (first) output on `inputs`, as NumPy."""
-    return _first_output(model.predict(inputs, verbose=0, batch_size=256))
+def keras_outputs(model, inputs) -> np.ndarray:
+    """The model's (first) output on `inputs` (an array or named inputs), as
+    NumPy, computed by the same `KerasRunner` that runs `.keras` files."""
+    return KerasRunner(model).predict(inputs, batch_size=256)
 
 
-def _first_output(out):
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    elif isinstance(out, (list, tuple)):
-        out = out[0]
-    return np.asarray(out)
-
-
-def _take(data, num_samples: int) -> np.ndarray:
+def _take(data, num_samples: int):
+    if isinstance(data, dict):
+        return {name: np.asarray(array)[:num_samples] for name, array in data.items()}
     if isinstance(data, np.ndarray) or hasattr(data, "__array__") and not callable(data):
         return np.asarray(data)[:num_samples]
     if callable(data):  # a representative_dataset generator function
         data = data()
     batches, count = [], 0
     for batch in data:
-        if isinstance(batch, dict):
-            batch = next(iter(batch.values()))
-        elif isinstance(batch, (list, tuple)):
-            batch = batch[0]
-        batch = np.asarray(batch)
+        if isinstance(batch, (list, tuple)) and not isinstance(batch, dict):
+            batch = batch[0]  # (x, y) or (x, y, sample_weight)
+        batch = (
+            {name: np.asarray(a) for name, a in batch.items()}
+            if isinstance(batch, dict)
+            else np.asarray(batch)
+        )
         batches.append(batch)
-        count += len(batch)
+        count += len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
         if count >= num_samples:
             break
     if not batches:
         raise ValueError("sample data yielded no batches to check parity on.")
+    if isinstance(batches[0], dict):
+        return {
+            name: np.concatenate([b[name] for b in batches])[:num_samples] for name in batches[0]
+        }
     return np.concatenate(batches)[:num_samples]

@@ -1,7 +1,7 @@
 """Load an exported artifact (or a Keras model) and run it on NumPy batches.
 
-One `Runner` per runtime, with the same call signature, so parity checks,
-latency and accuracy measure every artifact the same way:
+One `Runner` per runtime, with the same interface, so parity checks,
+latency, accuracy and the text models measure every artifact the same way:
 
 | artifact                  | runtime                                      |
 |---------------------------|----------------------------------------------|
@@ -10,50 +10,179 @@ latency and accuracy measure every artifact the same way:
 | SavedModel folder         | `tf.saved_model.load(...).serve`             |
 | `.keras` path / a model   | `keras.Model.predict_on_batch`               |
 
-Only single-input models are supported; a model with several outputs is
-compared on its first one.
+A call is three steps, public so that timing code can separate them:
+`set_inputs(x)` (check, resize, quantize a float input for an int8 model,
+hand the arrays to the runtime), `invoke()` (the computation alone) and
+`get_outputs()` (read and dequantize); `runner(x)` does all three.
+
+`x` is one array for a single-input model, or the named inputs as a dict
+`{name: array}` (a list in the model's input order also works). Each array
+is given to the runtime in the dtype the model declares for that input:
+int32 token ids stay integers and are never "quantized"; only a float array
+fed to an int8/uint8 input with a quantization scale is quantized with the
+model's own scale and zero point. A model with several outputs is returned
+(and compared) on its first one; `get_outputs()` has them all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 RUNTIMES = ("tflite", "onnx", "saved_model", "keras")
 
+NORMALIZATION_FIX = (
+    "Replace the Normalization layer by layers.Rescaling(scale=1 / np.sqrt(variance), "
+    "offset=-mean / np.sqrt(variance)) (the same function, its constants inside the graph), "
+    "or normalize the data before the model, then export again."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One model input as its runtime declares it.
+
+    Attributes:
+        name: the name `set_inputs` takes it by (the Keras input's name).
+        shape: its shape, `None` for unknown dimensions (the batch first).
+        dtype: the NumPy dtype the runtime takes.
+        quantization: `(scale, zero_point)` of an integer input that holds
+            quantized real values; `None` otherwise (e.g. int32 token ids).
+    """
+
+    name: str
+    shape: tuple
+    dtype: Any
+    quantization: tuple[float, int] | None = None
+
 
 class Runner:
-    """Callable `runner(x) -> np.ndarray` over a batch `x`.
+    """Runs one model: `runner(x) -> np.ndarray`, or the three steps
+    `set_inputs(x)`, `invoke()`, `get_outputs()`.
 
     Attributes:
         runtime: one of `RUNTIMES`.
+        inputs: an `InputSpec` per model input, in the model's order.
         threads: the thread count the runtime was configured with (`None`
             when the runtime does not expose one).
         xnnpack: for TFLite, whether the XNNPACK delegate is applied.
         init_seconds: time to load the artifact and prepare it for the
             first call (model parsing, session creation, tensor allocation).
-        input_shape: the model's input shape, `None` for the batch dimension.
     """
 
     runtime = "?"
     threads: int | None = None
     xnnpack: bool | None = None
     init_seconds = 0.0
-    input_shape: tuple = ()
-    input_dtype: Any = np.float32
+    inputs: list[InputSpec] = []
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    # -- the three steps of a call -------------------------------------------
+
+    def set_inputs(self, x) -> None:
+        """Everything before the computation: match `x` to the inputs by
+        name, convert each to its declared dtype (quantizing a float array
+        for a quantized integer input), resize where the shape changed, and
+        hand them to the runtime."""
+        self._set(self.feed(x))
+
+    def invoke(self) -> None:
+        """Runs the model on the inputs last set; nothing else."""
         raise NotImplementedError
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Runs `x` in batches of `batch_size` and concatenates the outputs."""
-        x = np.asarray(x)
-        outputs = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    def get_outputs(self) -> list[np.ndarray]:
+        """Every output of the last `invoke()`, as float NumPy arrays where
+        the model's output is quantized (dequantized with its scale and zero
+        point)."""
+        raise NotImplementedError
+
+    def __call__(self, x) -> np.ndarray:
+        self.set_inputs(x)
+        self.invoke()
+        return self.get_outputs()[0]
+
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+        """Runs `x` (an array or named inputs) in batches of `batch_size` and
+        concatenates the (first) outputs."""
+        feed = self.feed(x)
+        count = _batch_count(feed)
+        outputs = [self(_slice(feed, i, i + batch_size)) for i in range(0, count, batch_size)]
         return np.concatenate(outputs, axis=0)
+
+    # -- inputs --------------------------------------------------------------
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    @property
+    def input_shape(self) -> tuple:
+        """The first input's shape (`None` for unknown dimensions)."""
+        return self.inputs[0].shape if self.inputs else ()
+
+    @property
+    def input_dtype(self) -> Any:
+        """The first input's dtype."""
+        return self.inputs[0].dtype if self.inputs else np.float32
+
+    def feed(self, x) -> dict[str, np.ndarray]:
+        """`x` as `{input name: array in that input's dtype}`.
+
+        Accepts one array (single-input models), a dict keyed by input name
+        (any one key for a single-input model), or a list/tuple in input
+        order. Raises `ValueError` naming the
+        inputs when `x` does not match them.
+        """
+        names = self.input_names
+        if isinstance(x, Mapping) and len(x) == 1 and len(names) == 1:
+            # One input: its name may differ between runtimes; no ambiguity.
+            x = next(iter(x.values()))
+        if isinstance(x, Mapping):
+            missing = [n for n in names if n not in x]
+            extra = [k for k in x if k not in names]
+            if missing or extra:
+                raise ValueError(
+                    f"This {self.runtime} model takes the inputs {names}; got {sorted(x)} "
+                    f"(missing {missing}, unknown {extra}). Pass a dict with exactly these "
+                    "names." + self._missing_hint(missing)
+                )
+            arrays = {n: x[n] for n in names}
+        elif isinstance(x, (list, tuple)) and len(names) > 1:
+            if len(x) != len(names):
+                raise ValueError(
+                    f"This {self.runtime} model takes {len(names)} inputs {names}; got a "
+                    f"list of {len(x)} arrays. Pass a dict {{name: array}}."
+                    + self._missing_hint(names[len(x) :])
+                )
+            arrays = dict(zip(names, x))
+        else:
+            if len(names) != 1:
+                raise ValueError(
+                    f"This {self.runtime} model takes {len(names)} inputs {names}; got one "
+                    "array. Pass a dict {name: array}." + self._missing_hint(names[1:])
+                )
+            arrays = {names[0]: x}
+        return {spec.name: _to_input(spec, arrays[spec.name]) for spec in self.inputs}
+
+    def _missing_hint(self, missing: Sequence[str]) -> str:
+        """Explains inputs that only exist because of how the model was exported."""
+        internal = [n for n in missing if re.search(r"/.+:\d+$", n)]
+        if not internal:
+            return ""
+        scopes = sorted({n.split("/")[-3] if n.count("/") >= 2 else n for n in internal})
+        return (
+            f" The inputs {internal} are internal tensors of the layer(s) {scopes}, which the "
+            "export turned into inputs; tf2onnx does this to a Normalization layer's mean and "
+            "variance. " + NORMALIZATION_FIX
+        )
+
+    def _set(self, feed: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
 
     def describe(self) -> str:
         parts = [self.runtime]
@@ -64,10 +193,61 @@ class Runner:
         return " ".join(parts)
 
 
+def _to_input(spec: InputSpec, x) -> np.ndarray:
+    """`x` in `spec`'s dtype: a float array for a quantized integer input is
+    quantized; token ids (integer inputs without a scale) are cast, and
+    refused when given as non-integral floats."""
+    x = np.asarray(x)
+    dtype = np.dtype(spec.dtype)
+    if x.dtype == dtype:
+        return x
+    if np.issubdtype(dtype, np.integer) and not np.issubdtype(x.dtype, np.integer):
+        if spec.quantization is not None:
+            scale, zero_point = spec.quantization
+            info = np.iinfo(dtype)
+            q = np.round(x / scale + zero_point)
+            return np.clip(q, info.min, info.max).astype(dtype)
+        if not np.all(np.isfinite(x)) or not np.array_equal(x, np.round(x)):
+            raise ValueError(
+                f"Input {spec.name!r} takes {dtype.name} values (e.g. token ids); got "
+                f"{x.dtype} values that are not whole numbers. Pass the integer ids."
+            )
+    return x.astype(dtype)
+
+
+def _batch_count(feed: Mapping[str, np.ndarray]) -> int:
+    counts = {len(a) for a in feed.values()}
+    if len(counts) != 1:
+        shapes = {n: a.shape for n, a in feed.items()}
+        raise ValueError(f"The inputs have different batch sizes: {shapes}.")
+    return counts.pop()
+
+
+def _slice(feed: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {n: a[start:stop] for n, a in feed.items()}
+
+
+def _dequantize(y: np.ndarray, quantization) -> np.ndarray:
+    y = np.array(y)  # a copy: LiteRT's buffer is overwritten by the next invoke
+    scale, zero_point = quantization or (0.0, 0)
+    if np.issubdtype(y.dtype, np.integer) and scale:
+        return (y.astype(np.float32) - zero_point) * np.float32(scale)
+    return y
+
+
+def _quantization(details: dict) -> tuple[float, int] | None:
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return (float(scale), int(zero_point)) if scale else None
+
+
 class TFLiteRunner(Runner):
     """LiteRT interpreter. `xnnpack=False` selects the builtin kernels
     without default delegates (`OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`),
-    the Python equivalent of `benchmark_model --use_xnnpack=false`."""
+    the Python equivalent of `benchmark_model --use_xnnpack=false`.
+
+    Inputs are named as in the model's serving signature (the Keras input
+    names); a file without a signature uses its tensor names.
+    """
 
     runtime = "tflite"
 
@@ -76,64 +256,95 @@ class TFLiteRunner(Runner):
         self.interpreter = litert_interpreter(artifact, threads=threads, xnnpack=xnnpack)
         self.init_seconds = time.perf_counter() - start
         self.threads, self.xnnpack = threads, xnnpack
-        inputs = self.interpreter.get_input_details()
-        if len(inputs) != 1:
-            raise ValueError(
-                f"kd_keras runs single-input models; this TFLite model has "
-                f"{len(inputs)} inputs ({[d['name'] for d in inputs]})."
+        details = self.interpreter.get_input_details()
+        names = _signature_input_names(self.interpreter)
+        self._index = {}
+        self._shape = {}
+        self.inputs = []
+        for d in details:
+            name = names.get(d["index"], _tensor_name(d["name"]))
+            signature = d.get("shape_signature", d["shape"])
+            self.inputs.append(
+                InputSpec(
+                    name=name,
+                    shape=tuple(None if s < 0 else int(s) for s in signature),
+                    dtype=np.dtype(d["dtype"]),
+                    quantization=_quantization(d)
+                    if np.issubdtype(d["dtype"], np.integer)
+                    else None,
+                )
             )
-        self._input = inputs[0]
-        self._output = self.interpreter.get_output_details()[0]
-        signature = self._input.get("shape_signature", self._input["shape"])
-        self.input_shape = tuple(None if d < 0 else int(d) for d in signature)
-        self.input_dtype = self._input["dtype"]
-        self._dynamic_batch = len(signature) > 0 and signature[0] < 0
-        self._shape = tuple(self._input["shape"])
+            self._index[name] = d["index"]
+            self._shape[name] = tuple(d["shape"])
+        self._outputs = self.interpreter.get_output_details()
+        first = details[0].get("shape_signature", details[0]["shape"]) if details else ()
+        self._fixed_batch = None if len(first) == 0 or first[0] < 0 else int(first[0])
 
     @property
     def quantized_io(self) -> bool:
-        return np.issubdtype(self._input["dtype"], np.integer)
+        """Whether an input takes quantized integers (int8 I/O)."""
+        return any(spec.quantization is not None for spec in self.inputs)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        fixed = self._shape[0] if self._shape else None
-        if not self._dynamic_batch and x.shape[0] != fixed:
+    def __call__(self, x) -> np.ndarray:
+        feed = self.feed(x)
+        count = _batch_count(feed)
+        fixed = self._fixed_batch
+        if fixed is not None and count != fixed:
             # A fixed-batch graph: run it batch by batch, zero-padding the last.
             chunks = []
-            for start in range(0, len(x), fixed):
-                chunk = x[start : start + fixed]
-                pad = np.zeros((fixed - len(chunk), *x.shape[1:]), x.dtype)
-                chunks.append(self(np.concatenate([chunk, pad]))[: len(chunk)])
+            for start in range(0, count, fixed):
+                chunk = _slice(feed, start, start + fixed)
+                n = _batch_count(chunk)
+                padded = {
+                    k: np.concatenate([a, np.zeros((fixed - n, *a.shape[1:]), a.dtype)])
+                    for k, a in chunk.items()
+                }
+                chunks.append(self(padded)[:n])
             return np.concatenate(chunks)
-        self.set_input(x)
-        self.interpreter.invoke()
-        return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
+        return super().__call__(feed)
 
-    def set_input(self, x: np.ndarray) -> None:
-        """Everything a call does before `invoke()`: resize the input to `x`'s
-        shape if needed, quantize a float `x` for an integer input, set it.
-        Timing code calls this outside the timed `self.interpreter.invoke()`."""
-        x = np.asarray(x)
-        if tuple(x.shape) != self._shape:
-            self.interpreter.resize_tensor_input(self._input["index"], list(x.shape))
+    def _set(self, feed: dict[str, np.ndarray]) -> None:
+        resized = False
+        for name, x in feed.items():
+            if tuple(x.shape) != self._shape[name]:
+                self.interpreter.resize_tensor_input(self._index[name], list(x.shape))
+                self._shape[name] = tuple(x.shape)
+                resized = True
+        if resized:
             self.interpreter.allocate_tensors()
-            self._shape = tuple(x.shape)
-        self.interpreter.set_tensor(self._input["index"], self._quantize(x))
+        for name, x in feed.items():
+            self.interpreter.set_tensor(self._index[name], x)
 
-    def _quantize(self, x):
-        dtype = self._input["dtype"]
-        if not np.issubdtype(dtype, np.integer) or np.issubdtype(x.dtype, np.integer):
-            return x.astype(dtype, copy=False)
-        scale, zero_point = self._input["quantization"]
-        info = np.iinfo(dtype)
-        q = np.round(x / scale + zero_point)
-        return np.clip(q, info.min, info.max).astype(dtype)
+    def set_input(self, x) -> None:
+        """`set_inputs` under its former name."""
+        self.set_inputs(x)
 
-    def _dequantize(self, y):
-        if not np.issubdtype(y.dtype, np.integer):
-            return np.array(y)
-        scale, zero_point = self._output["quantization"]
-        return (y.astype(np.float32) - zero_point) * scale
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def get_outputs(self) -> list[np.ndarray]:
+        return [
+            _dequantize(self.interpreter.get_tensor(d["index"]), _quantization(d))
+            for d in self._outputs
+        ]
+
+
+def _tensor_name(name: str) -> str:
+    """`serving_default_token_ids:0` -> `token_ids` (the converter's naming)."""
+    name = re.sub(r":\d+$", "", name)
+    return name[len("serving_default_") :] if name.startswith("serving_default_") else name
+
+
+def _signature_input_names(interpreter) -> dict[int, str]:
+    """`{tensor index: input name}` from the first serving signature, if any."""
+    try:
+        signatures = interpreter.get_signature_list()
+        if not signatures:
+            return {}
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        return {int(d["index"]): name for name, d in runner.get_input_details().items()}
+    except (ValueError, KeyError, RuntimeError):
+        return {}
 
 
 def litert_interpreter(artifact, threads: int | None = None, xnnpack: bool = True):
@@ -175,9 +386,25 @@ def litert_interpreter(artifact, threads: int | None = None, xnnpack: bool = Tru
     return interpreter
 
 
+# onnxruntime's type strings -> NumPy.
+_ONNX_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
 class ONNXRunner(Runner):
     """onnxruntime on CPU with `intra_op_num_threads=threads` (one inter-op
-    thread, full graph optimisation)."""
+    thread, full graph optimisation). Each input is fed by name in the dtype
+    the graph declares. `invoke()` is `session.run`, which also copies the
+    inputs into the session: onnxruntime's Python API has no separate step."""
 
     runtime = "onnx"
 
@@ -195,19 +422,30 @@ class ONNXRunner(Runner):
         )
         self.init_seconds = time.perf_counter() - start
         self.threads = threads
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ValueError(
-                f"kd_keras runs single-input models; this ONNX model has "
-                f"{len(inputs)} inputs ({[i.name for i in inputs]})."
+        self.inputs = []
+        for i in self.session.get_inputs():
+            if i.type not in _ONNX_DTYPES:
+                raise ValueError(
+                    f"ONNX input {i.name!r} has type {i.type}, which kd_keras cannot feed."
+                )
+            self.inputs.append(
+                InputSpec(
+                    name=i.name,
+                    shape=tuple(d if isinstance(d, int) else None for d in i.shape),
+                    dtype=np.dtype(_ONNX_DTYPES[i.type]),
+                )
             )
-        self._name = inputs[0].name
-        self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
-        self.input_dtype = np.float32
+        self._feed: dict[str, np.ndarray] = {}
+        self._results: list = []
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=self.input_dtype)
-        return self.session.run(None, {self._name: x})[0]
+    def _set(self, feed: dict[str, np.ndarray]) -> None:
+        self._feed = feed
+
+    def invoke(self) -> None:
+        self._results = self.session.run(None, self._feed)
+
+    def get_outputs(self) -> list[np.ndarray]:
+        return [np.asarray(r) for r in self._results]
 
 
 class SavedModelRunner(Runner):
@@ -223,28 +461,43 @@ class SavedModelRunner(Runner):
         self.module = tf.saved_model.load(str(path))
         self.init_seconds = time.perf_counter() - start
         self._fn = getattr(self.module, "serve", None)
-        if self._fn is None:
-            self._fn = self.module.signatures["serving_default"]
-        spec = None
-        if hasattr(self._fn, "input_signature") and self._fn.input_signature:
-            spec = self._fn.input_signature[0]
-        elif hasattr(self._fn, "structured_input_signature"):
-            spec = list(self._fn.structured_input_signature[1].values())[0]
-        if spec is not None:
-            self.input_shape = tuple(spec.shape.as_list())
-            self.input_dtype = spec.dtype.as_numpy_dtype
+        if self._fn is not None and getattr(self._fn, "input_signature", None):
+            # Positional structure (one tensor, a list or a dict per argument).
+            self._structure, self._keyword = self._fn.input_signature, False
+        else:
+            self._fn = self._fn or self.module.signatures["serving_default"]
+            self._structure, self._keyword = self._fn.structured_input_signature[1], True
+        specs = tf.nest.flatten(self._structure)
+        self.inputs = [
+            InputSpec(
+                name=_tensor_name(spec.name or f"input_{i}"),
+                shape=tuple(spec.shape.as_list()),
+                dtype=np.dtype(spec.dtype.as_numpy_dtype),
+            )
+            for i, spec in enumerate(specs)
+        ]
+        self._args: Any = None
+        self._results: list = []
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self._fn(np.asarray(x, dtype=self.input_dtype))
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
-        elif isinstance(out, (list, tuple)):
-            out = out[0]
-        return np.asarray(out)
+    def _set(self, feed: dict[str, np.ndarray]) -> None:
+        import tensorflow as tf
+
+        flat = [feed[spec.name] for spec in self.inputs]
+        self._args = tf.nest.pack_sequence_as(self._structure, flat)
+
+    def invoke(self) -> None:
+        out = self._fn(**self._args) if self._keyword else self._fn(*self._args)
+        self._results = _flatten_outputs(out)
+
+    def get_outputs(self) -> list[np.ndarray]:
+        return [np.asarray(r) for r in self._results]
 
 
 class KerasRunner(Runner):
-    """`model.predict_on_batch` (the compiled predict step of the backend)."""
+    """`model.predict_on_batch` (the compiled predict step of the backend).
+
+    A model that was never called on symbolic inputs (a subclassed model)
+    takes one float32 array."""
 
     runtime = "keras"
 
@@ -256,16 +509,35 @@ class KerasRunner(Runner):
             model = keras.saving.load_model(str(model))
         self.model = model
         self.init_seconds = time.perf_counter() - start
-        shape = model.inputs[0].shape if getattr(model, "inputs", None) else ()
-        self.input_shape = tuple(shape)
+        symbolic = list(getattr(model, "inputs", None) or [])
+        self.inputs = [
+            InputSpec(
+                name=t.name,
+                shape=tuple(t.shape),
+                dtype=np.dtype(keras.backend.standardize_dtype(t.dtype)),
+            )
+            for t in symbolic
+        ] or [InputSpec(name="input", shape=(), dtype=np.dtype(np.float32))]
+        self._single = len(self.inputs) == 1
+        self._x: Any = None
+        self._results: list = []
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self.model.predict_on_batch(np.asarray(x, dtype=np.float32))
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
-        elif isinstance(out, (list, tuple)):
-            out = out[0]
-        return np.asarray(out)
+    def _set(self, feed: dict[str, np.ndarray]) -> None:
+        self._x = next(iter(feed.values())) if self._single else feed
+
+    def invoke(self) -> None:
+        self._results = _flatten_outputs(self.model.predict_on_batch(self._x))
+
+    def get_outputs(self) -> list[np.ndarray]:
+        return [np.asarray(r) for r in self._results]
+
+
+def _flatten_outputs(out) -> list:
+    if isinstance(out, Mapping):
+        return list(out.values())
+    if isinstance(out, (list, tuple)):
+        return list(out)
+    return [out]
 
 
 def runtime_of(artifact) -> str:
@@ -314,6 +586,7 @@ def load_runner(artifact, threads: int | None = None, xnnpack: bool = True) -> R
     ```python
     runner = load_runner("student.tflite", threads=2)
     logits = runner.predict(x_test)
+    text_logits = load_runner("text.onnx").predict({"token_ids": ids, "padding_mask": mask})
     ```
     """
     runtime = runtime_of(artifact)

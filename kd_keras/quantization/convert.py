@@ -348,10 +348,13 @@ def tflite_ops(model_bytes: bytes) -> list[dict]:
 def tflite_predict(
     model_bytes: bytes, x, batch_size: int = 256, num_threads: int | None = 1
 ) -> np.ndarray:
-    """Run a single-input, single-output `.tflite` model on `x` (float).
+    """Run a `.tflite` model on `x` (an array, or `{input name: array}` for
+    several inputs) and return its first output.
 
-    Int8 inputs are quantized and int8 outputs dequantized with the model's
-    own scale and zero point, so the result compares with Keras' `predict`.
+    A float `x` for an int8 input is quantized and int8 outputs dequantized
+    with the model's own scale and zero point, so the result compares with
+    Keras' `predict`; integer inputs (token ids) are passed as they are. The
+    one `kd_keras.export` runner does the work.
 
     Example:
 
@@ -360,5 +363,4 @@ def tflite_predict(
     ```
     """
     runner = TFLiteRunner(model_bytes, threads=num_threads)
-    x = np.asarray(x, dtype="float32")  # float in: an int8 input is quantized by the runner
     return runner.predict(x, batch_size=batch_size).astype("float32", copy=False)

@@ -3,9 +3,8 @@
 graph (saved beside the model as a keras-hub preprocessor preset), and the
 parity check of `kd_keras.export` run in LiteRT before anything is written.
 
-`kd_keras.export.to_tflite` feeds one input array; a text model takes three,
-so this module converts with `kd_keras.export`'s converter and compares with
-its `compare`, running the LiteRT interpreter on the three named inputs.
+This module converts with `kd_keras.export`'s converter, runs the files with
+its one runner on the three named inputs, and compares with its `compare`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kd_keras.bench.latency import measure_latency
 from kd_keras.export import ParityError, ParityReport, compare, write_json
 from kd_keras.export.base import require_tensorflow_backend
+from kd_keras.export.runtime import ONNXRunner, TFLiteRunner
 from kd_keras.export.tflite import convert_to_flatbuffer
 
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
@@ -35,22 +36,17 @@ def fixed_length_model(model: keras.Model, sequence_length: int) -> keras.Model:
 
 
 def run_tflite(flatbuffer: bytes, inputs: dict, num_threads: int = 1) -> np.ndarray:
-    """Runs a text model's flatbuffer in LiteRT one sample at a time on the
-    named int32 inputs and returns the stacked outputs."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Runs a text model's flatbuffer in LiteRT on the named int32 inputs
+    (`kd_keras.export`'s one runner) and returns its outputs."""
+    runner = TFLiteRunner(flatbuffer, threads=num_threads)
+    _check_token_inputs(runner, "TFLite")
+    return runner.predict({n: inputs[n] for n in TOKEN_INPUTS})
 
-    interpreter = Interpreter(model_content=flatbuffer, num_threads=num_threads)
-    runner = interpreter.get_signature_runner()
-    names = list(interpreter.get_signature_list().values())[0]["inputs"]
-    missing = [n for n in TOKEN_INPUTS if n not in names]
+
+def _check_token_inputs(runner, what: str) -> None:
+    missing = [n for n in TOKEN_INPUTS if n not in runner.input_names]
     if missing:
-        raise ValueError(f"The TFLite model has inputs {names}, lacking {missing}.")
-    outputs = []
-    for i in range(len(inputs["token_ids"])):
-        feed = {n: np.asarray(inputs[n][i : i + 1], dtype=np.int32) for n in TOKEN_INPUTS}
-        result = runner(**feed)
-        outputs.append(next(iter(result.values())))
-    return np.concatenate(outputs)
+        raise ValueError(f"The {what} model has inputs {runner.input_names}, lacking {missing}.")
 
 
 def export_text_tflite(
@@ -143,18 +139,11 @@ def export_text_onnx(
 
 
 def run_onnx(path: str | os.PathLike, inputs: dict, num_threads: int = 1) -> np.ndarray:
-    """Runs a text model's `.onnx` in onnxruntime on the named int32 inputs."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(num_threads)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    missing = [n for n in TOKEN_INPUTS if n not in names]
-    if missing:
-        raise ValueError(f"The ONNX model has inputs {names}, lacking {missing}.")
-    feed = {n: np.asarray(inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
-    return session.run(None, feed)[0]
+    """Runs a text model's `.onnx` in onnxruntime on the named int32 inputs
+    (`kd_keras.export`'s one runner)."""
+    runner = ONNXRunner(path, threads=num_threads)
+    _check_token_inputs(runner, "ONNX")
+    return runner.predict({n: inputs[n] for n in TOKEN_INPUTS})
 
 
 def _export_checked(
@@ -203,27 +192,18 @@ def tflite_latency_ms(
     warmup: int = 10,
     runs: int = 100,
 ) -> float:
-    """Median (p50) milliseconds of one batch-1 invoke of a text TFLite
-    model at `sequence_length`, on `num_threads` CPU threads (inputs: a
-    full-length sequence of token id 1)."""
-    import time
-
-    from ai_edge_litert.interpreter import Interpreter
-
+    """Median (p50) milliseconds of one batch-1 `invoke()` of a text TFLite
+    model at `sequence_length`, on `num_threads` CPU threads, measured by
+    `kd_keras.bench.measure_latency` (inputs: a full-length sequence of
+    token id 1, set once before the timed runs)."""
     if not isinstance(flatbuffer, bytes):
         flatbuffer = Path(flatbuffer).read_bytes()
-    interpreter = Interpreter(model_content=flatbuffer, num_threads=num_threads)
-    runner = interpreter.get_signature_runner()
     feed = {n: np.ones((1, int(sequence_length)), np.int32) for n in TOKEN_INPUTS}
     feed["segment_ids"][:] = 0
-    for _ in range(warmup):
-        runner(**feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner(**feed)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+    result = measure_latency(
+        flatbuffer, threads=num_threads, runs=runs, warmup=warmup, inputs=feed, name="text"
+    )
+    return float(result.p50_ms)
 
 
 def load_text_preprocessor(folder: str | os.PathLike):
