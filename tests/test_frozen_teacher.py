@@ -69,9 +69,7 @@ def test_teacher_runs_in_inference_mode_and_never_changes_during_fit():
     )
     student_before = ops.convert_to_numpy(student.weights[0]).copy()
     capture = CaptureTeacher(name="capture")
-    distiller = kd_keras.Distiller(
-        student, teacher, losses=[SoftTargetKD(2.0), capture], alpha=0.5
-    )
+    distiller = kd_keras.Distiller(student, teacher, losses=[SoftTargetKD(2.0), capture], alpha=0.5)
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
     recorder = RecordEachStep(capture)
     steps = 4  # the same batch every step
