@@ -442,7 +442,7 @@ class Distiller(keras.Model):
         inputs_finite = self._step.inputs_finite if training else None
         labels_valid = None
         if training and labels is not None:
-            labels, labels_valid = self._checked_labels(labels, label_mask, y_pred)
+            labels, labels_valid = self._checked_labels(labels, label_mask, padding_mask, y_pred)
 
         weights = combine_weights(sample_weight, padding_mask)
         alpha = self.alpha
@@ -497,10 +497,11 @@ class Distiller(keras.Model):
             loss_fn = _CATEGORICAL_FROM_LOGITS
         return loss_fn.call(labels, y_pred)
 
-    def _checked_labels(self, labels, label_mask, y_pred):
+    def _checked_labels(self, labels, label_mask, padding_mask, y_pred):
         """`(labels safe to compute with, whether this batch's labels were
         valid)`: class indices in range and finite (the first-batch check
-        in `fit` cannot see later batches of a stream)."""
+        in `fit` cannot see later batches of a stream). Unlabeled samples
+        and padded positions may hold anything (a padding label of -100)."""
         if "float" in str(labels.dtype):
             finite = ops.all(ops.isfinite(labels))
             labels = ops.where(ops.isfinite(labels), labels, ops.zeros_like(labels))
@@ -510,9 +511,14 @@ class Distiller(keras.Model):
             return labels, finite
         classes = int(y_pred.shape[-1])
         in_range = ops.logical_and(labels >= 0, labels < classes)
-        if label_mask is not None:  # unlabeled samples may hold any value
-            mask = ops.reshape(ops.cast(label_mask, "bool"), ops.shape(in_range))
-            in_range = ops.logical_or(in_range, ops.logical_not(mask))
+        for mask in (label_mask, padding_mask):
+            if mask is not None:
+                mask = ops.cast(mask, "bool")
+                if len(mask.shape) > len(in_range.shape):  # (batch, 1)
+                    mask = ops.reshape(mask, ops.shape(in_range))
+                for _ in range(len(in_range.shape) - len(mask.shape)):
+                    mask = ops.expand_dims(mask, -1)
+                in_range = ops.logical_or(in_range, ops.logical_not(mask))
         valid = ops.all(in_range)
         if finite is not None:
             valid = ops.logical_and(valid, finite)
