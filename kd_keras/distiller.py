@@ -562,10 +562,12 @@ class Distiller(keras.Model):
     # -- fit with checks ------------------------------------------------
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, after checking a sample of the data (labels in
-        range, cached logits shaped right and not probabilities, no NaN) so a
-        mistake fails before the first step, and with a NaN guard that names
-        the term that went NaN."""
+        """`keras.Model.fit`, after checking a sample of the data (not empty,
+        labels numeric and in range, cached logits shaped right, not
+        probabilities and not paired with augmented images, no NaN) so a
+        mistake fails before the first step, and with a `NaNGuard` that names
+        the term that went NaN and stops at a later batch whose inputs or
+        labels the step found invalid."""
         if not self.compiled:
             raise RuntimeError("Call distiller.compile(optimizer=...) before fit().")
         sample_x, sample_y = check_fit_data(self, x, y, kwargs.get("validation_data"))
@@ -603,12 +605,23 @@ class Distiller(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
+    def get_compile_config(self):
+        """What `compile` was given (optimizer, metrics, step settings), as
+        saved in a `.keras` file; `loss` is left out, as `compile` takes
+        none."""
+        config = dict(super().get_compile_config() or {})
+        for key in ("loss", "loss_weights"):
+            config.pop(key, None)
+        return config
+
     def compile_from_config(self, config):
         """Recompiles a loaded Distiller with the optimizer and metrics it was
         saved with (the saved optimizer state is then restored into it)."""
+        if not config:
+            return
         config = dict(keras.saving.deserialize_keras_object(config))
-        config.pop("loss", None)
-        config.pop("loss_weights", None)
+        for key in ("loss", "loss_weights"):  # files saved before compile took none
+            config.pop(key, None)
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
