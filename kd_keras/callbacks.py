@@ -10,11 +10,16 @@ import keras
 
 from kd_keras import schedules as schedules_lib
 
+#: Batch-log key of the Distiller's per-batch data check: 0 for a clean
+#: batch, +1 when its inputs held NaN/inf, +2 when its labels were out of
+#: range or not finite. `NaNGuard` reads it and removes it from the logs.
+INVALID_BATCH_KEY = "invalid_batch"
+
 
 def _find_distiller(model):
-    from kd_keras.distiller import Distiller
-
-    if not isinstance(model, Distiller):
+    # Duck-typed: importing the Distiller here would make the two modules
+    # import each other.
+    if not (hasattr(model, "distillation_terms") and hasattr(model, "alpha")):
         raise TypeError(
             f"{type(model).__name__} is not a kd_keras.Distiller: this callback "
             "steps a Distiller's temperature/alpha."
@@ -107,17 +112,47 @@ class NaNGuard(keras.callbacks.Callback):
     """Stops training at the first batch whose loss is NaN or infinite, and
     says which distillation term (or the student loss) went bad first.
 
-    `Distiller.fit` adds one automatically. The message is kept in
+    It also raises at the first batch the Distiller's step flagged as
+    invalid (NaN/inf inputs, labels out of range or not finite: data after
+    the first batch, which `fit` checks before training). That batch taught
+    nothing: its loss was zeroed.
+
+    `Distiller.fit` adds one automatically. The NaN message is kept in
     `guard.message` and issued as a `RuntimeWarning`.
     """
 
     def __init__(self):
         super().__init__()
         self.message = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.pop(INVALID_BATCH_KEY, None)
+            logs.pop(f"val_{INVALID_BATCH_KEY}", None)
 
     def on_train_batch_end(self, batch, logs=None):
         if not logs:
             return
+        invalid = int(float(logs.pop(INVALID_BATCH_KEY, 0.0)))
+        if invalid:
+            problems = []
+            if invalid & 1:
+                problems.append("inputs contain NaN or inf")
+            if invalid & 2:
+                problems.append(
+                    "labels are out of range (valid: 0..classes-1) or not finite"
+                )
+            self.model.stop_training = True
+            raise ValueError(
+                f"Batch {batch} of epoch {self._epoch}: its {' and its '.join(problems)}. "
+                "Training stopped (this batch was skipped). Clean the data "
+                "(e.g. ds.filter(...) or a check in the loading code), or mark "
+                "unlabeled samples with y['label_mask'] = 0."
+            )
         bad = [
             key
             for key, value in logs.items()

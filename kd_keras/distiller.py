@@ -8,14 +8,22 @@ import keras
 import numpy as np
 from keras import ops
 
+from kd_keras.callbacks import INVALID_BATCH_KEY, NaNGuard
 from kd_keras.features import record_outputs
 from kd_keras.losses.base import DistillationLoss, weighted_mean
 from kd_keras.losses.soft_target import SoftTargetKD
 from kd_keras.validation import (
+    TARGET_KEYS,
     check_alpha,
     check_fit_data,
+    check_student_loss,
     ends_in_softmax,
+    is_one_hot,
     output_classes,
+    select_output,
+    single_sample_weight,
+    teachers_output_probabilities,
+    unpack_targets,
 )
 
 try:  # Keras divides the loss by the replica count under tf.distribute.
@@ -26,11 +34,12 @@ except ImportError:  # pragma: no cover - older/newer private layout
         return value
 
 
-#: Keys a target dict may hold. `teacher_logits` makes the step skip the
-#: teacher (offline KD); `label_mask` marks which samples have a label;
-#: `padding_mask` marks real tokens of (batch, time, classes) outputs.
-TARGET_KEYS = ("labels", "teacher_logits", "label_mask", "padding_mask")
+__all__ = ["TARGET_KEYS", "Distiller", "combine_weights", "unpack_targets"]
+
 _PROBABILITY_FLOOR = 1e-30
+_CATEGORICAL_FROM_LOGITS = keras.losses.CategoricalCrossentropy(from_logits=True)
+#: Codes summed into the per-batch invalid-data flag (see `NaNGuard`).
+_BAD_INPUTS, _BAD_LABELS = 1.0, 2.0
 
 
 class _StepState:
@@ -40,24 +49,30 @@ class _StepState:
     def __init__(self):
         self.student_features = None
         self.teacher = None
+        self.inputs_finite = None
+        self.in_train_step = False
 
 
-def unpack_targets(y):
-    """`(labels, teacher_logits, label_mask, padding_mask)` from `y`."""
-    if y is None:
-        return None, None, None, None
-    if isinstance(y, dict):
-        unknown = sorted(set(y) - set(TARGET_KEYS))
-        if unknown:
-            raise ValueError(
-                f"Unknown target keys {unknown}: a Distiller target is either "
-                f"the labels or a dict with keys among {list(TARGET_KEYS)}."
-            )
-        return tuple(y.get(key) for key in TARGET_KEYS)
-    return y, None, None, None
+def _finite_inputs(x):
+    """`(x with NaN/inf replaced by 0, whether all of x was finite)`.
+
+    A NaN input makes every gradient NaN (even through a zeroed loss, as
+    0 * NaN = NaN in the backward pass), which would ruin the weights in one
+    step; zeros keep the bad batch harmless until the guard stops the run.
+    """
+    finite = None
+    leaves = []
+    for leaf in keras.tree.flatten(x):
+        if "float" in str(getattr(leaf, "dtype", "")):
+            ok = ops.isfinite(leaf)
+            all_ok = ops.all(ok)
+            finite = all_ok if finite is None else ops.logical_and(finite, all_ok)
+            leaf = ops.where(ok, leaf, ops.zeros_like(leaf))
+        leaves.append(leaf)
+    return keras.tree.pack_sequence_as(x, leaves), finite
 
 
-def _combine_weights(*weights):
+def combine_weights(*weights):
     """Product of per-sample `(batch,)` and per-position `(batch, time)`
     weights, or None when all are None."""
     weights = [ops.cast(w, "float32") for w in weights if w is not None]
@@ -101,11 +116,16 @@ class Distiller(keras.Model):
         losses: distillation terms; default `[SoftTargetKD(temperature=4)]`.
         alpha: weight of the student's own loss on the labels, in [0, 1].
         teacher_weights: ensemble weights, one per teacher (default equal).
-        student_loss: a Keras loss for the labels; the default is sparse
-            categorical cross-entropy on logits.
-        teacher_outputs: `"auto"` (detect a final softmax), `"logits"` or
-            `"probabilities"`; probabilities are turned into log-probabilities,
-            which soften exactly like logits.
+        student_loss: a Keras loss for the labels, on logits; the default is
+            cross-entropy on logits, sparse for class indices and categorical
+            for one-hot labels (labels shaped like the outputs).
+        teacher_outputs: `"auto"` (detect a softmax: a final softmax layer, or
+            outputs on the first batch that are rows in [0, 1] summing to 1),
+            `"logits"` or `"probabilities"`; probabilities are turned into
+            log-probabilities, which soften exactly like logits.
+        teacher_output: for teachers with several outputs (a main and an
+            auxiliary head, a list or a dict), the name or index of the one
+            holding the class logits.
 
     Example:
 
@@ -131,6 +151,7 @@ class Distiller(keras.Model):
         teacher_weights: Sequence[float] | None = None,
         student_loss="sparse_categorical_crossentropy",
         teacher_outputs: str = "auto",
+        teacher_output: str | int | None = None,
         name: str = "distiller",
         **kwargs,
     ):
@@ -192,12 +213,21 @@ class Distiller(keras.Model):
         self._student_loss_config = student_loss
         self.student_loss_fn = self._make_student_loss(student_loss)
         self._teacher_output_mode = teacher_outputs
+        self.teacher_output = teacher_output
+        # Terms that read the teacher's final outputs (the others read
+        # recorded features); a backbone teacher may have no logits at all.
+        self._reads_teacher_outputs = any(
+            t.teacher_layer is None or t.needs_labels for t in losses
+        )
         for t in teachers:
             # Frozen: no gradients, and BatchNorm/Dropout run in inference mode.
             t.trainable = False
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.term_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in losses]
+        # Per-batch data checks of the training step; `NaNGuard` reads the
+        # value from the batch logs and stops the run at a bad batch.
+        self.invalid_batch_tracker = keras.metrics.Sum(name=INVALID_BATCH_KEY)
         self._step = _StepState()
         self._student_paths = sorted({t.student_layer for t in losses if t.student_layer})
         self._teacher_paths = sorted({t.teacher_layer for t in losses if t.teacher_layer})
@@ -228,6 +258,9 @@ class Distiller(keras.Model):
         loss = keras.losses.get(student_loss)
         if loss is None:
             raise ValueError(f"Unknown student_loss {student_loss!r}.")
+        check_student_loss(loss)
+        if not isinstance(loss, keras.losses.Loss):  # a plain function
+            loss = keras.losses.LossFunctionWrapper(loss)
         return loss
 
     @property
@@ -267,7 +300,9 @@ class Distiller(keras.Model):
         t_outs, t_features = [], []
         for t in self.teachers:
             with record_outputs(t, self._teacher_paths) as features:
-                t_outs.append(t(x, training=False))
+                out = t(x, training=False)
+            if self._reads_teacher_outputs:
+                t_outs.append(select_output(t, out, self.teacher_output))
             t_features.append(features)
         for i, t_out in enumerate(t_outs):
             t_classes = output_classes(t_out)
@@ -290,9 +325,13 @@ class Distiller(keras.Model):
                 if term.teacher_layer and t_features
                 else tuple(t_outs[0].shape)
                 if t_outs
-                else tuple(s_out.shape)
+                else tuple(keras.tree.flatten(s_out)[0].shape)
             )
-            s_shape = tuple((s_features[term.student_layer] if term.student_layer else s_out).shape)
+            s_shape = tuple(
+                keras.tree.flatten(
+                    s_features[term.student_layer] if term.student_layer else s_out
+                )[0].shape
+            )
             term.build(t_shape, s_shape)
         self.built = True
 
@@ -324,9 +363,13 @@ class Distiller(keras.Model):
         for teacher, is_probability in zip(self.teachers, self._teacher_is_probability):
             with record_outputs(teacher, self._teacher_paths) as recorded:
                 out = self._call_frozen(teacher, x)
-            out = ops.stop_gradient(ops.cast(out, "float32"))
-            if is_probability:
-                out = ops.log(ops.maximum(out, _PROBABILITY_FLOOR))
+            if self._reads_teacher_outputs:
+                out = select_output(teacher, out, self.teacher_output)
+                out = ops.stop_gradient(ops.cast(out, "float32"))
+                if is_probability:
+                    out = ops.log(ops.maximum(out, _PROBABILITY_FLOOR))
+            else:  # only features are read: the outputs may be any structure
+                out = None
             logits.append(out)
             features.append({k: ops.stop_gradient(v) for k, v in recorded.items()})
         return logits, features
@@ -364,14 +407,21 @@ class Distiller(keras.Model):
                 variable.value.grad = None
 
     def train_step(self, *args):
+        # `(data,)` on TensorFlow and torch, `(state, data)` on JAX.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(args[-1])
+        x, self._step.inputs_finite = _finite_inputs(x)
+        data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         if keras.backend.backend() == "tensorflow":
             # The teacher runs before the GradientTape opens, so the tape
             # never records it (TF's tape would otherwise keep its
             # activations alive for a backward pass that never comes).
-            (data,) = args
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
             self._step.teacher = self._teacher_outputs(x, unpack_targets(y)[1])
-        return super().train_step(*args)
+        self._step.in_train_step = True
+        try:
+            return super().train_step(*args[:-1], data)
+        finally:
+            self._step.in_train_step = False
+            self._step.inputs_finite = None
 
     # -- loss and metrics -----------------------------------------------
 
@@ -381,18 +431,24 @@ class Distiller(keras.Model):
             padding_mask is None
             and isinstance(x, dict)
             and "padding_mask" in x
+            and not isinstance(y_pred, dict)
             and len(y_pred.shape) == 3
         ):
             padding_mask = x["padding_mask"]
         student_features, self._step.student_features = self._step.student_features or {}, None
         teacher_out, self._step.teacher = self._step.teacher, None
         t_logits, t_features = teacher_out or self._teacher_outputs(x, cached)
+        sample_weight = single_sample_weight(sample_weight)
+        inputs_finite = self._step.inputs_finite if training else None
+        labels_valid = None
+        if training and labels is not None:
+            labels, labels_valid = self._checked_labels(labels, label_mask, padding_mask, y_pred)
 
-        weights = _combine_weights(sample_weight, padding_mask)
+        weights = combine_weights(sample_weight, padding_mask)
         alpha = self.alpha
         if labels is not None:
-            per_sample = self.student_loss_fn.call(labels, y_pred)
-            student_loss = weighted_mean(per_sample, _combine_weights(weights, label_mask))
+            per_sample = self._student_loss(labels, y_pred)
+            student_loss = weighted_mean(per_sample, combine_weights(weights, label_mask))
         else:
             student_loss = ops.zeros((), dtype="float32")
 
@@ -417,7 +473,56 @@ class Distiller(keras.Model):
         for extra in self.losses:  # regularizers and add_loss of the student
             total = total + self._aggregate_additional_loss(extra)
         self.student_loss_tracker.update_state(student_loss)
+        if training:
+            invalid = ops.zeros((), "float32")
+            if inputs_finite is not None:
+                invalid = invalid + _BAD_INPUTS * (1.0 - ops.cast(inputs_finite, "float32"))
+            if labels_valid is not None:
+                invalid = invalid + _BAD_LABELS * (1.0 - ops.cast(labels_valid, "float32"))
+            self.invalid_batch_tracker.update_state(invalid)
+            # A bad batch teaches nothing; the guard stops the run after it.
+            total = ops.where(invalid > 0, ops.zeros_like(total), total)
         return scale_loss_for_distribution(total)
+
+    def _one_hot_labels(self, labels, y_pred) -> bool:
+        return is_one_hot(tuple(labels.shape), len(y_pred.shape), int(y_pred.shape[-1]))
+
+    def _student_loss(self, labels, y_pred):
+        """Per-sample loss on the labels; one-hot labels under the default
+        (sparse) loss get the categorical cross-entropy they need."""
+        loss_fn = self.student_loss_fn
+        if self._student_loss_config == "sparse_categorical_crossentropy" and (
+            self._one_hot_labels(labels, y_pred)
+        ):
+            loss_fn = _CATEGORICAL_FROM_LOGITS
+        return loss_fn.call(labels, y_pred)
+
+    def _checked_labels(self, labels, label_mask, padding_mask, y_pred):
+        """`(labels safe to compute with, whether this batch's labels were
+        valid)`: class indices in range and finite (the first-batch check
+        in `fit` cannot see later batches of a stream). Unlabeled samples
+        and padded positions may hold anything (a padding label of -100)."""
+        if "float" in str(labels.dtype):
+            finite = ops.all(ops.isfinite(labels))
+            labels = ops.where(ops.isfinite(labels), labels, ops.zeros_like(labels))
+        else:
+            finite = None
+        if self._one_hot_labels(labels, y_pred):
+            return labels, finite
+        classes = int(y_pred.shape[-1])
+        in_range = ops.logical_and(labels >= 0, labels < classes)
+        for mask in (label_mask, padding_mask):
+            if mask is not None:
+                mask = ops.cast(mask, "bool")
+                if len(mask.shape) > len(in_range.shape):  # (batch, 1)
+                    mask = ops.reshape(mask, ops.shape(in_range))
+                for _ in range(len(in_range.shape) - len(mask.shape)):
+                    mask = ops.expand_dims(mask, -1)
+                in_range = ops.logical_or(in_range, ops.logical_not(mask))
+        valid = ops.all(in_range)
+        if finite is not None:
+            valid = ops.logical_and(valid, finite)
+        return ops.clip(labels, 0, classes - 1), valid
 
     def _labels_for_terms(self, labels, label_mask, t_logits):
         if not any(term.needs_labels for term in self.distillation_terms):
@@ -426,6 +531,8 @@ class Distiller(keras.Model):
         teacher_top1 = ops.cast(ops.argmax(ensemble, axis=-1), "int32")
         if labels is None:
             return teacher_top1
+        if self._one_hot_labels(labels, t_logits[0]):
+            labels = ops.argmax(labels, axis=-1)
         labels = ops.cast(ops.reshape(labels, ops.shape(teacher_top1)), "int32")
         if label_mask is None:
             return labels
@@ -436,7 +543,7 @@ class Distiller(keras.Model):
         labels, _, label_mask, padding_mask = unpack_targets(y)
         if labels is None:
             return self.get_metrics_result()
-        weights = _combine_weights(sample_weight, label_mask, padding_mask)
+        weights = combine_weights(single_sample_weight(sample_weight), label_mask, padding_mask)
         return super().compute_metrics(x, labels, y_pred, sample_weight=weights)
 
     def get_metrics_result(self):
@@ -446,6 +553,8 @@ class Distiller(keras.Model):
         for metric in self.metrics:
             if metric is self._compile_metrics and not metric.built:
                 continue
+            if metric is self.invalid_batch_tracker and not self._step.in_train_step:
+                continue  # the flag is for the training batches' guard only
             result = metric.result()
             results.update(result if isinstance(result, dict) else {metric.name: result})
         return results
@@ -453,19 +562,69 @@ class Distiller(keras.Model):
     # -- fit with checks ------------------------------------------------
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, after checking a sample of the data (labels in
-        range, cached logits shaped right and not probabilities, no NaN) so a
-        mistake fails before the first step, and with a NaN guard that names
-        the term that went NaN."""
-        from kd_keras.callbacks import NaNGuard
-
+        """`keras.Model.fit`, after checking a sample of the data (not empty,
+        labels numeric and in range, cached logits shaped right, not
+        probabilities and not paired with augmented images, no NaN) so a
+        mistake fails before the first step, and with a `NaNGuard` that names
+        the term that went NaN and stops at a later batch whose inputs or
+        labels the step found invalid."""
         if not self.compiled:
             raise RuntimeError("Call distiller.compile(optimizer=...) before fit().")
-        check_fit_data(self, x, y, kwargs.get("validation_data"))
+        sample_x, sample_y = check_fit_data(self, x, y, kwargs.get("validation_data"))
+        online = sample_x is not None and unpack_targets(sample_y)[1] is None
+        if online and self.teachers and self._reads_teacher_outputs:
+            self._detect_teacher_probabilities(sample_x)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, NaNGuard) for c in callbacks):
-            callbacks.append(NaNGuard())
+            # First, so the other callbacks never see the guard's flag.
+            callbacks.insert(0, NaNGuard())
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def _detect_teacher_probabilities(self, sample_x) -> None:
+        """A softmax inside a teacher's `call` (or `keras.ops.softmax` as the
+        last op of a Functional model) is invisible in its layers: its
+        outputs on the first batch tell."""
+        found = teachers_output_probabilities(self.teachers, sample_x, self.teacher_output)
+        if self._teacher_output_mode != "auto":
+            return
+        updated = [a or b for a, b in zip(self._teacher_is_probability, found)]
+        if updated != self._teacher_is_probability:
+            self._teacher_is_probability = updated
+            # Steps traced with the old reading of the outputs are stale.
+            self.train_function = self.test_function = None
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """`keras.Model.compile`, without `loss`: the Distiller's loss is set
+        by its constructor (`student_loss`, `losses`, `alpha`)."""
+        if loss is not None:
+            raise ValueError(
+                f"compile(loss={loss!r}) would be ignored: a Distiller's loss comes "
+                "from its constructor. Pass the loss on the labels as "
+                "Distiller(..., student_loss=...) and the distillation terms as "
+                "losses=[...]; compile only takes the optimizer and metrics."
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        """What `compile` was given (optimizer, metrics, step settings), as
+        saved in a `.keras` file; `loss` is left out, as `compile` takes
+        none."""
+        config = dict(super().get_compile_config() or {})
+        for key in ("loss", "loss_weights"):
+            config.pop(key, None)
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded Distiller with the optimizer and metrics it was
+        saved with (the saved optimizer state is then restored into it)."""
+        if not config:
+            return
+        config = dict(keras.saving.deserialize_keras_object(config))
+        for key in ("loss", "loss_weights"):  # files saved before compile took none
+            config.pop(key, None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     # -- serialization --------------------------------------------------
 
@@ -479,6 +638,7 @@ class Distiller(keras.Model):
             "teacher_weights": self._teacher_weights,
             "student_loss": keras.saving.serialize_keras_object(self._student_loss_config),
             "teacher_outputs": self._teacher_output_mode,
+            "teacher_output": self.teacher_output,
         }
         return config
 

@@ -7,10 +7,10 @@ from typing import Sequence
 import keras
 from keras import ops
 
-from kd_keras.distiller import _combine_weights, unpack_targets
+from kd_keras.distiller import combine_weights
 from kd_keras.losses.base import DistillationLoss, weighted_mean
 from kd_keras.losses.soft_target import SoftTargetKD
-from kd_keras.validation import check_alpha
+from kd_keras.validation import check_alpha, unpack_targets
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
@@ -98,7 +98,7 @@ class MutualDistiller(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels, _, label_mask, padding_mask = unpack_targets(y)
-        weights = _combine_weights(sample_weight, padding_mask)
+        weights = combine_weights(sample_weight, padding_mask)
         total = ops.zeros((), dtype="float32")
         peers = len(y_pred) - 1
         for k, (out, (ce_tracker, kd_tracker, _)) in enumerate(zip(y_pred, self.trackers)):
@@ -112,7 +112,7 @@ class MutualDistiller(keras.Model):
                     )
             ce = ops.zeros((), dtype="float32")
             if labels is not None:
-                ce = weighted_mean(self.ce.call(labels, out), _combine_weights(weights, label_mask))
+                ce = weighted_mean(self.ce.call(labels, out), combine_weights(weights, label_mask))
             ce_tracker.update_state(ce)
             kd_tracker.update_state(kd)
             total = total + self.alpha * ce + (1.0 - self.alpha) * self.term.weight * kd
@@ -123,7 +123,7 @@ class MutualDistiller(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels, _, label_mask, _ = unpack_targets(y)
         if labels is not None:
-            weights = _combine_weights(sample_weight, label_mask)
+            weights = combine_weights(sample_weight, label_mask)
             for out, (_, _, accuracy) in zip(y_pred, self.trackers):
                 accuracy.update_state(labels, out, sample_weight=weights)
         return self.get_metrics_result()

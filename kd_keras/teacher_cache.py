@@ -5,8 +5,12 @@ epoch costs, since the step never runs the teacher. The catch is pairing: the
 cached logits must belong to the very image the student sees. NumPy inputs
 are fine (Keras shuffles `x` and `y` together). A `tf.data` pipeline is
 checked for random operations (shuffle, random augmentation, non-deterministic
-parallel maps) and refused when it has any, since the teacher would have seen
-other images (or another order) than the student will.
+parallel maps, Python ops such as `tf.numpy_function` or `from_generator`,
+whose output cannot be checked) and refused when it has any, since the
+teacher would have seen other images (or another order) than the student
+will. Shuffling *after* caching keeps the pairs; augmenting after caching does
+not (the logits belong to the un-augmented image), and `Distiller.fit`
+refuses it.
 """
 
 from __future__ import annotations
@@ -16,34 +20,12 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from kd_keras.validation import ends_in_softmax
-
-# Dataset ops that reorder or sample elements.
-_RANDOM_DATASET_OPS = ("Shuffle", "RandomDataset", "SamplingDataset", "DirectedInterleave")
-# Tensor ops that draw random numbers (augmentation, dropout in a map fn).
-_RANDOM_TENSOR_OPS = ("Random", "Multinomial", "TruncatedNormal", "RandomShuffle")
-
-
-def random_ops_in_dataset(dataset) -> list[str]:
-    """Names of the random operations in a `tf.data` pipeline's graph.
-
-    Includes non-deterministic parallel maps/interleaves (`deterministic=False`),
-    whose element order varies from run to run.
-    """
-    import tensorflow as tf
-
-    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
-    nodes = list(graph.node)
-    for function in graph.library.function:
-        nodes.extend(function.node_def)
-    found = []
-    for node in nodes:
-        op = node.op
-        if any(key in op for key in _RANDOM_DATASET_OPS + _RANDOM_TENSOR_OPS):
-            found.append(op)
-        elif "deterministic" in node.attr and node.attr["deterministic"].s == b"false":
-            found.append(f"{op}(deterministic=False)")
-    return sorted(set(found))
+from kd_keras.validation import (
+    ends_in_softmax,
+    looks_like_probabilities,
+    random_ops_in_dataset,
+    select_output,
+)
 
 
 def _teacher_list(teacher):
@@ -61,6 +43,8 @@ def cache_teacher_outputs(
     batch_size: int = 256,
     teacher_outputs: str = "auto",
     verbose: str | int = "auto",
+    teacher_output: str | int | None = None,
+    assume_deterministic: bool = False,
 ):
     """Runs the teacher(s) once over `x` and returns their logits.
 
@@ -69,9 +53,15 @@ def cache_teacher_outputs(
         x: NumPy inputs (array or dict of arrays), or a *batched*
             `tf.data.Dataset` yielding `x` or `(x, y)` or `(x, y, w)`.
         batch_size: for NumPy inputs.
-        teacher_outputs: `"auto"` detects a final softmax; probabilities are
-            stored as log-probabilities, which soften exactly like logits.
+        teacher_outputs: `"auto"` detects a softmax (a final softmax layer,
+            or outputs that are rows in [0, 1] summing to 1); probabilities
+            are stored as log-probabilities, which soften exactly like logits.
         verbose: Keras progress bar setting.
+        teacher_output: for a teacher with several outputs, the name or
+            index of the one holding the class logits.
+        assume_deterministic: accept a dataset with Python ops
+            (`tf.numpy_function`, `from_generator`) on your word that it
+            yields the same elements in the same order on every pass.
 
     Returns:
         For NumPy inputs: an array `(n, classes)` (a list of arrays for
@@ -89,44 +79,72 @@ def cache_teacher_outputs(
                   epochs=10, shuffle=True)
     ```
     """
+    if teacher_outputs not in ("auto", "logits", "probabilities"):
+        raise ValueError(
+            "teacher_outputs must be 'auto', 'logits' or 'probabilities', "
+            f"got {teacher_outputs!r}."
+        )
     teachers = _teacher_list(teacher)
-    is_prob = [
-        teacher_outputs == "probabilities" or (teacher_outputs == "auto" and ends_in_softmax(t))
-        for t in teachers
-    ]
     try:
         import tensorflow as tf
 
         is_dataset = isinstance(x, tf.data.Dataset)
     except ImportError:  # pragma: no cover
         is_dataset = False
+    inputs = x
+    if is_dataset:
+        _check_deterministic(x, assume_deterministic)
+        inputs = x.map(
+            lambda *e: keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0]
+        )
+    logits = [
+        _logits_of(
+            t,
+            t.predict(inputs, batch_size=None if is_dataset else batch_size, verbose=verbose),
+            teacher_outputs,
+            teacher_output,
+        )
+        for t in teachers
+    ]
     if not is_dataset:
-        logits = [
-            _to_logits(t.predict(x, batch_size=batch_size, verbose=verbose), p)
-            for t, p in zip(teachers, is_prob)
-        ]
         return logits if len(teachers) > 1 else logits[0]
-    return _cache_dataset(teachers, is_prob, x, verbose)
+    return _attach_to_dataset(x, inputs, logits)
 
 
-def _cache_dataset(teachers, is_prob, dataset, verbose):
-    import tensorflow as tf
+def _logits_of(teacher, outputs, teacher_outputs: str, teacher_output) -> np.ndarray:
+    outputs = np.asarray(select_output(teacher, outputs, teacher_output), dtype="float32")
+    is_probability = teacher_outputs == "probabilities" or (
+        teacher_outputs == "auto"
+        and (ends_in_softmax(teacher) or looks_like_probabilities(outputs[:256]))
+    )
+    return _to_logits(outputs, is_probability)
 
+
+def _check_deterministic(dataset, assume_deterministic: bool) -> None:
     random_ops = random_ops_in_dataset(dataset)
+    if assume_deterministic:
+        random_ops = [op for op in random_ops if not any(k in op for k in ("PyFunc", "Numpy"))]
     if random_ops:
         raise ValueError(
-            f"The dataset has random operations {random_ops}: its images and "
-            "order change from one pass to the next, so cached teacher logits "
-            "would be paired with other images. Either cache on the "
-            "deterministic part of the pipeline and shuffle/augment after "
-            "(`ds = cache_teacher_outputs(teacher, ds_plain).shuffle(...)`), "
-            "or train with the teacher online (kd_keras.Distiller(student, "
-            "teacher) without cached logits), which recomputes every step."
+            f"The dataset has random operations {random_ops} (or Python ops, whose "
+            "output cannot be checked): its images and order may change from one "
+            "pass to the next, so cached teacher logits would be paired with other "
+            "images. Either cache on the "
+            "deterministic part of the pipeline and only shuffle after "
+            "(`ds = cache_teacher_outputs(teacher, ds_plain).shuffle(...)`; "
+            "augmenting after caching would pair augmented images with the "
+            "logits of un-augmented ones), or train with the teacher online "
+            "(kd_keras.Distiller(student, teacher) without cached logits), which "
+            "recomputes every step. A Python op (tf.numpy_function, "
+            "from_generator) that yields the same elements every pass can be "
+            "vouched for with assume_deterministic=True."
         )
-    x_only = dataset.map(
-        lambda *e: keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0]
-    )
-    logits = [_to_logits(t.predict(x_only, verbose=verbose), p) for t, p in zip(teachers, is_prob)]
+
+
+def _attach_to_dataset(dataset, x_only, logits):
+    """`dataset` with each batch's cached logits added to its target."""
+    import tensorflow as tf
+
     sizes = [int(tf.shape(keras.tree.flatten(b)[0])[0]) for b in x_only]
     if len(set(sizes[:-1])) > 1 or (len(sizes) > 1 and sizes[-1] > sizes[0]):
         raise ValueError(

@@ -85,3 +85,73 @@ def test_distiller_trains_from_a_cached_dataset():
     distiller.compile(optimizer="adam", metrics=["accuracy"])
     history = distiller.fit(ds.unbatch().shuffle(48, seed=0).batch(8), epochs=2, verbose=0)
     assert np.isfinite(history.history["soft_target_loss"]).all()
+
+
+NOISE = np.random.default_rng(0)
+
+
+def numpy_noise(a):
+    return (a + NOISE.normal(size=a.shape)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "make_opaque",
+    [
+        lambda ds: ds.map(
+            lambda a, b: (__import__("tensorflow").numpy_function(numpy_noise, [a], "float32"), b)
+        ),
+        lambda ds: __import__("tensorflow").data.Dataset.from_generator(
+            lambda: iter(list(ds.as_numpy_iterator())[::-1]),
+            output_signature=ds.element_spec,
+        ),
+    ],
+    ids=["numpy_function-augmentation", "from_generator"],
+)
+def test_python_ops_are_refused_unless_vouched_for(make_opaque):
+    x, y = data(20)
+    ds = make_opaque(batches(x, y)).batch(5)
+    with pytest.raises(ValueError, match="random operations .*Python ops.*assume_deterministic"):
+        kd_keras.cache_teacher_outputs(mlp(8, name="t"), ds, verbose=0)
+
+
+def test_a_vouched_for_generator_pairs_each_sample_with_its_logits():
+    import tensorflow as tf
+
+    x, y = data(20)
+    teacher = mlp(8, name="t")
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(zip(x, y)),
+        output_signature=(tf.TensorSpec((6,), "float32"), tf.TensorSpec((), "int32")),
+    ).batch(5)
+    cached = kd_keras.cache_teacher_outputs(teacher, ds, verbose=0, assume_deterministic=True)
+    for bx, target in cached:
+        np.testing.assert_allclose(
+            target["teacher_logits"].numpy(), keras.ops.convert_to_numpy(teacher(bx)), atol=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [
+        lambda a: a + __import__("tensorflow").random.normal(__import__("tensorflow").shape(a)),
+        lambda a: __import__("tensorflow").numpy_function(numpy_noise, [a], "float32"),
+    ],
+    ids=["tf.random", "numpy_function"],
+)
+def test_augmenting_after_caching_is_refused_by_fit(augment):
+    x, y = data(24)
+    teacher = mlp(16, name="t")
+    ds = kd_keras.cache_teacher_outputs(teacher, batches(x, y).batch(8), verbose=0)
+    augmented = ds.map(lambda a, target: (augment(a), target))
+    distiller = kd_keras.Distiller(mlp(8, name="s"), None)
+    distiller.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"changes its images after caching .*Shuffling after"):
+        distiller.fit(augmented, epochs=1, verbose=0)
+
+
+def test_the_refusal_no_longer_suggests_augmenting_after_caching():
+    x, y = data(20)
+    ds = batches(x, y).shuffle(10).batch(5)
+    with pytest.raises(ValueError) as error:
+        kd_keras.cache_teacher_outputs(mlp(8, name="t"), ds, verbose=0)
+    assert "augment after" not in str(error.value) and "only shuffle after" in str(error.value)

@@ -304,6 +304,33 @@ def load_text_data(spec: dict[str, Any], seed: int = 0):
     return (xt, yt), (xe, ye)
 
 
+def unused_in_general_distillation(student) -> list:
+    """The layers of a keras-hub BERT classifier that TinyBERT's
+    intermediate-layer terms never reach: the backbone's pooler
+    (`pooled_dense`) and every task layer outside the backbone (dropout,
+    the classification head). Trainable ones only.
+
+    Example:
+
+    ```python
+    for layer in unused_in_general_distillation(student):
+        layer.trainable = False
+    ```
+    """
+    import keras
+
+    from kd_keras.text.student import backbone_of
+
+    backbone = backbone_of(student)
+    layers = [layer for layer in getattr(student, "layers", []) if layer is not backbone]
+    pooler = [layer for layer in backbone.layers if layer.name == "pooled_dense"]
+    return [
+        layer
+        for layer in layers + pooler
+        if layer.trainable and layer.weights and not isinstance(layer, keras.layers.InputLayer)
+    ]
+
+
 class TextPipeline(Pipeline):
     """Runs the stages of a validated text config inside its run folder
     (markers, backups and saving are `kd_keras.pipeline.Pipeline`'s).
@@ -525,6 +552,13 @@ class TextPipeline(Pipeline):
             embedding=spec["embedding"],
             attention_mode=spec["attention_mode"],
         )
+        # The terms read the transformer layers only: the pooler and the
+        # classification head take no part in this stage, so they are left
+        # out of the trained variables (Keras would warn that they get no
+        # gradients) and keep their initial weights for the next stage.
+        head = unused_in_general_distillation(student)
+        for layer in head:
+            layer.trainable = False
         try:
             distiller = TextDistiller(student, teacher, losses=terms, alpha=0.0)
             distiller.compile(optimizer=keras.optimizers.AdamW(spec["learning_rate"]))
@@ -536,6 +570,8 @@ class TextPipeline(Pipeline):
                 verbose=verbosity(),
             )
         finally:
+            for layer in head:
+                layer.trainable = True
             for term in terms:
                 term.detach()  # the teacher goes back to the fused attention kernel
         self._save_history(history, "general")
