@@ -10,7 +10,7 @@ the threshold is gathered from a full sort instead of a dynamic `top_k`).
 - `m_by_n_mask`: in every group of `n` consecutive weights along the reduced
   (input) axis, zero the `m` smallest magnitudes (TFMOT's `sparsity_m_by_n`,
   e.g. (2, 4) = 2:4 structured sparsity). Ties go to the lower index, as
-  `tf.math.top_k`.
+  `tf.math.top_k`; a length that is not a multiple of `n` is zero-padded.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def m_by_n_mask(weights, m_by_n: Sequence[int], axis: int):
     """Zero the `m` smallest magnitudes in every `n` consecutive weights along `axis`.
 
     Args:
-        weights: a tensor whose `axis` length is a multiple of `n`.
+        weights: a tensor; along `axis` a length that is not a multiple of
+            `n` is zero-padded to one, as in TFMOT.
         m_by_n: `(m, n)`, m zeros per group of n (TFMOT's convention; (2, 4) is 2:4).
         axis: the reduced (input) axis of the layer, along which groups run.
 
@@ -126,11 +127,13 @@ def m_by_n_mask(weights, m_by_n: Sequence[int], axis: int):
     m, n = int(m_by_n[0]), int(m_by_n[1])
     moved = ops.moveaxis(ops.abs(weights), axis, -1)
     moved_shape = moved.shape
-    if moved_shape[-1] % n:
-        raise ValueError(
-            f"m-by-n sparsity groups {n} consecutive weights along axis {axis}, "
-            f"whose length {moved_shape[-1]} is not a multiple of {n}."
-        )
+    # As TFMOT: a length that is not a multiple of n is zero-padded at the
+    # end; the padding counts among the m smallest of the last group (a real
+    # zero ties with it and wins, being earlier), so that group loses fewer.
+    pad = -moved_shape[-1] % n
+    if pad:
+        moved = ops.pad(moved, [[0, 0]] * (len(moved_shape) - 1) + [[0, pad]])
+    padded_shape = moved.shape
     groups = ops.reshape(moved, (-1, n))
     # rank[i] = how many entries of the group beat entry i (larger, or equal
     # with a lower index); keep the n - m best. O(n^2) per group, n is tiny.
@@ -140,5 +143,5 @@ def m_by_n_mask(weights, m_by_n: Sequence[int], axis: int):
     beats = ops.logical_or(ops.greater(b, a), ops.logical_and(ops.equal(b, a), earlier))
     rank = ops.sum(ops.cast(beats, "int32"), axis=-1)
     keep = ops.cast(ops.less(rank, n - m), weights.dtype)
-    keep = ops.reshape(keep, moved_shape)
+    keep = ops.reshape(keep, padded_shape)[..., : moved_shape[-1]]
     return ops.moveaxis(keep, -1, axis)
