@@ -45,7 +45,7 @@ class _Selection:
     layer) minus `skip`. Entries are layer names, layer classes or layers."""
 
     def __init__(self, model, prunable: LayerSelector | None, skip: LayerSelector | None):
-        layers = _all_layers(model)
+        layers = [] if model is None else _all_layers(model)
         self.by_name = {layer.name: layer for layer in layers}
         self.prunable = None if prunable is None else list(prunable)
         self.skip = list(skip or [])
@@ -267,7 +267,7 @@ def prune_low_magnitude(
         return tfmot_bridge.prune_low_magnitude(to_prune, prunable=prunable, skip=skip, **params)
     if isinstance(to_prune, (list, tuple)):
         # As inside a model: layers with nothing to prune pass through.
-        select = _Selection(keras.Sequential(), None, None)
+        select = _Selection(None, None, None)
         pruned = [
             PruneLowMagnitude(layer, **params)
             if isinstance(layer, keras.layers.Layer) and select(layer)
