@@ -298,3 +298,27 @@ def test_left_dense_layers_are_listed_once_in_one_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", pruning.PrunedCoverageWarning)
         pruning.prune_low_magnitude(model, prunable=["pruned"])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="slow off TensorFlow")
+def test_keras_hub_backbone_inside_an_image_classifier(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=(16, 16, 3),
+    )
+    task = keras_hub.models.ImageClassifier(backbone=backbone, num_classes=3)
+    pruned = prune(task)
+    pruned_backbone = pruned.get_layer(backbone.name)
+    assert sum(isinstance(layer, pruning.PruneLowMagnitude) for layer in pruned_backbone.layers)
+    x, y = images((16, 16, 3), n=8, classes=3)
+    before = train(pruned, x, y, SCE, steps=1)
+    check_masks(before, {"Conv2D", "Dense"})
+    check_strip_and_save(pruned, x, tmp_path)
