@@ -194,3 +194,33 @@ def test_pruning_summaries_write_once_per_step(tmp_path):
                     if v.tag == "prune_low_magnitude_d/target_sparsity":
                         steps.append(event.step)
     assert steps == [0, 2, 4]  # epoch 1 start, epoch 1 end = epoch 2 start, epoch 2 end
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TFMOT runs on TensorFlow")
+def test_avg_block_scores_break_near_ties_as_tfmot():
+    """Weights with few distinct values make block averages that tie up to the
+    last float bit; the blocks kept are TFMOT's own (its mask function)."""
+    import tensorflow as tf
+    from tensorflow_model_optimization.python.core.sparsity.keras import (
+        pruning_impl,
+        pruning_schedule,
+    )
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    while compared < 60:
+        shape = tuple(int(v) for v in rng.integers(3, 12, 2))
+        block = tuple(int(v) for v in rng.integers(2, 4, 2))
+        grid = [-(-shape[i] // block[i]) for i in range(2)]
+        # TFMOT pads 'SAME' on both sides from 2 on, and squeezes a 1-wide grid.
+        if max((-shape[i]) % block[i] for i in range(2)) >= 2 or min(grid) < 2:
+            continue
+        w = (rng.integers(-6, 7, shape) / 10.0).astype("float32")
+        sparsity = float(rng.choice([0.3, 0.5, 0.7]))
+        schedule = pruning_schedule.ConstantSparsity(sparsity, 0, 100, 1)
+        variables = [(tf.Variable(w), tf.Variable(np.ones_like(w)), tf.Variable(0.0))]
+        reference = pruning_impl.Pruning(lambda: tf.constant(1), variables, schedule, block, "AVG")
+        want = reference._maybe_update_block_mask(tf.constant(w))[1].numpy()
+        got = np_(pruning.block_mask(ops.convert_to_tensor(w), sparsity, block, "AVG")[0])
+        np.testing.assert_array_equal(got, want, err_msg=f"{shape} {block} {sparsity}")
+        compared += 1

@@ -6,7 +6,8 @@ the threshold is gathered from a full sort instead of a dynamic `top_k`).
   largest magnitudes: mask = |w| >= (k-th largest |w|). Ties at the threshold
   are all kept, as in TFMOT (its extra one-hot term is always covered by `>=`).
 - `block_mask`: the same rule on blocks of a 2-D view of the weights, each
-  block scored by the average or max magnitude of its entries.
+  block scored by the average (over rows, then columns, as TFMOT) or max
+  magnitude of its entries.
 - `m_by_n_mask`: in every group of `n` consecutive weights along the reduced
   (input) axis, zero the `m` smallest magnitudes (TFMOT's `sparsity_m_by_n`,
   e.g. (2, 4) = 2:4 structured sparsity). Ties go to the lower index, as
@@ -95,10 +96,17 @@ def block_mask(weights, sparsity, block_size: Sequence[int], pooling: str = "AVG
     if pooling == "MAX":
         scores = ops.max(blocks, axis=(1, 3))
     elif pooling == "AVG":
-        # Average over the real entries only, like pooling with 'SAME' padding.
-        counts = np.pad(np.ones((rows, cols), "float32"), pad)
-        counts = counts.reshape(grid_h, bh, grid_w, bw).sum(axis=(1, 3))
-        scores = ops.sum(blocks, axis=(1, 3)) / ops.convert_to_tensor(counts, blocks.dtype)
+        # As TFMOT's factorized pooling, so near-ties round the same way: the
+        # mean over each block's rows, then over its columns, each over the
+        # real entries only (average pooling with 'SAME' padding).
+        row_counts = np.pad(np.ones(rows, "float32"), pad[0]).reshape(grid_h, bh).sum(axis=1)
+        col_counts = np.pad(np.ones(cols, "float32"), pad[1]).reshape(grid_w, bw).sum(axis=1)
+        row_means = ops.sum(blocks, axis=1) / ops.convert_to_tensor(
+            row_counts[:, None, None], blocks.dtype
+        )
+        scores = ops.sum(row_means, axis=2) / ops.convert_to_tensor(
+            col_counts[None, :], blocks.dtype
+        )
     else:
         raise ValueError(f"block_pooling_type must be 'AVG' or 'MAX', got {pooling!r}.")
     block_keep, threshold = magnitude_mask(scores, sparsity)
