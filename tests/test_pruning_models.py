@@ -83,6 +83,25 @@ def check_masks(before, expected_layers):
     assert expected_layers <= checked, expected_layers - checked
 
 
+def check_report(pruned):
+    """sparsity_report: one row per wrapped layer, all of its weights (its
+    sub-layers' too: MultiHeadAttention's projections, an LSTM's cell)."""
+    rows = {row.name: row for row in pruning.sparsity_report(pruned).layers}
+    for wrapper in wrappers(pruned):
+        masked = {
+            id(w): np_(w.value) * np_(m.value)
+            for w, m in zip(wrapper.pruned_weights, wrapper.masks)
+        }
+        values = [masked.get(id(w), np_(w.value)) for w in wrapper.layer.weights]
+        row = rows[wrapper.layer.name]
+        assert row.pruned and row.params == sum(v.size for v in values)
+        assert row.zeros == sum(int((v == 0).sum()) for v in values)
+    inner = {
+        sub.name for w in wrappers(pruned) for sub in w.layer._flatten_layers(include_self=False)
+    }
+    assert not inner & set(rows)
+
+
 def check_strip_and_save(pruned, x, tmp_path, atol=1e-5):
     masked_out = np_(pruned.predict(x, verbose=0))
     stripped = pruning.strip_pruning(pruned)
@@ -221,6 +240,7 @@ def test_prune_fit_strip_roundtrip(case, tmp_path):
     pruned = prune(model)
     before = train(pruned, x, y, loss)
     check_masks(before, expected)
+    check_report(pruned)
     check_strip_and_save(pruned, x, tmp_path)
 
 
