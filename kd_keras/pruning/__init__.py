@@ -23,7 +23,8 @@ import keras
 
 from kd_keras.pruning.callbacks import PruningSummaries, UpdatePruningStep
 from kd_keras.pruning.impl import block_mask, m_by_n_mask, magnitude_mask
-from kd_keras.pruning.prune import prune_low_magnitude, strip_pruning
+from kd_keras.pruning.prunable_layer import PrunableLayer
+from kd_keras.pruning.prune import PrunedCoverageWarning, prune_low_magnitude, strip_pruning
 from kd_keras.pruning.report import LayerSparsity, SparsityReport, sparsity_report
 from kd_keras.pruning.schedules import (
     ConstantSparsity,
@@ -53,6 +54,8 @@ __all__ = [
     "ConstantSparsity",
     "LayerSparsity",
     "PolynomialDecay",
+    "PrunableLayer",
+    "PrunedCoverageWarning",
     "PruneLowMagnitude",
     "PruningSchedule",
     "PruningSummaries",

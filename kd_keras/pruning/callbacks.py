@@ -85,17 +85,23 @@ class UpdatePruningStep(_TfKerasHooks, keras.callbacks.Callback):
         if self._tfmot_callback is None:
             self._epoch_start_steps = self._steps()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch=None, logs=None, batch=None):
+        # `batch`: TFMOT's documented custom training loop calls
+        # `on_epoch_end(batch=-1)` (its callback names the argument so).
         if self._tfmot_callback is not None:
-            self._tfmot_callback.on_epoch_end(epoch, logs)
+            self._tfmot_callback.on_epoch_end(epoch if batch is None else batch, logs)
             return
+        # A custom loop may call on_epoch_end without on_epoch_begin: then
+        # there is no step count to check against, only the re-masking to do.
+        start_steps = getattr(self, "_epoch_start_steps", None) or [None] * len(
+            self.prunable_layers
+        )
         idle = [
             layer.name
-            for layer, before, after in zip(
-                self.prunable_layers, self._epoch_start_steps, self._steps()
-            )
+            for layer, before, after in zip(self.prunable_layers, start_steps, self._steps())
             if before == after
         ]
+        self._epoch_start_steps = None
         if idle:
             # Keras calls a model whose call() has no `training` argument in
             # inference mode: nothing would ever be pruned.
@@ -143,6 +149,7 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
         self.log_dir = os.fspath(log_dir)
         self.update_freq = update_freq
         self._writer = None
+        self._last_written = None
 
     def _file_writer(self):
         if self._writer is None:
@@ -159,6 +166,8 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
         """The scalars written, as a dict (name -> value)."""
         logs = {}
         for layer in collect_pruned_layers(self.model):
+            if not layer.built:  # built in the first training step
+                continue
             for mask, threshold in zip(layer.masks, layer.thresholds):
                 mask_value = ops.convert_to_numpy(mask.value)
                 logs[f"{layer.name}/{mask.name}/sparsity"] = float(1.0 - np.mean(mask_value))
@@ -182,7 +191,11 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
             data_class=summary_pb2.DATA_CLASS_SCALAR,
         )
-        iteration = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+        optimizer = getattr(self.model, "optimizer", None)
+        iteration = int(ops.convert_to_numpy(optimizer.iterations)) if optimizer else 0
+        if iteration == self._last_written:
+            return
+        self._last_written = iteration
         with self._file_writer().as_default():
             for name, value in self.pruning_logs().items():
                 tf.summary.write(
@@ -193,6 +206,11 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.update_freq != "epoch" and (batch + 1) % self.update_freq == 0:
             self._write()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # As TFMOT, which writes at each epoch's start (custom training loops
+        # call only on_epoch_begin); a step already written is not repeated.
+        self._write()
 
     def on_epoch_end(self, epoch, logs=None):
         self._write()

@@ -6,11 +6,12 @@ the threshold is gathered from a full sort instead of a dynamic `top_k`).
   largest magnitudes: mask = |w| >= (k-th largest |w|). Ties at the threshold
   are all kept, as in TFMOT (its extra one-hot term is always covered by `>=`).
 - `block_mask`: the same rule on blocks of a 2-D view of the weights, each
-  block scored by the average or max magnitude of its entries.
+  block scored by the average (over rows, then columns, as TFMOT) or max
+  magnitude of its entries.
 - `m_by_n_mask`: in every group of `n` consecutive weights along the reduced
   (input) axis, zero the `m` smallest magnitudes (TFMOT's `sparsity_m_by_n`,
   e.g. (2, 4) = 2:4 structured sparsity). Ties go to the lower index, as
-  `tf.math.top_k`.
+  `tf.math.top_k`; a length that is not a multiple of `n` is zero-padded.
 """
 
 from __future__ import annotations
@@ -95,10 +96,17 @@ def block_mask(weights, sparsity, block_size: Sequence[int], pooling: str = "AVG
     if pooling == "MAX":
         scores = ops.max(blocks, axis=(1, 3))
     elif pooling == "AVG":
-        # Average over the real entries only, like pooling with 'SAME' padding.
-        counts = np.pad(np.ones((rows, cols), "float32"), pad)
-        counts = counts.reshape(grid_h, bh, grid_w, bw).sum(axis=(1, 3))
-        scores = ops.sum(blocks, axis=(1, 3)) / ops.convert_to_tensor(counts, blocks.dtype)
+        # As TFMOT's factorized pooling, so near-ties round the same way: the
+        # mean over each block's rows, then over its columns, each over the
+        # real entries only (average pooling with 'SAME' padding).
+        row_counts = np.pad(np.ones(rows, "float32"), pad[0]).reshape(grid_h, bh).sum(axis=1)
+        col_counts = np.pad(np.ones(cols, "float32"), pad[1]).reshape(grid_w, bw).sum(axis=1)
+        row_means = ops.sum(blocks, axis=1) / ops.convert_to_tensor(
+            row_counts[:, None, None], blocks.dtype
+        )
+        scores = ops.sum(row_means, axis=2) / ops.convert_to_tensor(
+            col_counts[None, :], blocks.dtype
+        )
     else:
         raise ValueError(f"block_pooling_type must be 'AVG' or 'MAX', got {pooling!r}.")
     block_keep, threshold = magnitude_mask(scores, sparsity)
@@ -110,7 +118,8 @@ def m_by_n_mask(weights, m_by_n: Sequence[int], axis: int):
     """Zero the `m` smallest magnitudes in every `n` consecutive weights along `axis`.
 
     Args:
-        weights: a tensor whose `axis` length is a multiple of `n`.
+        weights: a tensor; along `axis` a length that is not a multiple of
+            `n` is zero-padded to one, as in TFMOT.
         m_by_n: `(m, n)`, m zeros per group of n (TFMOT's convention; (2, 4) is 2:4).
         axis: the reduced (input) axis of the layer, along which groups run.
 
@@ -126,11 +135,13 @@ def m_by_n_mask(weights, m_by_n: Sequence[int], axis: int):
     m, n = int(m_by_n[0]), int(m_by_n[1])
     moved = ops.moveaxis(ops.abs(weights), axis, -1)
     moved_shape = moved.shape
-    if moved_shape[-1] % n:
-        raise ValueError(
-            f"m-by-n sparsity groups {n} consecutive weights along axis {axis}, "
-            f"whose length {moved_shape[-1]} is not a multiple of {n}."
-        )
+    # As TFMOT: a length that is not a multiple of n is zero-padded at the
+    # end; the padding counts among the m smallest of the last group (a real
+    # zero ties with it and wins, being earlier), so that group loses fewer.
+    pad = -moved_shape[-1] % n
+    if pad:
+        moved = ops.pad(moved, [[0, 0]] * (len(moved_shape) - 1) + [[0, pad]])
+    padded_shape = moved.shape
     groups = ops.reshape(moved, (-1, n))
     # rank[i] = how many entries of the group beat entry i (larger, or equal
     # with a lower index); keep the n - m best. O(n^2) per group, n is tiny.
@@ -140,5 +151,5 @@ def m_by_n_mask(weights, m_by_n: Sequence[int], axis: int):
     beats = ops.logical_or(ops.greater(b, a), ops.logical_and(ops.equal(b, a), earlier))
     rank = ops.sum(ops.cast(beats, "int32"), axis=-1)
     keep = ops.cast(ops.less(rank, n - m), weights.dtype)
-    keep = ops.reshape(keep, moved_shape)
+    keep = ops.reshape(keep, padded_shape)[..., : moved_shape[-1]]
     return ops.moveaxis(keep, -1, axis)

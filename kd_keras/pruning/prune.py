@@ -9,17 +9,21 @@ returned. tf_keras (Keras 2) models go to TFMOT itself (`tfmot_bridge`).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import keras
+from keras import tree
 from keras.src.models.functional import Functional
 
 from kd_keras.pruning import tfmot_bridge
 from kd_keras.pruning.callbacks import remask_weights
 from kd_keras.pruning.schedules import PruningSchedule
 from kd_keras.pruning.wrapper import (
+    NORMALIZATION_LAYERS,
     PRUNABLE_LAYER_TYPES,
     PruneLowMagnitude,
+    dense_reason,
     is_prunable,
     unsupported_layer_message,
 )
@@ -42,7 +46,7 @@ class _Selection:
     layer) minus `skip`. Entries are layer names, layer classes or layers."""
 
     def __init__(self, model, prunable: LayerSelector | None, skip: LayerSelector | None):
-        layers = _all_layers(model)
+        layers = [] if model is None else _all_layers(model)
         self.by_name = {layer.name: layer for layer in layers}
         self.prunable = None if prunable is None else list(prunable)
         self.skip = list(skip or [])
@@ -94,7 +98,74 @@ class _Selection:
             return False
         if self.prunable is None:
             return is_prunable(layer)
-        return self._matches(layer, self.prunable)
+        return is_prunable(layer) and self._matches(layer, self.prunable)
+
+    def left_dense(self, layer) -> bool:
+        """A layer with weights that default whole-model pruning leaves dense
+        (not a choice of the user's `prunable` / `skip`)."""
+        return (
+            self.prunable is None
+            and isinstance(layer, keras.layers.Layer)
+            and not isinstance(layer, (PruneLowMagnitude, keras.Model))
+            and not is_prunable(layer)
+            and not self._matches(layer, self.skip)
+            # Normalization scales and offsets are not kernels: never pruned,
+            # not worth a word (TFMOT passes them through too).
+            and not isinstance(layer, NORMALIZATION_LAYERS)
+            and bool(layer.trainable_weights)
+        )
+
+
+class PrunedCoverageWarning(UserWarning):
+    """`prune_low_magnitude` left layers with weights dense (listed, with why)."""
+
+
+def _warn_left_dense(layers: list) -> None:
+    """One warning for the whole call: each layer left dense, grouped by reason."""
+    groups: dict[str, list] = {}
+    for layer in dict.fromkeys(layers):  # a shared layer once
+        groups.setdefault(dense_reason(layer), []).append(layer)
+    if not groups:
+        return
+    lines = []
+    for reason, members in groups.items():
+        names = ", ".join(f"'{m.name}' ({type(m).__name__})" for m in members[:6])
+        more = f" and {len(members) - 6} more" if len(members) > 6 else ""
+        lines.append(f"  - {names}{more}: {reason}.")
+    warnings.warn(
+        f"prune_low_magnitude left {sum(map(len, groups.values()))} layer(s) with "
+        "weights dense:\n" + "\n".join(lines) + "\nTo silence this, name the layers "
+        "to prune with `prunable=` or the ones to keep dense with `skip=`.",
+        PrunedCoverageWarning,
+        stacklevel=3,
+    )
+
+
+def clone_graph(model, clone_function: Callable):
+    """`keras.models.clone_model` that keeps the input names (Keras names a
+    cloned Functional model's inputs after its tensors, e.g. 'keras_tensor_7';
+    the input names are the exported model's signature). Operations that are
+    not layers (raw `keras.ops` calls such as `x + 3.0`) are kept as they are."""
+
+    def clone(operation):
+        if not isinstance(operation, keras.layers.Layer):
+            return operation
+        return clone_function(operation)
+
+    input_tensors = None
+    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
+
+        def named_input(tensor):
+            layer = tensor._keras_history.operation
+            return keras.Input(
+                batch_shape=tensor.shape,
+                dtype=tensor.dtype,
+                sparse=tensor.sparse,
+                name=layer.name,
+            )
+
+        input_tensors = tree.map_structure(named_input, model.input)
+    return keras.models.clone_model(model, input_tensors=input_tensors, clone_function=clone)
 
 
 def _replace_in_place(obj, replace: Callable[[Any], Any], seen: set[int]) -> None:
@@ -157,16 +228,22 @@ def prune_low_magnitude(
         block_pooling_type: "AVG" or "MAX" score of a block.
         sparsity_m_by_n: `(m, n)` structured sparsity, e.g. (2, 4).
         prunable: for models, the layers to prune (names, classes or layers).
-            Default: every layer of a prunable type (Dense, Conv1D/2D/3D,
-            DepthwiseConv2D, SeparableConv2D, Conv2DTranspose, EinsumDense,
-            Embedding); other layers pass through untouched. Naming a layer
-            that cannot be pruned is an error.
+            Default: every layer of a prunable type (`PRUNABLE_LAYER_TYPES`:
+            Dense, convolutions of every kind, EinsumDense, Embedding, LSTM,
+            GRU, SimpleRNN, MultiHeadAttention; the class itself, a subclass
+            needs `get_prunable_weights()`) and every layer with
+            `get_prunable_weights()`; other layers pass through untouched,
+            those with weights listed in one `PrunedCoverageWarning`. Naming
+            a layer that cannot be pruned is an error.
         skip: for models, layers to leave unpruned (names, classes or layers).
         **kwargs: passed to the `PruneLowMagnitude` of a single layer.
 
     Returns:
-        The pruning-ready layer or model. Sequential and Functional models are
-        cloned (sharing the original layers' weights, as TFMOT does);
+        The pruning-ready layer or model; for a list, the list with each
+        prunable layer wrapped (the others as they are, as in a model).
+        Sequential and Functional models are cloned, raw `keras.ops` nodes
+        and input names kept, nested models pruned recursively (sharing the
+        original layers' weights, as TFMOT does);
         subclassed models are modified in place and returned. Compile the
         result before `fit`, and train with `UpdatePruningStep`.
 
@@ -190,17 +267,23 @@ def prune_low_magnitude(
     if tfmot_bridge.is_tf_keras(to_prune):
         return tfmot_bridge.prune_low_magnitude(to_prune, prunable=prunable, skip=skip, **params)
     if isinstance(to_prune, (list, tuple)):
-        return [
-            layer
-            if isinstance(layer, (PruneLowMagnitude, keras.layers.InputLayer))
-            else PruneLowMagnitude(layer, **params)
+        # As inside a model: layers with nothing to prune pass through.
+        select = _Selection(None, None, None)
+        pruned = [
+            PruneLowMagnitude(layer, **params)
+            if isinstance(layer, keras.layers.Layer) and select(layer)
+            else layer
             for layer in to_prune
         ]
+        _warn_left_dense([layer for layer in to_prune if select.left_dense(layer)])
+        return pruned
     if isinstance(to_prune, PruneLowMagnitude):
         return to_prune
     if isinstance(to_prune, keras.Model):
-        pruned = _prune_model(to_prune, _Selection(to_prune, prunable, skip), params)
+        left_dense = []
+        pruned = _prune_model(to_prune, _Selection(to_prune, prunable, skip), params, left_dense)
         _check_something_pruned(to_prune, pruned)
+        _warn_left_dense(left_dense)
         return pruned
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **params, **kwargs)
@@ -210,20 +293,24 @@ def prune_low_magnitude(
     )
 
 
-def _prune_model(model, select: _Selection, params: dict):
+def _prune_model(model, select: _Selection, params: dict, left_dense: list):
     def wrap(layer):
         if isinstance(layer, keras.Model):
-            return _prune_model(layer, select, params)
+            return _prune_model(layer, select, params, left_dense)
         if select(layer):
             wrapper = PruneLowMagnitude(layer, **params)
             if layer.built:
                 wrapper.build(None)
                 wrapper._build_shapes_dict = getattr(layer, "_build_shapes_dict", None)
             return wrapper
+        if select.left_dense(layer) and (_is_graph_model(model) or not layer._layers):
+            # Graph nodes, or leaves of a subclassed model (its containers are
+            # searched for layers to wrap instead).
+            left_dense.append(layer)
         return layer
 
     if _is_graph_model(model):
-        return keras.models.clone_model(model, clone_function=wrap)
+        return clone_graph(model, wrap)
     _replace_in_place(model, wrap, set())
     return model
 
@@ -272,7 +359,7 @@ def strip_pruning(model):
             f"{type(model).__name__}."
         )
     if _is_graph_model(model):
-        return uncompile(keras.models.clone_model(model, clone_function=_stripped_copy))
+        return uncompile(_stripped_graph(model))
     remask_weights(model)
     _replace_in_place(
         model,
@@ -282,23 +369,61 @@ def strip_pruning(model):
     return uncompile(model)
 
 
-def _stripped_copy(layer):
-    """An independent copy of `layer` with pruning wrappers removed."""
-    if isinstance(layer, keras.Model):
-        if _is_graph_model(layer):
-            return strip_pruning(layer)
-        raise ValueError(
-            f"Cannot copy the subclassed model '{layer.name}' nested in a Functional "
-            "model; call strip_pruning on the subclassed model itself first."
-        )
+def _stripped_graph(model):
+    """A copy of a Sequential / Functional model without wrappers. The weights
+    are set once the copy is built: a layer that creates its sub-layers in
+    its first call (no `build()`) has no weights before that."""
+    copies = []
+
+    def copy(layer):
+        if isinstance(layer, keras.Model):
+            if _is_graph_model(layer):
+                return _stripped_graph(layer)
+            raise ValueError(
+                f"Cannot copy the subclassed model '{layer.name}' nested in a Functional "
+                "model; call strip_pruning on the subclassed model itself first."
+            )
+        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        new = inner.__class__.from_config(inner.get_config())
+        copies.append((new, layer))
+        return new
+
+    stripped = clone_graph(model, copy)
+    for new, old in copies:
+        _copy_weights(new, old)
+    return stripped
+
+
+def _weight_values(layer) -> list:
+    """The weights of `layer` (a wrapper: of its inner layer, with masks applied)."""
     if isinstance(layer, PruneLowMagnitude):
-        inner = layer.layer
+        if not layer.built:  # never built: no mask to apply yet
+            return [w.value for w in layer.layer.weights]
         masked = {id(w): m for w, m in zip(layer.pruned_weights, layer.masked_weights())}
-        values = [masked.get(id(w), w.value) for w in inner.weights]
-    else:
-        inner = layer
-        values = [w.value for w in inner.weights]
+        return [masked.get(id(w), w.value) for w in layer.layer.weights]
+    return [w.value for w in layer.weights]
+
+
+def _copy_weights(new, old) -> None:
+    values = _weight_values(old)
+    if not values:
+        return
+    inner = old.layer if isinstance(old, PruneLowMagnitude) else old
+    if len(new.weights) != len(values):
+        _build_like(new, inner)
+    if len(new.weights) != len(values):
+        raise ValueError(
+            f"strip_pruning could not rebuild layer '{inner.name}' "
+            f"({type(inner).__name__}): the copy has {len(new.weights)} weights, the "
+            f"original {len(values)}. Give the layer a build() that creates its "
+            "weights (or its sub-layers' weights)."
+        )
+    new.set_weights([keras.ops.convert_to_numpy(v) for v in values])
+
+
+def _stripped_copy(layer):
+    """An independent plain copy of a single `PruneLowMagnitude` (or layer)."""
+    inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
     new = _build_like(inner.__class__.from_config(inner.get_config()), inner)
-    if values:
-        new.set_weights([keras.ops.convert_to_numpy(v) for v in values])
+    _copy_weights(new, layer)
     return new

@@ -113,13 +113,20 @@ def _layer_rows(model):
         yield from _tf_keras_rows(model)
         return
     layers = list(model._flatten_layers(include_self=True, recursive=True))
-    inner = {id(layer.layer) for layer in layers if isinstance(layer, PruneLowMagnitude)}
+    # A wrapped layer is one row with all its weights, its sub-layers' too
+    # (MultiHeadAttention's projections, an LSTM's cell).
+    inner = {
+        id(sub)
+        for layer in layers
+        if isinstance(layer, PruneLowMagnitude)
+        for sub in layer.layer._flatten_layers(include_self=True, recursive=True)
+    }
     for layer in layers:
         if id(layer) in inner:
             continue
         if isinstance(layer, PruneLowMagnitude):
             masked = {id(w): m for w, m in zip(layer.pruned_weights, layer.masked_weights())}
-            arrays = [masked.get(id(v), v.value) for v in _own_variables(layer.layer)]
+            arrays = [masked.get(id(v), v.value) for v in layer.layer.weights]
             yield layer.layer.name, type(layer.layer).__name__, arrays, True
         else:
             arrays = [v.value for v in _own_variables(layer)]

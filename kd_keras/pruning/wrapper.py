@@ -39,58 +39,136 @@ def _einsum_reduced_axis(layer) -> int | None:
     return reduced[-1] if reduced else None
 
 
-# Prunable built-in layers: (weight attributes, reduced axis for m-by-n).
-# The reduced axis is the kernel's input-feature axis (the dot-product axis);
-# None means m-by-n has no meaning for the layer.
-_REGISTRY: dict[type, tuple[tuple[str, ...], object]] = {
-    layers.Dense: (("kernel",), 0),
-    layers.Conv1D: (("kernel",), -2),
-    layers.Conv2D: (("kernel",), -2),
-    layers.Conv3D: (("kernel",), -2),
-    layers.Conv2DTranspose: (("kernel",), -1),  # kernel is (h, w, filters, in)
-    layers.DepthwiseConv2D: (("kernel",), None),
-    layers.SeparableConv2D: (("pointwise_kernel",), -2),  # as TFMOT
-    layers.EinsumDense: (("kernel",), _einsum_reduced_axis),
-    layers.Embedding: (("embeddings",), -1),
+def _sublayer_axis(name: str):
+    """Reduced axis of the EinsumDense sub-layer `name` (MultiHeadAttention's projections)."""
+    return lambda layer: _einsum_reduced_axis(getattr(layer, name))
+
+
+_RNN = (("cell.kernel", 0), ("cell.recurrent_kernel", 0))
+_SEPARABLE = (("depthwise_kernel", None), ("pointwise_kernel", -2))
+
+# Prunable built-in layers, matched on the exact class as in TFMOT (a
+# subclass may use its weights differently: it says which with
+# `get_prunable_weights()`). Each entry: (weight path, reduced axis). The
+# reduced axis is the weight's input-feature axis (the dot-product axis)
+# along which m-by-n groups run; None: m-by-n has no meaning for it (a
+# depthwise kernel sums over no input channel), so it stays dense under m-by-n.
+_REGISTRY: dict[type, tuple[tuple[str, object], ...]] = {
+    layers.Dense: (("kernel", 0),),
+    layers.Conv1D: (("kernel", -2),),
+    layers.Conv2D: (("kernel", -2),),
+    layers.Conv3D: (("kernel", -2),),
+    # Transposed kernels are (..., filters, in): the input axis is last.
+    layers.Conv1DTranspose: (("kernel", -1),),
+    layers.Conv2DTranspose: (("kernel", -1),),
+    layers.Conv3DTranspose: (("kernel", -1),),
+    layers.DepthwiseConv1D: (("kernel", None),),
+    layers.DepthwiseConv2D: (("kernel", None),),
+    # TFMOT prunes only the pointwise kernel; kd_keras prunes the depthwise
+    # one too, as it does a standalone DepthwiseConv2D.
+    layers.SeparableConv1D: _SEPARABLE,
+    layers.SeparableConv2D: _SEPARABLE,
+    layers.EinsumDense: (("kernel", _einsum_reduced_axis),),
+    layers.Embedding: (("embeddings", -1),),
+    # As TFMOT: the input and recurrent kernels of the cell, not the bias.
+    layers.LSTM: _RNN,
+    layers.GRU: _RNN,
+    layers.SimpleRNN: _RNN,
+    # As TFMOT: the four projections; their biases and the softmax stay dense.
+    layers.MultiHeadAttention: tuple(
+        (f"{name}.kernel", _sublayer_axis(name))
+        for name in ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+    ),
 }
 
 PRUNABLE_LAYER_TYPES = tuple(_REGISTRY)
 
 
 def _registry_entry(layer):
-    for cls in type(layer).__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    return None
+    return _REGISTRY.get(type(layer))
+
+
+def _attribute(obj, path: str):
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
 
 
 def is_prunable(layer) -> bool:
-    """True for the built-in prunable types and for layers defining
-    `get_prunable_weights()` (TFMOT's `PrunableLayer` protocol)."""
+    """True for the built-in prunable types (exact class, as TFMOT) and for
+    layers defining `get_prunable_weights()` (TFMOT's `PrunableLayer` protocol)."""
     return hasattr(layer, "get_prunable_weights") or _registry_entry(layer) is not None
 
 
-def _prunable_weights(layer) -> list:
+def prunable_weights(layer) -> list:
+    """The variables of `layer` that pruning masks (its kernels)."""
     if hasattr(layer, "get_prunable_weights"):
         return list(layer.get_prunable_weights())
-    names, _ = _registry_entry(layer)
-    return [getattr(layer, name) for name in names]
+    return [_attribute(layer, path) for path, _ in _registry_entry(layer)]
 
 
-def _reduced_axis(layer):
+def reduced_axes(layer) -> list:
+    """For each of `prunable_weights(layer)`, the axis m-by-n groups run along
+    (None: the weight stays dense under m-by-n). A custom layer sets
+    `pruning_reduced_axis` (default 0, a Dense-like `(in, out)` kernel)."""
     if hasattr(layer, "get_prunable_weights"):
-        return getattr(layer, "pruning_reduced_axis", 0)
-    _, axis = _registry_entry(layer)
-    return axis(layer) if callable(axis) else axis
+        axis = getattr(layer, "pruning_reduced_axis", 0)
+        return [axis] * len(prunable_weights(layer))
+    return [axis(layer) if callable(axis) else axis for _, axis in _registry_entry(layer)]
+
+
+def reduced_axis(layer):
+    """The layer's m-by-n axis: that of its last weight that has one (None if none)."""
+    axes = [axis for axis in reduced_axes(layer) if axis is not None]
+    return axes[-1] if axes else None
+
+
+# Former private names, still imported by the pipeline.
+_prunable_weights = prunable_weights
+_reduced_axis = reduced_axis
+
+# Layers whose weights are scales and offsets, not kernels: never pruned.
+NORMALIZATION_LAYERS = (
+    layers.BatchNormalization,
+    layers.LayerNormalization,
+    layers.GroupNormalization,
+    layers.UnitNormalization,
+    layers.Normalization,
+)
+
+
+def dense_reason(layer) -> str:
+    """Why a layer with weights is left dense by whole-model pruning."""
+    for cls in type(layer).__mro__[1:]:
+        if cls in _REGISTRY:
+            return (
+                f"a subclass of {cls.__name__} without get_prunable_weights(): it may use "
+                "its weights differently, so it is pruned only when it says which "
+                "(subclass kd_keras.pruning.PrunableLayer)"
+            )
+    return (
+        "no pruning rule for this layer type: give it get_prunable_weights() "
+        "(kd_keras.pruning.PrunableLayer) to prune it"
+    )
 
 
 def unsupported_layer_message(layer) -> str:
     names = ", ".join(cls.__name__ for cls in PRUNABLE_LAYER_TYPES)
     return (
         f"Layer '{layer.name}' ({type(layer).__name__}) cannot be pruned. Prunable "
-        f"types: {names}, or any layer with a `get_prunable_weights()` method. "
+        f"types: {names}, or any layer with a `get_prunable_weights()` method "
+        "(subclasses of those types too: see kd_keras.pruning.PrunableLayer). "
         "Remove it from `prunable`, or add it to `skip`."
     )
+
+
+def _weight_labels(layer) -> list[str]:
+    """Names for the masks: the weight's path in the registry (so the four
+    `kernel`s of MultiHeadAttention get distinct masks), else its own name."""
+    entry = None if hasattr(layer, "get_prunable_weights") else _registry_entry(layer)
+    if entry is None:
+        return [w.name.split("/")[-1] for w in prunable_weights(layer)]
+    return [path.replace(".", "_").lstrip("_").replace("cell_", "") for path, _ in entry]
 
 
 def _snake(name: str) -> str:
@@ -195,12 +273,15 @@ class PruneLowMagnitude(layers.Wrapper):
         self._step_callback_active = False
         self.supports_masking = getattr(layer, "supports_masking", False)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape=None, **shapes):
+        if shapes and not self.layer.built:
+            # A layer built from several shapes (MultiHeadAttention's
+            # query_shape / value_shape), as a loaded `.keras` file rebuilds it.
+            self.layer.build(**shapes)
         super().build(input_shape)
         self._validate_structure()
         self.masks, self.thresholds = [], []
-        for weight in _prunable_weights(self.layer):
-            base = weight.name.split("/")[-1]
+        for weight, base in zip(prunable_weights(self.layer), _weight_labels(self.layer)):
             self.masks.append(
                 self.add_weight(
                     name=f"{base}_mask",
@@ -229,32 +310,23 @@ class PruneLowMagnitude(layers.Wrapper):
         self.built = True
 
     def _validate_structure(self):
-        for weight in _prunable_weights(self.layer):
-            if self.block_size != (1, 1):
+        weights = prunable_weights(self.layer)
+        if self.block_size != (1, 1):
+            for weight in weights:
                 impl.as_matrix_shape(weight.shape)
-            if self.sparsity_m_by_n is None:
-                continue
-            axis = _reduced_axis(self.layer)
-            if axis is None:
-                raise ValueError(
-                    f"sparsity_m_by_n is not defined for layer '{self.layer.name}' "
-                    f"({type(self.layer).__name__}): it has no input axis to group "
-                    "weights along. Skip this layer or use unstructured pruning."
-                )
-            n = self.sparsity_m_by_n[1]
-            if weight.shape[axis] % n:
-                raise ValueError(
-                    f"sparsity_m_by_n={self.sparsity_m_by_n} on layer '{self.layer.name}': "
-                    f"its input dimension ({weight.shape[axis]}, axis {axis} of "
-                    f"'{weight.name}' with shape {tuple(weight.shape)}) is not a multiple "
-                    f"of {n}, so it cannot be split into groups of {n}. Skip this layer "
-                    "(prune_low_magnitude(..., skip=[name])) or change its input size."
-                )
+        if self.sparsity_m_by_n is not None and all(a is None for a in reduced_axes(self.layer)):
+            raise ValueError(
+                f"sparsity_m_by_n is not defined for layer '{self.layer.name}' "
+                f"({type(self.layer).__name__}): it has no input axis to group "
+                "weights along. Skip this layer or use unstructured pruning."
+            )
+        # An input axis that is not a multiple of n is zero-padded, as in
+        # TFMOT: a 3-channel first conv takes 2:4 (one zero per group of 3).
 
     @property
     def pruned_weights(self) -> list:
         """The wrapped layer's weights that are pruned, in mask order."""
-        return _prunable_weights(self.layer)
+        return prunable_weights(self.layer)
 
     def masked_weights(self) -> list:
         """`weight * mask` for each pruned weight (what the layer computes with)."""
@@ -271,13 +343,18 @@ class PruneLowMagnitude(layers.Wrapper):
 
         def update():
             masks, thresholds = [], []
-            for w, m, t in zip(self.pruned_weights, *old):
+            axes = reduced_axes(self.layer)
+            for w, m, t, axis in zip(self.pruned_weights, *old, axes):
                 # From the masked weights: pruned entries stay pruned as the
                 # sparsity grows (TFMOT zeroes the variable itself each step).
                 effective = ops.stop_gradient(ops.multiply(w.value, m))
                 if self.sparsity_m_by_n is not None:
-                    new_m = impl.m_by_n_mask(
-                        effective, self.sparsity_m_by_n, _reduced_axis(self.layer)
+                    # A weight with no input axis (a separable conv's
+                    # depthwise kernel) keeps its mask under m-by-n.
+                    new_m = (
+                        m
+                        if axis is None
+                        else impl.m_by_n_mask(effective, self.sparsity_m_by_n, axis)
                     )
                     new_t = t
                 elif self.block_size != (1, 1):
@@ -292,7 +369,7 @@ class PruneLowMagnitude(layers.Wrapper):
 
         return ops.cond(should, update, lambda: old)
 
-    def call(self, inputs, training=None, **kwargs):
+    def call(self, inputs, *args, training=None, **kwargs):
         masks = [m.value for m in self.masks]
         if training:
             if not self._step_callback_active:
@@ -313,7 +390,7 @@ class PruneLowMagnitude(layers.Wrapper):
             kwargs["training"] = training
         # The wrapped layer sees `weight * mask` in place of `weight`.
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-            outputs = self.layer(inputs, **kwargs)
+            outputs = self.layer(inputs, *args, **kwargs)
         for loss in scope.losses:
             self.add_loss(loss)
         return outputs
