@@ -22,6 +22,8 @@ final = pruning.strip_pruning(pruned)
 import keras
 
 from kd_keras.pruning.callbacks import PruningSummaries, UpdatePruningStep
+from kd_keras.pruning.dependency import ChannelGraph, FilterPruningError
+from kd_keras.pruning.filters import prune_filters
 from kd_keras.pruning.impl import block_mask, m_by_n_mask, magnitude_mask
 from kd_keras.pruning.prune import prune_low_magnitude, strip_pruning
 from kd_keras.pruning.report import LayerSparsity, SparsityReport, sparsity_report
@@ -50,6 +52,8 @@ def prune_scope():
 
 __all__ = [
     "PRUNABLE_LAYER_TYPES",
+    "ChannelGraph",
+    "FilterPruningError",
     "ConstantSparsity",
     "LayerSparsity",
     "PolynomialDecay",
@@ -62,6 +66,7 @@ __all__ = [
     "block_mask",
     "m_by_n_mask",
     "magnitude_mask",
+    "prune_filters",
     "prune_low_magnitude",
     "prune_scope",
     "ramp_schedule",
