@@ -313,3 +313,115 @@ def test_unsupported_layers_named():
 
     with pytest.raises(FilterPruningError, match="Functional"):
         prune_filters(Custom(), 0.5)
+
+
+# ------------------------------------------------------ gradual, in one fit
+def _residual_no_concat():
+    inputs = keras.Input((8, 8, 3))
+    a = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    a = layers.BatchNormalization(name="stem_bn")(a)
+    a = layers.ReLU(name="stem_relu")(a)
+    b = layers.Conv2D(8, 3, padding="same", name="res_conv")(a)
+    b = layers.BatchNormalization(name="res_bn")(b)
+    b = layers.DepthwiseConv2D(3, padding="same", name="res_dw")(b)
+    x = layers.ReLU(name="out_relu")(layers.Add(name="res_add")([a, b]))
+    x = layers.Conv2D(6, 1, name="head")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x), name="residual_no_concat")
+
+
+def _polynomial_kept(channels, step, final, end_step, power=3):
+    """NumPy: channels kept at `step` by PolynomialDecay(0, final, 0, end_step)."""
+    progress = min(max(step / end_step, 0.0), 1.0)
+    sparsity = final + (0.0 - final) * (1.0 - progress) ** power
+    return max(int(np.round(channels * (1.0 - sparsity))), 1)
+
+
+def test_gradual_masks_follow_schedule_and_strip_is_exact(tmp_path):
+    from kd_keras.pruning import (
+        FilterPruneLowMagnitude,
+        PolynomialDecay,
+        link_filter_peers,
+        prune_filters_low_magnitude,
+        strip_filters,
+    )
+
+    model = _randomize(_residual_no_concat())
+    schedule = PolynomialDecay(0.0, 0.75, begin_step=0, end_step=4, frequency=1)
+    masked = prune_filters_low_magnitude(model, schedule)
+    wrapped = {w.layer.name: w for w in masked.layers if isinstance(w, FilterPruneLowMagnitude)}
+    # Producers and the followers that carry their channels (the logits layer
+    # feeds the output: kept).
+    assert sorted(wrapped) == ["head", "res_bn", "res_conv", "res_dw", "stem", "stem_bn"]
+    masked.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(True))
+    x = _input(model, n=8)
+    y = np.arange(8) % 5
+    for step in range(1, 6):
+        masked.fit(x, y, batch_size=8, epochs=1, verbose=0)  # one step per call
+        masks = {n: keras.ops.convert_to_numpy(w.channel_mask) for n, w in wrapped.items()}
+        residual = masks["stem"]
+        for name in ("stem_bn", "res_conv", "res_bn", "res_dw"):
+            np.testing.assert_array_equal(masks[name], residual)  # one group, one mask
+        assert residual.sum() == _polynomial_kept(8, step, 0.75, 4)
+        assert masks["head"].sum() == _polynomial_kept(6, step, 0.75, 4)
+    stripped = strip_filters(masked)
+    assert stripped.get_layer("stem").filters == 2
+    assert stripped.get_layer("head").filters == _polynomial_kept(6, 4, 0.75, 4)
+    assert not any(isinstance(layer, FilterPruneLowMagnitude) for layer in stripped.layers)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(stripped(x, training=False)),
+        keras.ops.convert_to_numpy(masked(x, training=False)),
+        atol=TOL,
+    )
+    # The wrapped model saves and loads; peers are linked again after loading.
+    path = tmp_path / "masked.keras"
+    masked.save(path)
+    loaded = keras.saving.load_model(path)
+    link_filter_peers(loaded)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(masked(x)), atol=1e-6
+    )
+
+
+def test_gradual_concatenate():
+    from kd_keras.pruning import PolynomialDecay, prune_filters_low_magnitude
+
+    schedule = PolynomialDecay(0.0, 0.5, begin_step=0, end_step=4)
+    # A Concatenate read by a Conv is followed (the consumer is sliced at strip time)...
+    prune_filters_low_magnitude(_residual_net(), schedule)
+    # ...a BatchNormalization after it (channels of two groups) is refused, named.
+    inputs = keras.Input((8, 8, 3))
+    a = layers.Conv2D(4, 1, name="a")(inputs)
+    b = layers.Conv2D(4, 1, name="b")(inputs)
+    x = layers.BatchNormalization(name="joint_bn")(layers.Concatenate()([a, b]))
+    model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(x)))
+    with pytest.raises(FilterPruningError, match="'joint_bn'.*Concatenate"):
+        prune_filters_low_magnitude(model, schedule)
+
+
+def test_gradual_filters_while_distilling():
+    import kd_keras
+    from kd_keras.pruning import PolynomialDecay, prune_filters_low_magnitude, strip_filters
+
+    teacher = _randomize(cnn_student(filters=(16, 16), name="teacher"), seed=5)
+    student = prune_filters_low_magnitude(
+        _randomize(cnn_student()), PolynomialDecay(0.0, 0.5, 0, 4, frequency=1)
+    )
+    distiller = kd_keras.Distiller(
+        student=student,
+        teacher=teacher,
+        losses=[kd_keras.losses.SoftTargetKD(temperature=4.0)],
+        alpha=0.1,
+    )
+    distiller.compile(optimizer="adam")
+    x = _input(teacher, n=32)
+    distiller.fit(x, np.arange(32) % 10, epochs=1, batch_size=8, verbose=0)  # 4 steps
+    small = strip_filters(distiller.student)
+    assert small.get_layer("conv1").filters == 4
+    assert small.get_layer("conv2").filters == 8
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(small(x, training=False)),
+        keras.ops.convert_to_numpy(distiller.student(x, training=False)),
+        atol=TOL,
+        rtol=1e-6,  # logits of a few tens: float32 rounding
+    )

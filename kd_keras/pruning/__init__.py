@@ -23,7 +23,13 @@ import keras
 
 from kd_keras.pruning.callbacks import PruningSummaries, UpdatePruningStep
 from kd_keras.pruning.dependency import ChannelGraph, FilterPruningError
+from kd_keras.pruning.filter_wrapper import FilterPruneLowMagnitude
 from kd_keras.pruning.filters import prune_filters
+from kd_keras.pruning.gradual_filters import (
+    link_filter_peers,
+    prune_filters_low_magnitude,
+    strip_filters,
+)
 from kd_keras.pruning.impl import block_mask, m_by_n_mask, magnitude_mask
 from kd_keras.pruning.prune import prune_low_magnitude, strip_pruning
 from kd_keras.pruning.report import LayerSparsity, SparsityReport, sparsity_report
@@ -53,6 +59,7 @@ def prune_scope():
 __all__ = [
     "PRUNABLE_LAYER_TYPES",
     "ChannelGraph",
+    "FilterPruneLowMagnitude",
     "FilterPruningError",
     "ConstantSparsity",
     "LayerSparsity",
@@ -65,12 +72,15 @@ __all__ = [
     "UpdatePruningStep",
     "block_mask",
     "m_by_n_mask",
+    "link_filter_peers",
     "magnitude_mask",
     "prune_filters",
+    "prune_filters_low_magnitude",
     "prune_low_magnitude",
     "prune_scope",
     "ramp_schedule",
     "recovery_learning_rate",
     "sparsity_report",
+    "strip_filters",
     "strip_pruning",
 ]

@@ -27,7 +27,8 @@ from kd_keras.pruning.dependency import ChannelGraph, ChannelGroup, FilterPrunin
 from kd_keras.pruning.importance import channel_scores
 
 
-def _as_functional(model):
+def as_functional(model):
+    """A Functional view of a built Sequential model; other models as they are."""
     if isinstance(model, keras.Sequential):
         if not model.built or not model.inputs:
             raise FilterPruningError(
@@ -157,7 +158,7 @@ def prune_filters(
         )
     if isinstance(skip, str):
         skip = [skip]
-    model = _as_functional(model)
+    model = as_functional(model)
     graph = ChannelGraph(model, skip=skip)
     if not isinstance(fraction, Mapping):
         _check_fraction(fraction, "fraction")
