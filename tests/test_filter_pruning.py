@@ -425,3 +425,34 @@ def test_gradual_filters_while_distilling():
         atol=TOL,
         rtol=1e-6,  # logits of a few tens: float32 rounding
     )
+
+
+# ------------------------------------------------------- pipeline and CLI
+def test_config_prune_filters():
+    from kd_keras.pipeline.config import ConfigError, validate_config
+
+    base = {"data": {"name": "digits"}, "teacher": {"builder": "cnn_teacher"}}
+    base["student"] = {"builder": "cnn_student"}
+    config = validate_config(dict(base, prune={"filters": 0.5}))
+    assert config["prune"]["filters"] == 0.5
+    assert config["prune"]["final_sparsity"] is None
+    with pytest.raises(ConfigError, match="'prune.filters' removes whole filters"):
+        validate_config(dict(base, prune={"filters": 0.5, "final_sparsity": 0.8}))
+    with pytest.raises(ConfigError, match="prune.filters"):
+        validate_config(dict(base, prune={"filters": 1.0}))
+
+
+def test_cli_prune_filters(tmp_path, capsys):
+    from kd_keras import cli
+    from kd_keras.pipeline import steps
+
+    (xt, _), _ = steps.load_data({"name": "digits"})
+    model = cnn_student(xt.shape[1:])
+    model.save(tmp_path / "s.keras")
+    out = tmp_path / "p.keras"
+    argv = ["prune", str(tmp_path / "s.keras"), "--data", "digits", "--filters", "0.5"]
+    assert cli.main([*argv, "--out", str(out), "--epochs", "1"]) == 0
+    pruned = keras.saving.load_model(out)
+    assert pruned.get_layer("conv1").filters == 4
+    assert pruned.get_layer("conv2").filters == 8
+    assert "pruned test accuracy" in capsys.readouterr().out

@@ -133,6 +133,9 @@ def _add_step_commands(subparsers) -> None:
     target = prune.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_sparsity, help="final fraction of zeros, e.g. 0.8")
     target.add_argument("--m-by-n", type=_m_by_n, help="structured M zeros in N weights, e.g. 2:4")
+    target.add_argument(
+        "--filters", type=_sparsity, help="share of filters removed (smaller, faster), e.g. 0.5"
+    )
     prune.add_argument("--teacher", help="teacher .keras file: distill while pruning")
     prune.add_argument("--out", required=True, help="pruned .keras file to write")
     prune.add_argument(
@@ -290,6 +293,7 @@ def _prune(args: argparse.Namespace) -> int:
         yt,
         final_sparsity=args.sparsity,
         m_by_n=args.m_by_n,
+        filters=args.filters,
         ramp=args.ramp,
         lr_schedule=args.lr_schedule,
         log=lambda message: print(message, file=sys.stderr),
