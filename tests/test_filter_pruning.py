@@ -456,3 +456,33 @@ def test_cli_prune_filters(tmp_path, capsys):
     assert pruned.get_layer("conv1").filters == 4
     assert pruned.get_layer("conv2").filters == 8
     assert "pruned test accuracy" in capsys.readouterr().out
+
+
+# ------------------------------------------- sparse weights in the .tflite
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TFLite conversion")
+def test_sparse_tflite_encoding(tmp_path):
+    from kd_keras import pruning
+    from kd_keras.export import to_tflite
+    from kd_keras.export.runtime import TFLiteRunner
+    from kd_keras.quantization.convert import convert, tflite_ops
+
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = layers.Conv2D(128, 1, activation="relu", name="pointwise")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, layers.Dense(10, name="logits")(layers.Dense(256)(x)))
+    pruned = pruning.prune_low_magnitude(model, pruning.ConstantSparsity(0.8, 0, frequency=1))
+    pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    data = _input(model, n=8)
+    pruned.fit(data, np.arange(8), epochs=1, verbose=0, callbacks=[pruning.UpdatePruningStep()])
+    sparse_model = pruning.strip_pruning(pruned)
+    dense, sparse = convert(sparse_model), convert(sparse_model, sparse=True)
+    # 80 % zeros in a sparse (index + value) format: well under half the bytes.
+    assert len(sparse) < 0.5 * len(dense)
+    assert "DENSIFY" in {op["op"] for op in tflite_ops(sparse)}
+    assert "DENSIFY" not in {op["op"] for op in tflite_ops(dense)}
+    expected = keras.ops.convert_to_numpy(sparse_model(data))
+    np.testing.assert_allclose(TFLiteRunner(sparse)(data), expected, atol=1e-5)
+    report = to_tflite(sparse_model, tmp_path / "sparse.tflite", sparse=True, sample_inputs=data)
+    assert report.passed and report.max_abs_diff <= 1e-5
+    assert (tmp_path / "sparse.tflite").stat().st_size == len(sparse)
