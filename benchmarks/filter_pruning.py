@@ -5,7 +5,9 @@ For each student (the reference `cnn_student` on 28x28x1, and Keras's
 MobileNetV2 alpha 0.35 on the images resized to 32x32 and repeated to 3
 channels) and each seed:
 
-  1. the dense student is trained on labels for --base-epochs ("dense");
+  1. the dense student is trained on labels for --base-epochs ("dense"),
+     then distilled for --epochs more ("dense, same budget, KD": the
+     accuracy reference, trained as long as the pruned rows);
   2. for each fraction in --fractions, `kd_keras.pruning.prune_filters`
      removes that share of the filters (L1 importance, kept counts rounded to
      --round-to), and the smaller model is fine-tuned for --epochs twice from
@@ -113,6 +115,11 @@ def run_model(name, args, x, y, xt, yt, logits):
         row("dense")["acc"][seed] = common.accuracy(dense, xt, yt)
         if seed == args.seeds[0]:
             row("dense").update(files(dense, x[:200], args.runs))
+        # The pruned rows train --epochs more: the dense student with the same
+        # extra epochs (distilled) is the fair accuracy reference.
+        keras.utils.set_random_seed(seed + 1000)
+        longer = fit_distilled(copy_of(dense), x, y, logits, args.epochs)
+        row("dense, same budget, KD")["acc"][seed] = common.accuracy(longer, xt, yt)
         for fraction in args.fractions:
             small = pruning.prune_filters(dense, fraction, round_to=args.round_to)
             key = f"filters -{int(round(fraction * 100))} %"
