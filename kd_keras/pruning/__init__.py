@@ -3,6 +3,9 @@
 Names follow `tfmot.sparsity.keras`: `prune_low_magnitude`, `strip_pruning`,
 `ConstantSparsity`, `PolynomialDecay`, `UpdatePruningStep`, `PruningSummaries`.
 tf_keras (Keras 2) models are handed to TFMOT itself (see `tfmot_bridge`).
+Filter (channel) pruning, which makes a model physically smaller and faster:
+`prune_filters` (one shot), `prune_filters_low_magnitude` + `strip_filters`
+(gradual, in one `fit`).
 
 Example:
 

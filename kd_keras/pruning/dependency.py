@@ -229,6 +229,11 @@ class ChannelGraph:
             self._fixed.update(ids.tolist())
         return ids
 
+    @property
+    def num_ids(self) -> int:
+        """How many channel ids the graph has handed out."""
+        return len(self._parent)
+
     def find(self, i: int) -> int:
         parent = self._parent
         root = i

@@ -73,7 +73,7 @@ def channel_scores(
     """
     if importance not in IMPORTANCES:
         raise FilterPruningError(f"importance must be one of {IMPORTANCES}, got {importance!r}.")
-    scores = np.zeros(len(graph._parent), np.float64)
+    scores = np.zeros(graph.num_ids, np.float64)
     if importance in ("l1", "l2", "bn_gamma"):
         order = 2 if importance == "l2" else 1
         for name, ids in graph.producer_ids.items():
