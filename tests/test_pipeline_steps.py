@@ -259,7 +259,7 @@ def test_quantize_argument_errors(workdir, argv, message, capsys):
         (["--sparsity", "0.5", "--m-by-n", "2:4"], "not allowed with argument"),
         (["--m-by-n", "4:2"], r"m_by_n must be 'M:N' with 1 <= M < N"),
         (["--sparsity", "1.0"], r"must be a fraction of zeros in \[0, 1\)"),
-        ([], "one of the arguments --sparsity --m-by-n is required"),
+        ([], "one of the arguments --sparsity --m-by-n --filters is required"),
     ],
 )
 def test_prune_argument_errors_exit_2(workdir, argv, message, capsys):

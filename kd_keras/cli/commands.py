@@ -90,6 +90,7 @@ def prune(args: argparse.Namespace) -> int:
         yt,
         final_sparsity=args.sparsity,
         m_by_n=args.m_by_n,
+        filters=args.filters,
         ramp=args.ramp,
         lr_schedule=args.lr_schedule,
         log=lambda message: print(message, file=sys.stderr),

@@ -283,8 +283,9 @@ def _add_prune(subparsers) -> None:
         subparsers,
         "prune",
         "magnitude-prune a .keras model while fine-tuning (optionally distilling)",
-        "Prunes to --sparsity (polynomial schedule) or to an M:N pattern, "
-        "fine-tuning on labels or from --teacher, and writes the stripped .keras model.",
+        "Prunes to --sparsity (polynomial schedule), to an M:N pattern, or removes "
+        "--filters (whole channels: a physically smaller model), fine-tuning on labels "
+        "or from --teacher, and writes the stripped .keras model.",
     )
     parser.add_argument("model", help=".keras model to prune")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -293,6 +294,11 @@ def _add_prune(subparsers) -> None:
     )
     target.add_argument(
         "--m-by-n", type=cli_args.m_by_n, help="structured M zeros in N weights, e.g. 2:4"
+    )
+    target.add_argument(
+        "--filters",
+        type=cli_args.sparsity,
+        help="share of filters removed (a smaller, faster model), e.g. 0.5",
     )
     parser.add_argument("--teacher", help="teacher .keras file: distill while pruning")
     parser.add_argument("--out", required=True, help="pruned .keras file to write")

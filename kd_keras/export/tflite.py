@@ -48,8 +48,8 @@ def to_tflite(
             the check fails; `False` only warns.
         **convert_kwargs: passed to `kd_keras.quantization.convert` (e.g.
             `int8_io=True`, `num_calibration_batches=...`, `batch_size=1`,
-            `strip_strings=True`; the parity check runs a fixed-batch file
-            batch by batch).
+            `strip_strings=True`, `sparse=True`; the parity check runs a
+            fixed-batch file batch by batch).
 
     Returns:
         The `ParityReport`, also written to `<path>.parity.json`.

@@ -36,6 +36,7 @@ prune:
   enabled: true
   final_sparsity: 0.5    # unstructured magnitude pruning, or
   m_by_n: null           # "2:4": structured, exclusive with final_sparsity
+  filters: null          # 0.5: remove half the filters (a smaller, faster model), exclusive
   distill: false         # fine-tune from the teacher
   temperature: null      # with distill: soft-target T (default: distill.temperature)
   alpha: null            # with distill: label weight (default: distill.alpha)
@@ -173,6 +174,11 @@ SCHEMA: dict[str, Any] = {
             None,
         ),
         "m_by_n": (_m_by_n, "'M:N' with 1 <= M < N, e.g. '2:4'", None),
+        "filters": (
+            lambda v: number_in(0, 1)(v) and v < 1,
+            "a number in [0, 1) (the share of filters removed)",
+            None,
+        ),
         "distill": (is_bool, "true or false", False),
         "temperature": (
             number_in(0, open_low=True),
@@ -338,7 +344,14 @@ def _check_prune(spec, source):
             f"{source}: 'prune.m_by_n' and 'prune.final_sparsity' exclude each other: "
             "m_by_n fixes the sparsity at M/N; remove one of them."
         )
-    if spec["m_by_n"] is None and spec["final_sparsity"] is None:
+    if spec["filters"] is not None and (
+        spec["m_by_n"] is not None or spec["final_sparsity"] is not None
+    ):
+        raise ConfigError(
+            f"{source}: 'prune.filters' removes whole filters; it excludes "
+            "'prune.final_sparsity' and 'prune.m_by_n'. Remove one of them."
+        )
+    if spec["m_by_n"] is None and spec["final_sparsity"] is None and spec["filters"] is None:
         spec["final_sparsity"] = 0.5
 
 

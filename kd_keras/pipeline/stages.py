@@ -234,6 +234,7 @@ class Pipeline:
             yt,
             final_sparsity=spec["final_sparsity"],
             m_by_n=spec["m_by_n"],
+            filters=spec["filters"],
             ramp=spec["ramp"],
             lr_schedule=spec["lr_schedule"],
             callbacks=[self._backup("prune")],

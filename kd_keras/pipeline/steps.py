@@ -298,14 +298,14 @@ def parse_m_by_n(value) -> tuple[int, int]:
 def _m_by_n_layers(model, n: int) -> tuple[list[str], list[str]]:
     """(layers whose input axis splits into groups of n, prunable layers whose
     does not): the second are left dense rather than failing the run."""
-    from kd_keras.pruning.wrapper import _prunable_weights, _reduced_axis, is_prunable
+    from kd_keras.pruning.wrapper import is_prunable, prunable_weights, reduced_axis
 
     fits, left = [], []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if not is_prunable(layer) or not layer.built:
             continue
-        axis = _reduced_axis(layer)
-        ok = axis is not None and all(w.shape[axis] % n == 0 for w in _prunable_weights(layer))
+        axis = reduced_axis(layer)
+        ok = axis is not None and all(w.shape[axis] % n == 0 for w in prunable_weights(layer))
         (fits if ok else left).append(layer.name)
     return fits, left
 
@@ -321,6 +321,7 @@ def prune_student(
     *,
     final_sparsity: float | None = None,
     m_by_n=None,
+    filters: float | None = None,
     epochs: int = 2,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -343,11 +344,35 @@ def prune_student(
     dimension is a multiple of n (others stay dense and are named in `log`).
     `pruned` still has its `PruneLowMagnitude` wrappers (for
     `sparsity_report`), `stripped` is the plain model to save.
+    `filters` (e.g. 0.5) removes that share of the filters at once
+    (`pruning.prune_filters`, a physically smaller model) and then fine-tunes
+    it; `pruned` and `stripped` are then the same model.
     """
     from kd_keras import pruning
 
-    if (final_sparsity is None) == (m_by_n is None):
-        raise ValueError("Give exactly one of final_sparsity (e.g. 0.8) or m_by_n (e.g. '2:4').")
+    if sum(v is not None for v in (final_sparsity, m_by_n, filters)) != 1:
+        raise ValueError(
+            "Give exactly one of final_sparsity (e.g. 0.8), m_by_n (e.g. '2:4') or "
+            "filters (e.g. 0.5)."
+        )
+    if filters is not None:
+        smaller = pruning.prune_filters(student, filters)
+        if log is not None:
+            log(
+                f"filters {filters}: {student.count_params()} -> {smaller.count_params()} "
+                "parameters"
+            )
+        history = train(
+            smaller,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            callbacks=list(callbacks),
+            **train_kwargs,
+        )
+        return smaller, smaller, history
     if m_by_n is not None:
         m_by_n = parse_m_by_n(m_by_n)
         fits, left = _m_by_n_layers(student, m_by_n[1])

@@ -3,6 +3,9 @@
 Names follow `tfmot.sparsity.keras`: `prune_low_magnitude`, `strip_pruning`,
 `ConstantSparsity`, `PolynomialDecay`, `UpdatePruningStep`, `PruningSummaries`.
 tf_keras (Keras 2) models are handed to TFMOT itself (see `tfmot_bridge`).
+Filter (channel) pruning, which makes a model physically smaller and faster:
+`prune_filters` (one shot), `prune_filters_low_magnitude` + `strip_filters`
+(gradual, in one `fit`).
 
 Example:
 
@@ -22,6 +25,14 @@ final = pruning.strip_pruning(pruned)
 import keras
 
 from kd_keras.pruning.callbacks import PruningSummaries, UpdatePruningStep
+from kd_keras.pruning.dependency import ChannelGraph, FilterPruningError
+from kd_keras.pruning.filter_wrapper import FilterPruneLowMagnitude
+from kd_keras.pruning.filters import prune_filters
+from kd_keras.pruning.gradual_filters import (
+    link_filter_peers,
+    prune_filters_low_magnitude,
+    strip_filters,
+)
 from kd_keras.pruning.impl import block_mask, m_by_n_mask, magnitude_mask
 from kd_keras.pruning.prunable_layer import PrunableLayer
 from kd_keras.pruning.prune import PrunedCoverageWarning, prune_low_magnitude, strip_pruning
@@ -51,6 +62,9 @@ def prune_scope():
 
 __all__ = [
     "PRUNABLE_LAYER_TYPES",
+    "ChannelGraph",
+    "FilterPruneLowMagnitude",
+    "FilterPruningError",
     "ConstantSparsity",
     "LayerSparsity",
     "PolynomialDecay",
@@ -64,11 +78,15 @@ __all__ = [
     "UpdatePruningStep",
     "block_mask",
     "m_by_n_mask",
+    "link_filter_peers",
     "magnitude_mask",
+    "prune_filters",
+    "prune_filters_low_magnitude",
     "prune_low_magnitude",
     "prune_scope",
     "ramp_schedule",
     "recovery_learning_rate",
     "sparsity_report",
+    "strip_filters",
     "strip_pruning",
 ]

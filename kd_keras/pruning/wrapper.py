@@ -123,10 +123,6 @@ def reduced_axis(layer):
     return axes[-1] if axes else None
 
 
-# Former private names, still imported by the pipeline.
-_prunable_weights = prunable_weights
-_reduced_axis = reduced_axis
-
 # Layers whose weights are scales and offsets, not kernels: never pruned.
 NORMALIZATION_LAYERS = (
     layers.BatchNormalization,

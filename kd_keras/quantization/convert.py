@@ -142,6 +142,7 @@ def convert(
     batch_size: int | None = None,
     strip_strings: bool = False,
     per_channel_dense: bool = True,
+    sparse: bool = False,
 ) -> bytes:
     """Convert a Keras model to TFLite flatbuffer bytes.
 
@@ -177,6 +178,10 @@ def convert(
             distinct values in int8 too (per-channel scales would multiply
             them by the number of channels). QAT models carry their own
             choice (per-tensor for `Dense`).
+        sparse: store weights that are mostly zeros (a pruned model's) in
+            TFLite's sparse format (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`):
+            a smaller file. LiteRT densifies them when the model loads, so
+            inference runs at the dense speed (see README, "Sparse weights").
 
     Returns:
         The `.tflite` model as `bytes`.
@@ -222,6 +227,11 @@ def convert(
             model.export(workdir, format="tf_saved_model", verbose=False, input_signature=signature)
             converter = tf.lite.TFLiteConverter.from_saved_model(workdir)
         _configure(tf, converter, mode, calibration, int8_io)
+        if sparse:
+            converter.optimizations = [
+                *converter.optimizations,
+                tf.lite.Optimize.EXPERIMENTAL_SPARSITY,
+            ]
         if not per_channel_dense:
             # The converter's switch for per-tensor Dense kernels (TF >= 2.14).
             converter._experimental_disable_per_channel_quantization_for_dense_layers = True

@@ -1,0 +1,191 @@
+"""Gradual filter pruning in one `fit`: `prune_filters_low_magnitude` masks
+whole channel groups by a pruning schedule while the model trains (or
+distils); `strip_filters` then removes the masked channels for real, with
+the same surgery as `prune_filters`.
+
+Each member of a channel group (its Conv/Dense producers, and the
+BatchNormalization / depthwise layers that carry the channel) is wrapped in
+`FilterPruneLowMagnitude`; the members compute the same mask from the same
+kernels at the same step, so a residual stage loses the same channels in
+every block. A layer carrying channels of several groups (a
+BatchNormalization after a `Concatenate`, a residual Add over a
+concatenation) is not followed gradually (use the one-shot `prune_filters`)
+and is refused with the layer named; a Conv/Dense reading a concatenation
+is fine (its kernel is sliced when the model is stripped).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+from kd_keras.pruning.dependency import ChannelGraph, FilterPruningError
+from kd_keras.pruning.filter_wrapper import FilterPruneLowMagnitude
+from kd_keras.pruning.filters import as_functional, rebuild
+from kd_keras.pruning.schedules import PruningSchedule
+
+
+def _plan(graph: ChannelGraph) -> dict[str, tuple[list[str], list[int]]]:
+    """Layer name -> (peers, fixed channel indices) for every layer to wrap."""
+    plan: dict[str, tuple[list[str], list[int]]] = {}
+    by_classes: dict[tuple[int, ...], tuple[list[str], list[int]]] = {}
+    for group in graph.groups():
+        if all(group.fixed):
+            continue
+        fixed = [i for i, f in enumerate(group.fixed) if f]
+        for name in group.producers:
+            if graph.roots(graph.producer_ids[name]).tolist() != group.classes:
+                raise FilterPruningError(
+                    f"Gradual filter pruning follows channel groups whose layers carry the "
+                    f"same channels in the same order; '{name}' carries only part of its "
+                    "group (a Concatenate joins it). Use the one-shot "
+                    "kd_keras.pruning.prune_filters for this model, or add the layer to `skip`."
+                )
+            plan[name] = (list(group.producers), fixed)
+        by_classes[tuple(group.classes)] = (list(group.producers), fixed)
+    fixed_roots = graph.fixed_roots()
+    for name, ids in graph.follower_ids.items():
+        roots = graph.roots(ids).tolist()
+        if tuple(roots) in by_classes:
+            plan[name] = by_classes[tuple(roots)]
+        elif not all(r in fixed_roots for r in roots):
+            raise FilterPruningError(
+                f"Gradual filter pruning cannot follow '{name}': its channels come from "
+                "several channel groups (after a Concatenate). Use the one-shot "
+                "kd_keras.pruning.prune_filters for this model."
+            )
+    return plan
+
+
+def link_filter_peers(model) -> None:
+    """Point every `FilterPruneLowMagnitude` of `model` at its peers' kernels
+    (done by `prune_filters_low_magnitude`; needed again after loading)."""
+    wrappers = [layer for layer in model.layers if isinstance(layer, FilterPruneLowMagnitude)]
+    inner = {w.layer.name: w.layer for w in wrappers}
+    for wrapper in wrappers:
+        missing = [p for p in wrapper.peers if p not in inner]
+        if missing:
+            raise FilterPruningError(
+                f"'{wrapper.name}' scores its filters with layers {missing}, which are not "
+                "wrapped in this model."
+            )
+        wrapper.link(lambda names=tuple(wrapper.peers): [inner[n].kernel for n in names])
+
+
+def prune_filters_low_magnitude(model, pruning_schedule: PruningSchedule, skip=None):
+    """Wrap a model for gradual filter pruning (whole channels, by L1 norm).
+
+    Args:
+        model: a Functional (or built Sequential) Keras 3 model.
+        pruning_schedule: `PolynomialDecay` / `ConstantSparsity`; the sparsity
+            is the share of each channel group masked at that step.
+        skip: layer names whose output channels are kept.
+
+    Returns:
+        A Functional model sharing `model`'s layers (as `prune_low_magnitude`),
+        each channel-carrying layer wrapped in `FilterPruneLowMagnitude`. Train
+        or distil it (no callback needed), then call `strip_filters`.
+
+    Example:
+
+    ```python
+    from kd_keras import pruning
+    schedule = pruning.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=500, frequency=50)
+    masked = pruning.prune_filters_low_magnitude(student, schedule)
+    masked.compile("adam", "sparse_categorical_crossentropy")
+    masked.fit(x, y, epochs=2)
+    small = pruning.strip_filters(masked)
+    ```
+    """
+    if not isinstance(pruning_schedule, PruningSchedule):
+        raise FilterPruningError(
+            "pruning_schedule must be a kd_keras.pruning.PruningSchedule "
+            f"(PolynomialDecay, ConstantSparsity), got {type(pruning_schedule).__name__}."
+        )
+    if isinstance(skip, str):
+        skip = [skip]
+    model = as_functional(model)
+    plan = _plan(ChannelGraph(model, skip=skip))
+    if not plan:
+        raise FilterPruningError(
+            f"No filter of '{model.name}' can be pruned: every channel reaches an output "
+            "or a skipped layer."
+        )
+
+    def wrap(layer):
+        if isinstance(layer, keras.layers.Layer) and layer.name in plan:
+            peers, fixed = plan[layer.name]
+            return FilterPruneLowMagnitude(layer, pruning_schedule, peers=peers, fixed=fixed)
+        return layer
+
+    wrapped = keras.models.clone_model(model, clone_function=wrap)
+    link_filter_peers(wrapped)
+    return wrapped
+
+
+def _baked(layer, mask: np.ndarray) -> list[np.ndarray]:
+    """`layer`'s weights with the channel mask multiplied in (what the wrapper computes)."""
+    values = []
+    for weight in layer.weights:
+        value = keras.ops.convert_to_numpy(weight)
+        name = weight.name.split("/")[-1]
+        if name == "kernel" and isinstance(layer, (layers.DepthwiseConv1D, layers.DepthwiseConv2D)):
+            value = value * mask[:, None]
+        elif name == "kernel":
+            value = value * mask
+        elif name in ("bias", "gamma", "beta"):
+            value = value * mask
+        values.append(value.astype(keras.ops.convert_to_numpy(weight).dtype))
+    return values
+
+
+def strip_filters(model):
+    """Remove the masked channels of a `prune_filters_low_magnitude` model:
+    a plain, physically smaller Functional model computing the same outputs.
+
+    Example:
+
+    ```python
+    small = kd_keras.pruning.strip_filters(masked)
+    small.save("student_filters.keras")
+    ```
+    """
+    wrappers = {
+        layer.layer.name: layer
+        for layer in getattr(model, "layers", [])
+        if isinstance(layer, FilterPruneLowMagnitude)
+    }
+    if not wrappers:
+        raise FilterPruningError(
+            f"'{getattr(model, 'name', model)}' has no FilterPruneLowMagnitude layers; "
+            "strip_filters takes the model returned by prune_filters_low_magnitude."
+        )
+
+    def unwrap(layer):
+        if isinstance(layer, FilterPruneLowMagnitude):
+            layer = layer.layer
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
+        return layer.__class__.from_config(layer.get_config())
+
+    plain = keras.models.clone_model(model, clone_function=unwrap)
+    masks = {
+        name: keras.ops.convert_to_numpy(w.channel_mask).astype(bool)
+        for name, w in wrappers.items()
+    }
+    for layer in model.layers:
+        source = layer.layer if isinstance(layer, FilterPruneLowMagnitude) else layer
+        if not source.weights or isinstance(source, layers.InputLayer):
+            continue
+        if source.name in masks:
+            values = _baked(source, masks[source.name].astype("float32"))
+        else:
+            values = [keras.ops.convert_to_numpy(w) for w in source.weights]
+        plain.get_layer(source.name).set_weights(values)
+    graph = ChannelGraph(plain)
+    removed: set[int] = set()
+    for name, ids in graph.producer_ids.items():
+        if name in masks:
+            removed |= set(graph.roots(ids[~masks[name]]).tolist())
+    return rebuild(plain, graph, removed)
