@@ -59,6 +59,23 @@ from kd_keras.quantization.quantizers import (
 )
 
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+#: Activations TFLite runs as int8 kernels (HARD_SWISH, LOGISTIC, TANH,
+#: SOFTMAX, GELU, ELU, LEAKY_RELU, or int8 MUL / ADD / RELU6 for the ones Keras
+#: writes as several ops); an `Activation` layer with one of them gets its
+#: output quantized.
+INT8_ACTIVATIONS = FUSABLE_ACTIVATIONS + (
+    "hard_silu",
+    "hard_swish",
+    "hard_sigmoid",
+    "sigmoid",
+    "silu",
+    "swish",
+    "tanh",
+    "softmax",
+    "gelu",
+    "elu",
+    "leaky_relu",
+)
 
 _L = keras.layers
 #: Layers that leave values unchanged or only move them: their output carries
@@ -445,6 +462,8 @@ def _rewrite(model, plan, make_layer, call_layer):
         if graph.is_raw_op(old) or old.name in absorbed or not old.weights:
             continue
         target = new_layer.layer if isinstance(new_layer, QuantizeWrapper) else new_layer
+        if not target.built:
+            continue  # replaced by other operations (Rescaling / Normalization)
         if _kernels.is_kernel_layer(old):
             fusion = plan.get(old.name)
             kernel, bias = _folded_weights(old, fusion.batch_norm if fusion else None)
@@ -490,13 +509,31 @@ def _layer_kind(layer) -> str:
         return "unsupported" if _kernels.kernel_layer_problem(layer) else "kernel"
     if type(layer) in PASS_THROUGH_LAYERS:
         return "pass"
-    if type(layer) in OUTPUT_QUANTIZED_LAYERS:
+    if type(layer) in OUTPUT_QUANTIZED_LAYERS or is_affine_preprocessing(layer):
         return "output"
     if type(layer) is keras.layers.Activation and keras.activations.serialize(
         layer.activation
-    ) in FUSABLE_ACTIVATIONS:
+    ) in INT8_ACTIVATIONS:
         return "output"
     return "unsupported"
+
+
+def is_affine_preprocessing(layer) -> bool:
+    """A `Rescaling` or a (non-inverting) `Normalization`: `x * scale + offset`."""
+    if type(layer) is keras.layers.Rescaling:
+        return True
+    return type(layer) is keras.layers.Normalization and not layer.invert and layer.built
+
+
+def affine_constants(layer):
+    """`(scale, offset)` NumPy arrays with `layer(x) == x * scale + offset`."""
+    if type(layer) is keras.layers.Rescaling:
+        return np.asarray(layer.scale, "float64"), np.asarray(layer.offset, "float64")
+    mean = np.asarray(ops.convert_to_numpy(layer.mean), "float64")
+    variance = np.asarray(ops.convert_to_numpy(layer.variance), "float64")
+    # Normalization divides by max(sqrt(variance), epsilon).
+    std = np.maximum(np.sqrt(variance), keras.backend.epsilon())
+    return 1.0 / std, -mean / std
 
 
 def _unsupported_message(layers, skip_hint) -> str:
@@ -704,12 +741,35 @@ def quantize_model(
         outputs = new(*args, **kwargs)
         return keras.tree.map_structure(lambda t: quantize_output(t, old), outputs)
 
+    def call_affine(old, inputs):
+        """`Rescaling` / `Normalization` as `x * scale + offset`: an int8 MUL
+        then ADD, each with its own output range (one layer would leave the
+        product between them in float)."""
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        scale, offset = affine_constants(old)
+        scale, offset = scale.astype(dtype), offset.astype(dtype)
+        x = ensure_quantized(inputs)
+        if np.any(scale != 1):
+            x = QuantizeLayer(
+                MovingAverageQuantizer(ema_decay=ema_decay),
+                name=unique_name(f"{old.name}_scale_quantize"),
+            )(ops.multiply(x, scale))
+        if np.any(offset != 0):
+            x = QuantizeLayer(
+                MovingAverageQuantizer(ema_decay=ema_decay),
+                name=unique_name(f"{old.name}_offset_quantize"),
+            )(ops.add(x, offset))
+        quantized.add(id(x))
+        return x
+
     def call_layer(new, old, *args, **kwargs):
         flat_inputs = [
             t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)
         ]
         if graph.is_raw_op(old):
             return call_raw_op(new, old, flat_inputs, args, kwargs)
+        if is_affine_preprocessing(old) and not skipped(old) and len(flat_inputs) == 1:
+            return call_affine(old, flat_inputs[0])
         if isinstance(new, QuantizeWrapper):
             args = keras.tree.map_structure(ensure_quantized, args)
             carries_range = True
