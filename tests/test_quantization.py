@@ -188,7 +188,8 @@ def test_quantize_model_graph_fuses_bn_and_relu_and_keeps_names():
     assert type(qat.get_layer("bn1")) is keras.layers.Identity
     assert type(qat.get_layer("block1")) is keras.layers.Identity
     assert type(qat.get_layer("pool1")) is keras.layers.MaxPooling2D  # range passes through
-    assert isinstance(qat.get_layer("conv1_quantize_input"), QuantizeLayer)
+    # The model input enters through one quantizer, named after the input.
+    assert isinstance(qat.get_layer(f"{qat.layers[0].name}_quantize"), QuantizeLayer)
     assert qat.get_layer("logits").weight_quantizer.axis is None  # Dense: per-tensor
     assert qat.get_layer("conv2").weight_quantizer.axis == -1
 
@@ -300,7 +301,7 @@ def test_unsupported_layer_is_named_with_the_skip_list_fix():
     qat = quantize_model(model, skip_layers=["norm"])
     assert type(qat.get_layer("norm")) is keras.layers.LayerNormalization
     # The float layer's output re-enters the quantized part through a quantizer.
-    assert isinstance(qat.get_layer("d2_quantize_input"), QuantizeLayer)
+    assert isinstance(qat.get_layer("norm_quantize"), QuantizeLayer)
     with pytest.raises(ValueError, match="not in"):
         quantize_model(model, skip_layers=["nope"])
 
