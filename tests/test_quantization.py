@@ -306,12 +306,32 @@ def test_unsupported_layer_is_named_with_the_skip_list_fix():
         quantize_model(model, skip_layers=["nope"])
 
 
-def test_batch_norm_that_cannot_be_folded_is_refused():
-    # tiny.conv: Conv2D(activation="relu") -> BatchNormalization: nothing to fold into.
-    with pytest.raises(ValueError, match="(?s)'bn' .*cannot be folded.*skip_layers=\\['bn'\\]"):
-        quantize_model(tiny.conv())
+def test_batch_norm_that_cannot_be_folded_becomes_an_int8_mul_and_add():
+    # tiny.conv: Conv2D(activation="relu") -> BatchNormalization: nothing to
+    # fold into, so the BN runs as x * scale + offset with its moving statistics.
+    model = tiny.conv()
+    rng = np.random.default_rng(5)
+    bn = model.get_layer("bn")
+    n = bn.gamma.shape[0]
+    bn.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
+                    rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)])
+    qat = quantize_model(model)
+    names = [layer.name for layer in qat.layers]
+    assert "bn" not in names and {"bn_scale_quantize", "bn_offset_quantize"} <= set(names)
+    from kd_keras.quantization.qat import affine_constants
+
+    scale, offset = affine_constants(bn)
+    x = rng.normal(size=(4, 5, 5, n)).astype("float32")
+    np.testing.assert_allclose(to_np(bn(x, training=False)), x * scale + offset, atol=1e-5)
+    # skip_layers keeps it in float, as before.
     qat = quantize_model(tiny.conv(), skip_layers=["bn"])
     assert type(qat.get_layer("bn")) is keras.layers.BatchNormalization
+    # A channels_first BN is neither folded nor an int8 MUL/ADD: refused by name.
+    inputs = keras.Input((4, 6, 6))
+    h = keras.layers.BatchNormalization(axis=1, name="bn_cf")(inputs)
+    cf = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    with pytest.raises(ValueError, match="(?s)'bn_cf' .*other than the last.*skip_layers"):
+        quantize_model(cf)
 
 
 def test_quantize_annotate_layer_quantizes_only_annotated_layers():

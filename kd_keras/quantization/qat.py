@@ -354,11 +354,14 @@ def _fusable_activation(layer) -> str | None:
     return None
 
 
+def _folds_last_axis(bn, ndim) -> bool:
+    return bn.axis in (-1, ndim - 1) or list(np.atleast_1d(bn.axis)) in ([-1], [ndim - 1])
+
+
 def _folds_into(layer, bn) -> bool:
     if type(bn) is not keras.layers.BatchNormalization:
         return False
-    ndim = len(layer.output.shape)
-    return bn.axis in (-1, ndim - 1) or list(np.atleast_1d(bn.axis)) in ([-1], [ndim - 1])
+    return _folds_last_axis(bn, len(layer.output.shape))
 
 
 def _plan_fusions(model, fold_batch_norm: bool, fuse_activation: bool, keep) -> dict:
@@ -509,7 +512,7 @@ def _layer_kind(layer) -> str:
         return "unsupported" if _kernels.kernel_layer_problem(layer) else "kernel"
     if type(layer) in PASS_THROUGH_LAYERS:
         return "pass"
-    if type(layer) in OUTPUT_QUANTIZED_LAYERS or is_affine_preprocessing(layer):
+    if type(layer) in OUTPUT_QUANTIZED_LAYERS or is_affine_layer(layer):
         return "output"
     if type(layer) is keras.layers.Activation and keras.activations.serialize(
         layer.activation
@@ -518,10 +521,14 @@ def _layer_kind(layer) -> str:
     return "unsupported"
 
 
-def is_affine_preprocessing(layer) -> bool:
-    """A `Rescaling` or a (non-inverting) `Normalization`: `x * scale + offset`."""
+def is_affine_layer(layer) -> bool:
+    """A layer that computes `x * scale + offset` in inference: `Rescaling`,
+    a (non-inverting) `Normalization`, a channels-last `BatchNormalization`."""
     if type(layer) is keras.layers.Rescaling:
         return True
+    if type(layer) is keras.layers.BatchNormalization:
+        nodes = layer._inbound_nodes
+        return bool(nodes) and _folds_last_axis(layer, len(nodes[0].input_tensors[0].shape))
     return type(layer) is keras.layers.Normalization and not layer.invert and layer.built
 
 
@@ -529,6 +536,16 @@ def affine_constants(layer):
     """`(scale, offset)` NumPy arrays with `layer(x) == x * scale + offset`."""
     if type(layer) is keras.layers.Rescaling:
         return np.asarray(layer.scale, "float64"), np.asarray(layer.offset, "float64")
+    if type(layer) is keras.layers.BatchNormalization:
+        def value(variable, default):
+            return np.asarray(ops.convert_to_numpy(variable), "float64") if variable is not None \
+                else default
+        mean = value(layer.moving_mean, 0.0)
+        variance = value(layer.moving_variance, 1.0)
+        gamma = value(layer.gamma, 1.0) if layer.scale else 1.0
+        beta = value(layer.beta, 0.0) if layer.center else 0.0
+        scale = gamma / np.sqrt(variance + layer.epsilon)
+        return scale, beta - mean * scale
     mean = np.asarray(ops.convert_to_numpy(layer.mean), "float64")
     variance = np.asarray(ops.convert_to_numpy(layer.variance), "float64")
     # Normalization divides by max(sqrt(variance), epsilon).
@@ -543,8 +560,8 @@ def _unsupported_message(layers, skip_hint) -> str:
         reason = why or "has no int8 quantization rule"
         if type(layer) is keras.layers.BatchNormalization:
             reason = (
-                "does not directly follow a Conv/Dense with a linear activation, so it "
-                "cannot be folded (put it before the activation, or keep it in float)"
+                "normalizes an axis other than the last (channels_first), so it can "
+                "neither be folded nor run as an int8 MUL/ADD"
             )
         if "Prune" in type(layer).__name__:
             reason += "; call strip_pruning(model) before quantize_model"
@@ -742,9 +759,10 @@ def quantize_model(
         return keras.tree.map_structure(lambda t: quantize_output(t, old), outputs)
 
     def call_affine(old, inputs):
-        """`Rescaling` / `Normalization` as `x * scale + offset`: an int8 MUL
-        then ADD, each with its own output range (one layer would leave the
-        product between them in float)."""
+        """`Rescaling` / `Normalization` / a BatchNormalization that folds into
+        no kernel, as `x * scale + offset`: an int8 MUL then ADD, each with its
+        own output range (one layer would leave the product between them in
+        float). A BatchNormalization is frozen to its moving statistics."""
         dtype = keras.backend.standardize_dtype(inputs.dtype)
         scale, offset = affine_constants(old)
         scale, offset = scale.astype(dtype), offset.astype(dtype)
@@ -768,7 +786,12 @@ def quantize_model(
         ]
         if graph.is_raw_op(old):
             return call_raw_op(new, old, flat_inputs, args, kwargs)
-        if is_affine_preprocessing(old) and not skipped(old) and len(flat_inputs) == 1:
+        if (
+            is_affine_layer(old)
+            and not skipped(old)
+            and old.name not in absorbed
+            and len(flat_inputs) == 1
+        ):
             return call_affine(old, flat_inputs[0])
         if isinstance(new, QuantizeWrapper):
             args = keras.tree.map_structure(ensure_quantized, args)
