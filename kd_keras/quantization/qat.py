@@ -18,12 +18,17 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
   and folds at conversion; folding up front gives the same int8 graph, and
   Keras and TFLite then agree bit for bit on the weights. It also means QAT
   fine-tunes with BN frozen, the usual recipe.)
+* Any other channels-last `BatchNormalization` (pre-activation, after a pool
+  or a concatenation), and `Rescaling` / `Normalization`, run as
+  `x * scale + offset` from their inference constants: an int8 MUL then ADD,
+  each with its own range (such a BN is frozen to its moving statistics).
 * A `ReLU` / `ReLU(max_value=6)` / `Activation("relu"|"relu6")` that directly
   follows is **fused** into the layer (TFLite fuses it into the conv kernel)
   and replaced by an `Identity` with the same name, so `get_layer("block1")`
   still returns the block's (quantized) output.
-* Pooling / add / concatenate / standalone activations get an output
-  quantizer; max pooling, flatten, reshape, dropout and padding pass their
+* Pooling / add / concatenate / standalone activations (also hard_swish,
+  sigmoid, swish, GELU, softmax, tanh: TFLite has int8 kernels) get an
+  output quantizer; max pooling, flatten, reshape, dropout and padding pass their
   input's range through (TFLite requires that anyway).
 * Nested Functional / Sequential models (a backbone inside a task model) are
   inlined first (`graph.inline_nested_models`), so their layers are folded
