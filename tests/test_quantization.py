@@ -188,7 +188,8 @@ def test_quantize_model_graph_fuses_bn_and_relu_and_keeps_names():
     assert type(qat.get_layer("bn1")) is keras.layers.Identity
     assert type(qat.get_layer("block1")) is keras.layers.Identity
     assert type(qat.get_layer("pool1")) is keras.layers.MaxPooling2D  # range passes through
-    assert isinstance(qat.get_layer("conv1_quantize_input"), QuantizeLayer)
+    # The model input enters through one quantizer, named after the input.
+    assert isinstance(qat.get_layer(f"{qat.layers[0].name}_quantize"), QuantizeLayer)
     assert qat.get_layer("logits").weight_quantizer.axis is None  # Dense: per-tensor
     assert qat.get_layer("conv2").weight_quantizer.axis == -1
 
@@ -300,17 +301,37 @@ def test_unsupported_layer_is_named_with_the_skip_list_fix():
     qat = quantize_model(model, skip_layers=["norm"])
     assert type(qat.get_layer("norm")) is keras.layers.LayerNormalization
     # The float layer's output re-enters the quantized part through a quantizer.
-    assert isinstance(qat.get_layer("d2_quantize_input"), QuantizeLayer)
+    assert isinstance(qat.get_layer("norm_quantize"), QuantizeLayer)
     with pytest.raises(ValueError, match="not in"):
         quantize_model(model, skip_layers=["nope"])
 
 
-def test_batch_norm_that_cannot_be_folded_is_refused():
-    # tiny.conv: Conv2D(activation="relu") -> BatchNormalization: nothing to fold into.
-    with pytest.raises(ValueError, match="(?s)'bn' .*cannot be folded.*skip_layers=\\['bn'\\]"):
-        quantize_model(tiny.conv())
+def test_batch_norm_that_cannot_be_folded_becomes_an_int8_mul_and_add():
+    # tiny.conv: Conv2D(activation="relu") -> BatchNormalization: nothing to
+    # fold into, so the BN runs as x * scale + offset with its moving statistics.
+    model = tiny.conv()
+    rng = np.random.default_rng(5)
+    bn = model.get_layer("bn")
+    n = bn.gamma.shape[0]
+    bn.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
+                    rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)])
+    qat = quantize_model(model)
+    names = [layer.name for layer in qat.layers]
+    assert "bn" not in names and {"bn_scale_quantize", "bn_offset_quantize"} <= set(names)
+    from kd_keras.quantization.qat import affine_constants
+
+    scale, offset = affine_constants(bn)
+    x = rng.normal(size=(4, 5, 5, n)).astype("float32")
+    np.testing.assert_allclose(to_np(bn(x, training=False)), x * scale + offset, atol=1e-5)
+    # skip_layers keeps it in float, as before.
     qat = quantize_model(tiny.conv(), skip_layers=["bn"])
     assert type(qat.get_layer("bn")) is keras.layers.BatchNormalization
+    # A channels_first BN is neither folded nor an int8 MUL/ADD: refused by name.
+    inputs = keras.Input((4, 6, 6))
+    h = keras.layers.BatchNormalization(axis=1, name="bn_cf")(inputs)
+    cf = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    with pytest.raises(ValueError, match="(?s)'bn_cf' .*other than the last.*skip_layers"):
+        quantize_model(cf)
 
 
 def test_quantize_annotate_layer_quantizes_only_annotated_layers():

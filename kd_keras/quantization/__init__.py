@@ -24,6 +24,7 @@ from kd_keras.quantization.convert import (
     tflite_predict,
     tflite_tensor_types,
 )
+from kd_keras.quantization.fake_quantize import fake_quant, fake_quant_ops
 from kd_keras.quantization.ptq import quantize_post_training, representative_dataset
 from kd_keras.quantization.qat import (
     QuantizeLayer,
@@ -37,7 +38,6 @@ from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
     Quantizer,
-    fake_quant,
 )
 from kd_keras.quantization.tfmot_bridge import TFMOTBridgeNotice
 
@@ -54,6 +54,7 @@ __all__ = [
     "Quantizer",
     "convert",
     "fake_quant",
+    "fake_quant_ops",
     "fold_batch_norms",
     "is_quantized",
     "quantize_annotate_layer",

@@ -18,15 +18,28 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
   and folds at conversion; folding up front gives the same int8 graph, and
   Keras and TFLite then agree bit for bit on the weights. It also means QAT
   fine-tunes with BN frozen, the usual recipe.)
+* Any other channels-last `BatchNormalization` (pre-activation, after a pool
+  or a concatenation), and `Rescaling` / `Normalization`, run as
+  `x * scale + offset` from their inference constants: an int8 MUL then ADD,
+  each with its own range (such a BN is frozen to its moving statistics).
 * A `ReLU` / `ReLU(max_value=6)` / `Activation("relu"|"relu6")` that directly
   follows is **fused** into the layer (TFLite fuses it into the conv kernel)
   and replaced by an `Identity` with the same name, so `get_layer("block1")`
   still returns the block's (quantized) output.
-* Pooling / add / concatenate / standalone activations get an output
-  quantizer; max pooling, flatten, reshape, dropout and padding pass their
+* Pooling / add / concatenate / standalone activations (also hard_swish,
+  sigmoid, swish, GELU, softmax, tanh: TFLite has int8 kernels) get an
+  output quantizer; max pooling, flatten, reshape, dropout and padding pass their
   input's range through (TFLite requires that anyway).
+* Nested Functional / Sequential models (a backbone inside a task model) are
+  inlined first (`graph.inline_nested_models`), so their layers are folded
+  and quantized like the outer ones; one named in `skip_layers` stays whole,
+  in float.
+* Raw `keras.ops` nodes (`x + 3.0`, `x * (1 / 6)`, `ops.relu6`, slicing)
+  inside the quantized part run on int8 tensors: reshapes and slices carry
+  their input's range, the others get their inputs and output quantized.
 * Every tensor entering a quantized layer from a float one (the model inputs,
-  a skipped layer) gets a `QuantizeLayer`.
+  a skipped layer) gets one `QuantizeLayer`, named after that tensor's
+  producer and unique in the graph.
 * A kernel with exact zeros (a pruned model, after `strip_pruning`) gets a
   non-trainable mask so those weights stay zero through QAT; symmetric int8
   maps 0.0 to 0.0, so they stay zero in the `.tflite` too.
@@ -43,7 +56,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kd_keras.quantization import _kernels, tfmot_bridge
+from kd_keras.quantization import _kernels, graph, tfmot_bridge
 from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
@@ -51,6 +64,23 @@ from kd_keras.quantization.quantizers import (
 )
 
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+#: Activations TFLite runs as int8 kernels (HARD_SWISH, LOGISTIC, TANH,
+#: SOFTMAX, GELU, ELU, LEAKY_RELU, or int8 MUL / ADD / RELU6 for the ones Keras
+#: writes as several ops); an `Activation` layer with one of them gets its
+#: output quantized.
+INT8_ACTIVATIONS = FUSABLE_ACTIVATIONS + (
+    "hard_silu",
+    "hard_swish",
+    "hard_sigmoid",
+    "sigmoid",
+    "silu",
+    "swish",
+    "tanh",
+    "softmax",
+    "gelu",
+    "elu",
+    "leaky_relu",
+)
 
 _L = keras.layers
 #: Layers that leave values unchanged or only move them: their output carries
@@ -329,16 +359,19 @@ def _fusable_activation(layer) -> str | None:
     return None
 
 
+def _folds_last_axis(bn, ndim) -> bool:
+    return bn.axis in (-1, ndim - 1) or list(np.atleast_1d(bn.axis)) in ([-1], [ndim - 1])
+
+
 def _folds_into(layer, bn) -> bool:
     if type(bn) is not keras.layers.BatchNormalization:
         return False
-    ndim = len(layer.output.shape)
-    return bn.axis in (-1, ndim - 1) or list(np.atleast_1d(bn.axis)) in ([-1], [ndim - 1])
+    return _folds_last_axis(bn, len(layer.output.shape))
 
 
 def _plan_fusions(model, fold_batch_norm: bool, fuse_activation: bool, keep) -> dict:
     """`{kernel layer name: _Fusion}` for kernel layers with something to absorb."""
-    graph = _Graph(model)
+    consumers = _Graph(model)
     plan = {}
     for layer in model.layers:
         if not (_kernels.is_kernel_layer(layer) and keep(layer)):
@@ -348,10 +381,10 @@ def _plan_fusions(model, fold_batch_norm: bool, fuse_activation: bool, keep) -> 
         if _kernels.activation_name(layer) != "linear":
             continue
         fusion, tail = _Fusion(), layer
-        nxt = graph.sole_consumer(tail)
+        nxt = consumers.sole_consumer(tail)
         if fold_batch_norm and nxt is not None and keep(nxt) and _folds_into(layer, nxt):
             fusion.batch_norm, tail = nxt, nxt
-            nxt = graph.sole_consumer(tail)
+            nxt = consumers.sole_consumer(tail)
         if fuse_activation and nxt is not None and keep(nxt) and _fusable_activation(nxt):
             fusion.activation = _fusable_activation(nxt)
             fusion.absorbed_activation = nxt
@@ -404,38 +437,43 @@ def _clone_layer(layer):
 
 def _rewrite(model, plan, make_layer, call_layer):
     """Clone `model`, replacing absorbed layers by `Identity` and every other
-    layer by `make_layer(layer)`; `call_layer(new, old, *args, **kwargs)`
-    wires the new layers. Returns `(new_model, {old name: new layer})`."""
+    layer by `make_layer(layer)` (raw `keras.ops` nodes are re-created as
+    they are); `call_layer(new, old, *args, **kwargs)` wires the new layers.
+    Returns `(new_model, {id(old layer): new layer})`."""
     absorbed = _absorbed_names(plan)
-    made = {}
+    made, originals = {}, {}
 
-    def clone_function(layer):
-        if layer.name not in made:
-            if layer.name in absorbed:
-                made[layer.name] = keras.layers.Identity(name=layer.name)
+    def clone_function(operation):
+        if id(operation) not in made:
+            if graph.is_raw_op(operation):
+                new = _clone_layer(operation)
+            elif operation.name in absorbed:
+                new = keras.layers.Identity(name=operation.name)
             else:
-                made[layer.name] = make_layer(layer)
-        return made[layer.name]
-
-    originals = {layer.name: layer for layer in model.layers}
+                new = make_layer(operation)
+            made[id(operation)] = new
+            originals[id(new)] = operation
+        return made[id(operation)]
 
     def call_function(new, *args, **kwargs):
         # Replacements (Identity, wrappers) may not take the original's `mask`.
         params = inspect.signature(new.call).parameters
         kwargs = {k: v for k, v in kwargs.items() if k in params or k == "training"}
-        return call_layer(new, originals[new.name], *args, **kwargs)
+        return call_layer(new, originals[id(new)], *args, **kwargs)
 
     new_model = keras.models.clone_model(
         model, clone_function=clone_function, call_function=call_function
     )
     # clone_model made fresh variables: copy the trained ones, folding BNs.
-    for name, new_layer in made.items():
-        old = originals[name]
-        target = new_layer.layer if isinstance(new_layer, QuantizeWrapper) else new_layer
-        if name in absorbed or not old.weights:
+    for new_layer in made.values():
+        old = originals[id(new_layer)]
+        if graph.is_raw_op(old) or old.name in absorbed or not old.weights:
             continue
+        target = new_layer.layer if isinstance(new_layer, QuantizeWrapper) else new_layer
+        if not target.built:
+            continue  # replaced by other operations (Rescaling / Normalization)
         if _kernels.is_kernel_layer(old):
-            fusion = plan.get(name)
+            fusion = plan.get(old.name)
             kernel, bias = _folded_weights(old, fusion.batch_norm if fusion else None)
             target.kernel.assign(kernel.astype(target.kernel.dtype))
             if target.use_bias:
@@ -461,7 +499,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     folded = fold_batch_norms(kd_keras.models.cnn_student())
     ```
     """
-    model = _as_functional(model, "fold_batch_norms")
+    model = graph.inline_nested_models(_as_functional(model, "fold_batch_norms"))
     plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=False, keep=lambda _: True)
 
     def make_layer(layer):
@@ -479,13 +517,45 @@ def _layer_kind(layer) -> str:
         return "unsupported" if _kernels.kernel_layer_problem(layer) else "kernel"
     if type(layer) in PASS_THROUGH_LAYERS:
         return "pass"
-    if type(layer) in OUTPUT_QUANTIZED_LAYERS:
+    if type(layer) in OUTPUT_QUANTIZED_LAYERS or is_affine_layer(layer):
         return "output"
     if type(layer) is keras.layers.Activation and keras.activations.serialize(
         layer.activation
-    ) in FUSABLE_ACTIVATIONS:
+    ) in INT8_ACTIVATIONS:
         return "output"
     return "unsupported"
+
+
+def is_affine_layer(layer) -> bool:
+    """A layer that computes `x * scale + offset` in inference: `Rescaling`,
+    a (non-inverting) `Normalization`, a channels-last `BatchNormalization`."""
+    if type(layer) is keras.layers.Rescaling:
+        return True
+    if type(layer) is keras.layers.BatchNormalization:
+        nodes = layer._inbound_nodes
+        return bool(nodes) and _folds_last_axis(layer, len(nodes[0].input_tensors[0].shape))
+    return type(layer) is keras.layers.Normalization and not layer.invert and layer.built
+
+
+def affine_constants(layer):
+    """`(scale, offset)` NumPy arrays with `layer(x) == x * scale + offset`."""
+    if type(layer) is keras.layers.Rescaling:
+        return np.asarray(layer.scale, "float64"), np.asarray(layer.offset, "float64")
+    if type(layer) is keras.layers.BatchNormalization:
+        def value(variable, default):
+            return np.asarray(ops.convert_to_numpy(variable), "float64") if variable is not None \
+                else default
+        mean = value(layer.moving_mean, 0.0)
+        variance = value(layer.moving_variance, 1.0)
+        gamma = value(layer.gamma, 1.0) if layer.scale else 1.0
+        beta = value(layer.beta, 0.0) if layer.center else 0.0
+        scale = gamma / np.sqrt(variance + layer.epsilon)
+        return scale, beta - mean * scale
+    mean = np.asarray(ops.convert_to_numpy(layer.mean), "float64")
+    variance = np.asarray(ops.convert_to_numpy(layer.variance), "float64")
+    # Normalization divides by max(sqrt(variance), epsilon).
+    std = np.maximum(np.sqrt(variance), keras.backend.epsilon())
+    return 1.0 / std, -mean / std
 
 
 def _unsupported_message(layers, skip_hint) -> str:
@@ -495,13 +565,16 @@ def _unsupported_message(layers, skip_hint) -> str:
         reason = why or "has no int8 quantization rule"
         if type(layer) is keras.layers.BatchNormalization:
             reason = (
-                "does not directly follow a Conv/Dense with a linear activation, so it "
-                "cannot be folded (put it before the activation, or keep it in float)"
+                "normalizes an axis other than the last (channels_first), so it can "
+                "neither be folded nor run as an int8 MUL/ADD"
             )
         if "Prune" in type(layer).__name__:
             reason += "; call strip_pruning(model) before quantize_model"
         if isinstance(layer, keras.Model):
-            reason += "; nested models are not rewritten: build one flat Functional model"
+            reason += (
+                "; it is a subclassed model, whose graph cannot be read: rebuild it "
+                "with the Functional API to have it inlined and quantized"
+            )
         lines.append(f"  - {layer.name!r} ({type(layer).__name__}) {reason}")
     names = sorted(set(skip_hint) | {layer.name for layer in layers})
     return (
@@ -522,11 +595,12 @@ def _skip_predicate(model, skip_layers) -> callable:
             raise TypeError(
                 f"skip_layers takes layer names or Layer classes, got {item!r}."
             )
-    unknown = names - {layer.name for layer in model.layers}
+    known = [op.name for op in model.operations]
+    unknown = names - set(known)
     if unknown:
         raise ValueError(
             f"skip_layers names layers that are not in {model.name!r}: {sorted(unknown)}. "
-            f"Its layers are: {[layer.name for layer in model.layers]}."
+            f"Its layers and operations are: {known}."
         )
     annotated = any(getattr(layer, _QUANTIZE_ANNOTATION, False) for layer in model.layers)
 
@@ -589,6 +663,12 @@ def quantize_model(
         return tfmot_bridge.tfmot_quantize_model(model)
     model = _as_functional(model, "quantize_model")
     skipped = _skip_predicate(model, skip_layers)
+    # A nested model named in skip_layers stays whole, in float; every other
+    # nested model is inlined so its layers are folded and quantized too.
+    model = graph.inline_nested_models(
+        model, keep=frozenset(item for item in skip_layers or () if isinstance(item, str))
+    )
+    skipped = _skip_predicate(model, skip_layers)
     keep = lambda layer: not skipped(layer)  # noqa: E731
     plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)
     absorbed = _absorbed_names(plan)
@@ -624,29 +704,107 @@ def quantize_model(
 
     quantized = set()  # ids of tensors that carry an int8 range
     input_quantizers = {}
+    # Quantizer layers are named after the tensor they quantize, made unique
+    # against every name in the graph (a tensor read by two consumers gets
+    # one quantizer; one consumer of two float tensors gets two).
+    used_names = {op.name for op in model.operations}
 
-    def ensure_quantized(tensor, consumer):
+    def unique_name(base):
+        name, i = base, 1
+        while name in used_names:
+            name, i = f"{base}_{i}", i + 1
+        used_names.add(name)
+        return name
+
+    def producer_name(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        return history.operation.name if history else "input"
+
+    def is_float(tensor):
+        return "float" in keras.backend.standardize_dtype(tensor.dtype)
+
+    def ensure_quantized(tensor):
         if not isinstance(tensor, keras.KerasTensor) or id(tensor) in quantized:
             return tensor
+        if not is_float(tensor):
+            return tensor  # token ids, masks: not activations
         if id(tensor) not in input_quantizers:
             layer = QuantizeLayer(
-                MovingAverageQuantizer(ema_decay=ema_decay), name=f"{consumer.name}_quantize_input"
+                MovingAverageQuantizer(ema_decay=ema_decay),
+                name=unique_name(f"{producer_name(tensor)}_quantize"),
             )
             input_quantizers[id(tensor)] = layer(tensor)
             quantized.add(id(input_quantizers[id(tensor)]))
         return input_quantizers[id(tensor)]
 
+    def quantize_output(tensor, operation):
+        if not isinstance(tensor, keras.KerasTensor) or not is_float(tensor):
+            return tensor
+        layer = QuantizeLayer(
+            MovingAverageQuantizer(ema_decay=ema_decay),
+            name=unique_name(f"{operation.name}_quantize_output"),
+        )
+        output = layer(tensor)
+        quantized.add(id(output))
+        return output
+
+    def call_raw_op(new, old, flat_inputs, args, kwargs):
+        """A raw `keras.ops` node inside the quantized part runs on int8
+        tensors: range-preserving ops carry their input's range, the others
+        get their inputs quantized and their own output range."""
+        in_int8 = [t for t in flat_inputs if id(t) in quantized]
+        if skipped(old) or not in_int8:
+            return new(*args, **kwargs)  # a float region stays float
+        if graph.raw_op_carries_range(old) and len(in_int8) == len(flat_inputs):
+            outputs = new(*args, **kwargs)
+            quantized.update(id(t) for t in keras.tree.flatten(outputs))
+            return outputs
+        args, kwargs = keras.tree.map_structure(ensure_quantized, (args, kwargs))
+        outputs = new(*args, **kwargs)
+        return keras.tree.map_structure(lambda t: quantize_output(t, old), outputs)
+
+    def call_affine(old, inputs):
+        """`Rescaling` / `Normalization` / a BatchNormalization that folds into
+        no kernel, as `x * scale + offset`: an int8 MUL then ADD, each with its
+        own output range (one layer would leave the product between them in
+        float). A BatchNormalization is frozen to its moving statistics."""
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        scale, offset = affine_constants(old)
+        scale, offset = scale.astype(dtype), offset.astype(dtype)
+        x = ensure_quantized(inputs)
+        if np.any(scale != 1):
+            x = QuantizeLayer(
+                MovingAverageQuantizer(ema_decay=ema_decay),
+                name=unique_name(f"{old.name}_scale_quantize"),
+            )(ops.multiply(x, scale))
+        if np.any(offset != 0):
+            x = QuantizeLayer(
+                MovingAverageQuantizer(ema_decay=ema_decay),
+                name=unique_name(f"{old.name}_offset_quantize"),
+            )(ops.add(x, offset))
+        quantized.add(id(x))
+        return x
+
     def call_layer(new, old, *args, **kwargs):
         flat_inputs = [
             t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)
         ]
+        if graph.is_raw_op(old):
+            return call_raw_op(new, old, flat_inputs, args, kwargs)
+        if (
+            is_affine_layer(old)
+            and not skipped(old)
+            and old.name not in absorbed
+            and len(flat_inputs) == 1
+        ):
+            return call_affine(old, flat_inputs[0])
         if isinstance(new, QuantizeWrapper):
-            args = keras.tree.map_structure(lambda t: ensure_quantized(t, new), args)
+            args = keras.tree.map_structure(ensure_quantized, args)
             carries_range = True
         else:
             carries_range = (
                 not skipped(old)
-                and (_layer_kind(old) == "pass" or old.name in _absorbed_names(plan))
+                and (_layer_kind(old) == "pass" or old.name in absorbed)
                 and all(id(t) in quantized for t in flat_inputs)
             )
         outputs = new(*args, **kwargs)

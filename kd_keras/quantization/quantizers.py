@@ -1,10 +1,11 @@
 """Fake-quantization building blocks for int8 quantization-aware training.
 
-Both quantizers call `keras.quantizers.fake_quant_with_min_max_vars`, which on
+Both quantizers call `kd_keras.quantization.fake_quantize.fake_quant`, which on
 the TensorFlow backend lowers to `FakeQuantWithMinMaxVars(PerChannel)`: the
 ops the TFLite converter reads to turn a graph into real int8 kernels. On JAX
-and torch the same function runs Keras' own implementation of TensorFlow's
-formula, so QAT trains identically on every backend.
+and torch it runs the same formula written in `keras.ops` (per-channel along
+any axis, straight-through gradient), so QAT trains identically on every
+backend.
 
 The scheme is TFLite's int8 spec (and TFMOT's `Default8BitQuantizeScheme`):
 
@@ -28,28 +29,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-
-def fake_quant(x, min_vals, max_vals, num_bits=8, narrow_range=False, axis=None):
-    """Quantize `x` to `num_bits` integers in `[min_vals, max_vals]` and back.
-
-    A thin alias of `keras.quantizers.fake_quant_with_min_max_vars` with the
-    range treated as a constant (no gradient flows into it); the range is
-    nudged, as in TensorFlow, so that 0.0 is exactly representable.
-
-    Example:
-
-    ```python
-    fake_quant(np.array([0.1, 0.5]), -1.0, 1.0)  # 256 levels over [-1, 1]
-    ```
-    """
-    return keras.quantizers.fake_quant_with_min_max_vars(
-        x,
-        ops.stop_gradient(ops.convert_to_tensor(min_vals, "float32")),
-        ops.stop_gradient(ops.convert_to_tensor(max_vals, "float32")),
-        num_bits=num_bits,
-        narrow_range=narrow_range,
-        axis=axis,
-    )
+from kd_keras.quantization.fake_quantize import fake_quant
 
 
 def _check_num_bits(num_bits):
