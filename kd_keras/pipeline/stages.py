@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from kd_keras.export import atomic
+from kd_keras.io import atomic_path, write_json
 from kd_keras.pipeline import steps
 from kd_keras.pipeline.steps import load_data
 
@@ -106,7 +106,7 @@ class Pipeline:
             "fingerprint": self.fingerprints()[stage],
             "sections": self._sections(stage),
         }
-        atomic.write_json(self.marker(stage), record, overwrite=True)
+        write_json(self.marker(stage), record, overwrite=True)
 
     def _check_fingerprint(self, stage: str, record: dict[str, Any], expected: str) -> None:
         """Raise if `stage` finished under a config that differs from this one."""
@@ -166,7 +166,7 @@ class Pipeline:
             if record is not None:
                 self._check_fingerprint(stage, record, prints[stage])
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(self.run_dir / "config.json", self.config, overwrite=True)
+        write_json(self.run_dir / "config.json", self.config, overwrite=True)
         keras.utils.set_random_seed(self.config["seed"])
         results = {}
         for stage in self.stages:
@@ -243,7 +243,7 @@ class Pipeline:
         self._save_history(history, "prune")
         report = sparsity_report(pruned)
         self.log(str(report))
-        atomic.write_json(
+        write_json(
             self.run_dir / "prune" / "sparsity.json", report.as_dict(), overwrite=True
         )
         return {
@@ -388,7 +388,7 @@ class Pipeline:
 
     def _save_history(self, history, stage):
         logs = {k: [float(v) for v in values] for k, values in history.history.items()}
-        atomic.write_json(self.run_dir / stage / "history.json", logs, overwrite=True)
+        write_json(self.run_dir / stage / "history.json", logs, overwrite=True)
 
 
 def atomic_backup_and_restore(backup_dir: str):
@@ -404,13 +404,13 @@ def atomic_backup_and_restore(backup_dir: str):
     class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         def _save_model(self):
             Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
-            with atomic.atomic_path(self._weights_path, overwrite=True) as tmp:
+            with atomic_path(self._weights_path, overwrite=True) as tmp:
                 # Keras insists on the .weights.h5 suffix.
                 target = tmp.with_name(tmp.name.replace(".tmp.h5", ".tmp.weights.h5"))
                 self.model.save_weights(str(target), overwrite=True)
                 target.replace(tmp)
             metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-            atomic.write_json(self._training_metadata_path, metadata, overwrite=True)
+            write_json(self._training_metadata_path, metadata, overwrite=True)
 
     return AtomicBackupAndRestore(backup_dir, double_checkpoint=False)
 

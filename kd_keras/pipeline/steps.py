@@ -444,8 +444,8 @@ def export_tflite(
 
 def save_model(model, path: str | os.PathLike, overwrite: bool = False) -> str:
     """Saves a `.keras` file atomically (temp file + rename)."""
-    from kd_keras.export import atomic
+    from kd_keras.io import atomic_path
 
-    with atomic.atomic_path(Path(path), overwrite=overwrite) as tmp:
+    with atomic_path(Path(path), overwrite=overwrite) as tmp:
         model.save(tmp)
     return str(path)

@@ -18,8 +18,8 @@ import numpy as np
 from kd_keras.bench.latency import measure_latency
 from kd_keras.export import ParityError, ParityReport, compare, write_json
 from kd_keras.export.base import require_tensorflow_backend
-from kd_keras.export.runtime import ONNXRunner, TFLiteRunner
 from kd_keras.export.tflite import convert_to_flatbuffer
+from kd_keras.runtime import ONNXRunner, TFLiteRunner
 
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 QUANTIZATIONS = (None, "dynamic")
@@ -152,20 +152,20 @@ def _export_checked(
     """Writes `write(wrapped_model, tmp)` to a temp file, compares `run(tmp,
     sample)` with Keras, and only then publishes it (plus the parity report and
     the preprocessor preset)."""
-    from kd_keras.export import atomic
+    from kd_keras.io import atomic_path, check_output_path
 
     missing = [n for n in TOKEN_INPUTS if n not in sample_inputs]
     if missing:
         raise ValueError(
             f"sample_inputs lacks {missing}: pass kd_keras.text.tokenize(model, texts)."
         )
-    path = atomic.check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite)
     folder = path.parent
     sample = {n: np.asarray(sample_inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
     wrapped = fixed_length_model(model, sample["token_ids"].shape[1])
     reference = keras.ops.convert_to_numpy(wrapped(sample, training=False))
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         write(wrapped, tmp)
         report = compare(
             reference,

@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kd_keras.export import atomic
+from kd_keras.io import atomic_path, write_json, write_text
 from kd_keras.pipeline.checks import (
     int_at_least,
     is_bool,
@@ -498,7 +498,7 @@ class TextPipeline(Pipeline):
             # would otherwise carry AdamW's two moments of every weight.
             teacher.compile()
         preset = self.run_dir / "teacher" / "preset"
-        with atomic.atomic_path(preset, overwrite=True, directory=True) as tmp:
+        with atomic_path(preset, overwrite=True, directory=True) as tmp:
             teacher.save_to_preset(str(tmp))
         return {
             "preset": str(preset),
@@ -592,7 +592,7 @@ class TextPipeline(Pipeline):
             if len(logits) == len(tokens_train["token_ids"]):
                 return logits
         logits = predict_logits(self.teacher, tokens_train, batch_size=64)
-        with atomic.atomic_path(path, overwrite=True) as tmp:
+        with atomic_path(path, overwrite=True) as tmp:
             np.save(tmp, logits)
         return logits
 
@@ -665,8 +665,8 @@ class TextPipeline(Pipeline):
             "rows": rows,
             "config": self.config,
         }
-        json_path = atomic.write_json(self.run_dir / "report.json", report, overwrite=True)
-        md_path = atomic.write_text(
+        json_path = write_json(self.run_dir / "report.json", report, overwrite=True)
+        md_path = write_text(
             self.run_dir / "report.md", render_report(report), overwrite=True
         )
         print(md_path.read_text(), file=sys.stderr)
