@@ -311,7 +311,7 @@ class TextPipeline(Pipeline):
     Example:
 
     ```python
-    from kd_keras.text.pipeline import TextPipeline, load_text_config
+    from kd_keras.pipeline import TextPipeline, load_text_config
 
     results = TextPipeline(load_text_config("examples/vader.yaml")).run()
     ```
@@ -598,7 +598,7 @@ class TextPipeline(Pipeline):
 
     def _stage_export(self, results):
         from kd_keras.export import ParityError
-        from kd_keras.text.export import export_text_onnx, export_text_tflite
+        from kd_keras.export.text import export_text_onnx, export_text_tflite
 
         spec = self.config["export"]
         if not spec["enabled"]:
@@ -674,8 +674,8 @@ class TextPipeline(Pipeline):
 
     def _bench_artifact(self, model, mode, artifact, spec, y_test) -> dict[str, Any]:
         """Size, parity, test accuracy and latency of one exported file."""
+        from kd_keras.export.text import fixed_length_model, run_tflite
         from kd_keras.export.tflite import convert_to_flatbuffer
-        from kd_keras.text.export import fixed_length_model, run_tflite, tflite_latency_ms
 
         figures: dict[str, Any] = {"parity": artifact["parity"], "path": artifact["path"]}
         path = artifact["path"]
@@ -718,6 +718,30 @@ class TextPipeline(Pipeline):
     def _seconds(self, stage: str) -> float | None:
         path = self.marker(stage)
         return json.loads(path.read_text()).get("seconds") if path.exists() else None
+
+
+def tflite_latency_ms(
+    flatbuffer: bytes | str | os.PathLike,
+    sequence_length: int,
+    num_threads: int = 1,
+    warmup: int = 10,
+    runs: int = 100,
+) -> float:
+    """Median (p50) milliseconds of one batch-1 `invoke()` of a text TFLite
+    model at `sequence_length`, on `num_threads` CPU threads, measured by
+    `kd_keras.bench.measure_latency` (inputs: a full-length sequence of
+    token id 1, set once before the timed runs)."""
+    from kd_keras.bench.latency import measure_latency
+    from kd_keras.export.text import TOKEN_INPUTS
+
+    if not isinstance(flatbuffer, bytes):
+        flatbuffer = Path(flatbuffer).read_bytes()
+    feed = {n: np.ones((1, int(sequence_length)), np.int32) for n in TOKEN_INPUTS}
+    feed["segment_ids"][:] = 0
+    result = measure_latency(
+        flatbuffer, threads=num_threads, runs=runs, warmup=warmup, inputs=feed, name="text"
+    )
+    return float(result.p50_ms)
 
 
 def _backend() -> str:
