@@ -217,7 +217,7 @@ class Pipeline:
                 int(teacher.outputs[0].shape[-1]),
                 **student_spec["kwargs"],
             )
-        self._train(student, spec, "distill", teacher=teacher)
+        self._train(student, spec, "distill", teacher=teacher, losses=spec["losses"])
         return {"student": self._save(student, "distill/student.keras")}
 
     def _stage_prune(self, results):
@@ -373,10 +373,15 @@ class Pipeline:
                 args[key] = self.config["distill"][key] if value is None else value
         return args
 
-    def _train(self, model, spec, stage, teacher=None):
+    def _train(self, model, spec, stage, teacher=None, **train_kwargs):
         (xt, yt), _ = self.data
         history = steps.train(
-            model, xt, yt, callbacks=[self._backup(stage)], **self._fit_args(spec, teacher)
+            model,
+            xt,
+            yt,
+            callbacks=[self._backup(stage)],
+            **self._fit_args(spec, teacher),
+            **train_kwargs,
         )
         self._save_history(history, stage)
 
