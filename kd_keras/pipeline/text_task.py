@@ -60,7 +60,8 @@ from kd_keras.pipeline.checks import (
     one_of,
 )
 from kd_keras.pipeline.config import REQUIRED, ConfigError, read_yaml, validate_section
-from kd_keras.pipeline.stages import Pipeline, command_line
+from kd_keras.pipeline.runfolder import command_line
+from kd_keras.pipeline.stages import Pipeline
 from kd_keras.pipeline.steps import num_classes, verbosity
 
 TEXT_TASK = "text"
