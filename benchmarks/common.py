@@ -86,7 +86,7 @@ def latency_ms(model_bytes: bytes, sample=None, warmup: int = 50, runs: int = 50
     from kd_keras.bench import measure_latency
 
     if sample is None:
-        from kd_keras.export.runtime import TFLiteRunner
+        from kd_keras.runtime import TFLiteRunner
 
         shape = TFLiteRunner(model_bytes).interpreter.get_input_details()[0]["shape"]
         sample = np.zeros(shape, "float32")

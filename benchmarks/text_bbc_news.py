@@ -66,7 +66,8 @@ def distil(teacher, student, losses, x, y, epochs, alpha, lr, batch_size=32):
 
 
 def export_figures(model, folder, sample, seq_len):
-    from kd_keras.text.export import export_text_onnx, export_text_tflite, tflite_latency_ms
+    from kd_keras.export.text import export_text_onnx, export_text_tflite
+    from kd_keras.pipeline.text_task import tflite_latency_ms
 
     figures = {}
     for quantization in (None, "dynamic"):

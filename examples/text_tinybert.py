@@ -31,7 +31,7 @@ import keras
 
 import kd_keras
 from kd_keras import text
-from kd_keras.text.pipeline import accuracy
+from kd_keras.pipeline.text_task import accuracy
 
 
 def load(dataset: str, vader_path: str | None):

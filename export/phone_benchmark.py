@@ -440,7 +440,7 @@ def _report(args, model, name, device, results, raw) -> None:
     if args.output_dir:
         paths = report.save(args.output_dir, overwrite=args.overwrite, plot=False)
         if args.save_raw:
-            from kd_keras.export.atomic import write_text
+            from kd_keras.io import write_text
 
             write_text(
                 Path(args.output_dir) / "benchmark_model.log", "\n\n".join(raw), args.overwrite

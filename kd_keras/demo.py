@@ -40,6 +40,7 @@ import numpy as np
 
 import kd_keras
 from kd_keras.data import load_digits
+from kd_keras.defaults import DEMO_ALPHA, DEMO_TEMPERATURE
 from kd_keras.models import cnn_student, cnn_teacher
 
 # Defaults of `kd-keras demo`. They were chosen on a validation split carved
@@ -47,8 +48,8 @@ from kd_keras.models import cnn_student, cnn_teacher
 EPOCHS = 30
 TEACHER_EPOCHS = 30
 SEED = 0
-TEMPERATURE = 8.0
-ALPHA = 0.1
+TEMPERATURE = DEMO_TEMPERATURE
+ALPHA = DEMO_ALPHA
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
 DIGITS_SHAPE = (8, 8, 1)

@@ -9,9 +9,9 @@ import pytest
 
 from kd_keras import export
 from kd_keras.data import load_digits
-from kd_keras.export import atomic
 from kd_keras.export.base import publish
 from kd_keras.export.onnx import onnx_export_available
+from kd_keras.io import atomic_path
 from kd_keras.models import cnn_student
 from tiny import digits_student
 
@@ -74,7 +74,7 @@ def test_tflite_float_parity(student, digits, tmp_path):
 
 @TF_ONLY
 def test_litert_interpreter_reads_paths_and_bytes(student, digits, tmp_path):
-    from kd_keras.export.runtime import litert_interpreter
+    from kd_keras.runtime import litert_interpreter
 
     _, (x_test, _) = digits
     path = tmp_path / "student.tflite"
@@ -177,7 +177,7 @@ def test_failed_parity_publishes_nothing(student, tmp_path):
 
 def _failing_write(path, directory=False):
     """Writes half an artifact through atomic_path, then fails."""
-    with atomic.atomic_path(path, overwrite=True, directory=directory) as tmp:
+    with atomic_path(path, overwrite=True, directory=directory) as tmp:
         if directory:
             tmp.mkdir()
             (tmp / "keep").write_text("v2")
@@ -204,7 +204,7 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
         _failing_write(folder, directory=True)
     assert sorted(os.listdir(tmp_path)) == ["model.tflite", "sm"]
     assert (folder / "keep").read_text() == "v1"
-    with atomic.atomic_path(folder, overwrite=True, directory=True) as tmp:
+    with atomic_path(folder, overwrite=True, directory=True) as tmp:
         tmp.mkdir()
         (tmp / "keep").write_text("v2")
     assert (folder / "keep").read_text() == "v2"

@@ -78,8 +78,7 @@ def test_every_schema_key_is_documented():
 def test_examples_validate():
     from pathlib import Path
 
-    from kd_keras.pipeline import load_config
-    from kd_keras.text.pipeline import load_text_config
+    from kd_keras.pipeline import load_config, load_text_config
 
     for path in sorted(Path(__file__).parent.parent.glob("examples/*.yaml")):
         (load_text_config if "task: text" in path.read_text() else load_config)(path)

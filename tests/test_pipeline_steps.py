@@ -303,8 +303,7 @@ def test_data_argument_forms(tmp_path, capsys):
 
 def test_stage_fingerprints_chain_through_later_stages():
     """A changed section invalidates its stage and every later one, not earlier ones."""
-    from kd_keras.pipeline import Pipeline
-    from kd_keras.text.pipeline import TextPipeline
+    from kd_keras.pipeline import Pipeline, TextPipeline
 
     config = {
         "seed": 0,

@@ -115,7 +115,7 @@ def test_pruned_zeros_survive_into_the_tflite(digits):
     qat = quantize_model(student)
     qat.compile("adam", LOSS)
     qat.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
-    from kd_keras.export.runtime import litert_interpreter
+    from kd_keras.runtime import litert_interpreter
 
     interpreter = litert_interpreter(convert(qat, mode="qat"), xnnpack=False)
     weights = [

@@ -1,4 +1,4 @@
-"""kd_keras.export.runtime: one runner for every runtime, any input dtype,
+"""kd_keras.runtime: one runner for every runtime, any input dtype,
 several named inputs; compared with the Keras model's own predictions."""
 
 import keras
@@ -8,7 +8,7 @@ from keras import layers
 
 from kd_keras import bench, export
 from kd_keras.export.onnx import onnx_export_available
-from kd_keras.export.runtime import load_runner
+from kd_keras.runtime import load_runner
 
 TF_ONLY = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TFLite / SavedModel export needs TensorFlow"

@@ -370,12 +370,8 @@ def test_token_level_kd_masks_padded_tokens():
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TFLite conversion needs TF")
 def test_export_student_to_tflite_with_int32_inputs_and_tokenizer(tmp_path):
-    from kd_keras.text.export import (
-        export_text_tflite,
-        load_text_preprocessor,
-        run_tflite,
-        tflite_latency_ms,
-    )
+    from kd_keras.export.text import export_text_tflite, load_text_preprocessor, run_tflite
+    from kd_keras.pipeline.text_task import tflite_latency_ms
 
     student = text.build_student(tiny_classifier(), num_layers=1, hidden_dim=8, num_heads=1)
     x = token_inputs([1, 3, 6, 2], seed=5)
@@ -400,7 +396,7 @@ def test_export_student_to_tflite_with_int32_inputs_and_tokenizer(tmp_path):
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="ONNX export via tf2onnx")
 def test_export_student_to_onnx_matches_keras_and_refuses_overwrite(tmp_path):
-    from kd_keras.text.export import export_text_onnx, run_onnx
+    from kd_keras.export.text import export_text_onnx, run_onnx
 
     student = text.build_student(tiny_classifier(), num_layers=1, hidden_dim=8, num_heads=1)
     x = token_inputs([1, 3, 6, 2], seed=6)

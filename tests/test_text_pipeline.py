@@ -1,4 +1,4 @@
-"""kd_keras.text.pipeline (`kd-keras run` with `task: text`) on a tiny BERT
+"""kd_keras.pipeline.text_task (`kd-keras run` with `task: text`) on a tiny BERT
 teacher saved as a keras-hub preset and a tiny corpus in the BBC folder
 layout, and the `.keras` round trip of a `TextDistiller` with TinyBERT terms."""
 
@@ -13,7 +13,7 @@ import yaml
 
 from kd_keras import text
 from kd_keras.pipeline.config import ConfigError
-from kd_keras.text.pipeline import (
+from kd_keras.pipeline.text_task import (
     TEXT_STAGES,
     TextPipeline,
     load_text_config,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kd_keras.export.runtime import Runner, load_runner
+from kd_keras.runtime import Runner, load_runner
 
 
 def evaluate_accuracy(artifact, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:

@@ -148,7 +148,7 @@ def count_macs_onnx(path) -> int:
 def count_macs_artifact(artifact) -> int:
     """`count_macs` for a Keras model / `.keras`, `count_macs_tflite` for a
     `.tflite`, `count_macs_onnx` for an `.onnx`."""
-    from kd_keras.export.runtime import runtime_of
+    from kd_keras.runtime import runtime_of
 
     runtime = runtime_of(artifact)
     if runtime == "tflite":

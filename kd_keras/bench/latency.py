@@ -46,7 +46,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from kd_keras.export.runtime import load_runner, runtime_of
+from kd_keras.runtime import load_runner, runtime_of
 
 THREADED_RUNTIMES = ("tflite", "onnx")
 

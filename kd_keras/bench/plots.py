@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kd_keras.export import atomic
+from kd_keras.io import write_bytes
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -475,4 +475,4 @@ def _save(fig, path, overwrite: bool, layout: bool = True) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    return atomic.write_bytes(path, buffer.getvalue(), overwrite)
+    return write_bytes(path, buffer.getvalue(), overwrite)

@@ -21,9 +21,8 @@ from kd_keras.bench import flops as flops_lib
 from kd_keras.bench.accuracy import evaluate_accuracy
 from kd_keras.bench.latency import LatencyResult, sweep
 from kd_keras.bench.size import SizeResult, file_size
-from kd_keras.export import atomic
-from kd_keras.export.parity import report_path
-from kd_keras.export.runtime import runtime_of
+from kd_keras.io import parity_report_path, write_text
+from kd_keras.runtime import runtime_of
 
 COLUMNS = (
     ("model", "Model"),
@@ -227,8 +226,8 @@ class BenchReport:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {
-            "markdown": atomic.write_text(folder / "report.md", self.to_markdown(), overwrite),
-            "json": atomic.write_text(
+            "markdown": write_text(folder / "report.md", self.to_markdown(), overwrite),
+            "json": write_text(
                 folder / "report.json", json.dumps(self.to_dict(), indent=2) + "\n", overwrite
             ),
         }
@@ -308,10 +307,10 @@ def benchmark(
         if count is None and runtime != "saved_model":
             count = flops_lib.count_macs_artifact(artifact)
         parity = None
-        if is_path and report_path(artifact).exists():
+        if is_path and parity_report_path(artifact).exists():
             import json
 
-            parity = json.loads(report_path(artifact).read_text())
+            parity = json.loads(parity_report_path(artifact).read_text())
         latency = sweep(
             artifact,
             threads=threads,

@@ -1,9 +1,11 @@
 """Argument types, defaults and checks of the `kd-keras` command line.
 
-Nothing here imports Keras, TensorFlow or the rest of kd_keras: the parser is
-built from this module alone, so `kd-keras --help` answers at once. The
-defaults mirror the library's (`kd_keras.demo`, `kd_keras.pipeline.steps`);
-tests/test_cli.py holds them equal, so the two cannot drift apart.
+Nothing here imports Keras, TensorFlow or the rest of kd_keras but
+`kd_keras.defaults` (which imports nothing): the parser is built from this
+module alone, so `kd-keras --help` answers at once. The soft-target defaults
+are the library's own; the other defaults mirror the library's (`kd_keras.demo`,
+`kd_keras.pipeline.steps`), and tests/test_cli.py holds them equal, so the two
+cannot drift apart.
 
 Example:
 
@@ -23,13 +25,24 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# `kd-keras demo`: kd_keras.demo.EPOCHS, TEACHER_EPOCHS, SEED, TEMPERATURE,
-# ALPHA, BATCH_SIZE and its two output names.
+# Soft-target defaults, the library's own (a module that imports nothing); the
+# parser reads them as `args.DEFAULT_TEMPERATURE` and so on.
+from kd_keras.defaults import (  # noqa: F401
+    DEFAULT_ALPHA,
+    DEFAULT_QAT_ALPHA,
+    DEFAULT_QAT_TEMPERATURE,
+    DEFAULT_TEMPERATURE,
+    DEMO_ALPHA,
+    DEMO_TEMPERATURE,
+)
+
+# Soft-target defaults, shared with the library (a module with no imports).
+
+# `kd-keras demo`: kd_keras.demo.EPOCHS, TEACHER_EPOCHS, SEED, BATCH_SIZE and
+# its two output names (TEMPERATURE and ALPHA: DEMO_* above).
 DEMO_EPOCHS = 30
 DEMO_TEACHER_EPOCHS = 30
 DEMO_SEED = 0
-DEMO_TEMPERATURE = 8.0
-DEMO_ALPHA = 0.1
 DEMO_BATCH_SIZE = 32
 DEMO_OUTPUTS = ("demo.json", "demo_curves.png")
 
@@ -37,10 +50,6 @@ DEMO_OUTPUTS = ("demo.json", "demo_curves.png")
 BUILDERS = ("cnn_teacher", "cnn_student")
 PTQ_MODES = ("dynamic", "int8", "float16")
 LR_SCHEDULES = ("hold-cosine", "constant")
-DEFAULT_TEMPERATURE = 2.0
-DEFAULT_ALPHA = 0.5
-DEFAULT_QAT_TEMPERATURE = 1.0
-DEFAULT_QAT_ALPHA = 0.2
 
 # `export`: kd_keras.export.onnx.DEFAULT_OPSET; 9 is onnxruntime's oldest.
 DEFAULT_OPSET = 17

@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_text(args: argparse.Namespace) -> int:
     """`task: text` files belong to the text pipeline, which validates them."""
-    # Here, not at the top: the text pipeline loads keras-hub, which image runs
-    # and the other commands never need.
-    from kd_keras.text.pipeline import run_text_pipeline
+    from kd_keras.pipeline.text_task import run_text_pipeline
 
     results = run_text_pipeline(args.config, args.run_dir, args.rerun_from)
     report = results.get("bench", {}).get("markdown") if isinstance(results, dict) else None

@@ -11,18 +11,18 @@ export.to_onnx(student, "out/student.onnx")
 ```
 """
 
-from kd_keras.export.atomic import (
+from kd_keras.export.onnx import onnx_export_available, to_onnx
+from kd_keras.export.parity import ParityError, ParityReport, check_parity, compare, load_report
+from kd_keras.export.saved_model import to_saved_model
+from kd_keras.export.tflite import to_tflite
+from kd_keras.io import (
     atomic_path,
     check_output_path,
     write_bytes,
     write_json,
     write_text,
 )
-from kd_keras.export.onnx import onnx_export_available, to_onnx
-from kd_keras.export.parity import ParityError, ParityReport, check_parity, compare, load_report
-from kd_keras.export.runtime import InputSpec, Runner, load_runner, runtime_of
-from kd_keras.export.saved_model import to_saved_model
-from kd_keras.export.tflite import to_tflite
+from kd_keras.runtime import InputSpec, Runner, load_runner, runtime_of
 
 __all__ = [
     "InputSpec",

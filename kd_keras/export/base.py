@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from kd_keras.export import atomic
 from kd_keras.export.parity import (
     ParityReport,
     keras_outputs,
     sample_inputs,
     verify_and_record,
 )
+from kd_keras.io import atomic_path, check_output_path
 
 
 def publish(
@@ -35,11 +35,11 @@ def publish(
     The existing-path check happens before any conversion work, so a refused
     overwrite costs nothing.
     """
-    path = atomic.check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite)
     inputs = sample_inputs(model, sample_data, num_samples=num_samples)
     # Before writing: exporters such as ONNX need a model that has been called.
     reference = keras_outputs(model, inputs)
-    with atomic.atomic_path(path, overwrite=overwrite, directory=directory) as tmp:
+    with atomic_path(path, overwrite=overwrite, directory=directory) as tmp:
         write(tmp)
         report = verify_and_record(
             model,

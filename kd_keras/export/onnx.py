@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kd_keras.export.base import publish
 from kd_keras.export.parity import ParityReport
-from kd_keras.export.runtime import NORMALIZATION_FIX, ONNXRunner
+from kd_keras.runtime import NORMALIZATION_FIX, ONNXRunner
 
 DEFAULT_OPSET = 17
 # What Keras's ONNX export needs on each backend.

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from kd_keras.export import atomic
-from kd_keras.export.runtime import KerasRunner, Runner, load_runner
+from kd_keras.io import parity_report_path, write_json
+from kd_keras.runtime import KerasRunner, Runner, load_runner
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_TOP1 = 0.99
@@ -76,12 +76,6 @@ class ParityReport:
             f"top-1 agreement={self.top1_agreement:.2%}; "
             f"required {self.criterion} {bound} {self.threshold:g}"
         )
-
-
-def report_path(artifact: str | Path) -> Path:
-    """Where the parity figures of `artifact` are written: `<artifact>.parity.json`."""
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.name + ".parity.json")
 
 
 def sample_inputs(model, sample_data=None, num_samples: int = 32, seed: int = 0):
@@ -236,7 +230,7 @@ def verify_and_record(
         name=str(final_path),
         reference=reference,
     )
-    atomic.write_json(report_path(final_path), report.to_dict(), overwrite=overwrite)
+    write_json(parity_report_path(final_path), report.to_dict(), overwrite=overwrite)
     if not report.passed:
         if strict:
             raise ParityError(report)
@@ -246,7 +240,7 @@ def verify_and_record(
 
 def load_report(artifact: str | Path) -> ParityReport:
     """Reads the parity figures written beside `artifact`."""
-    return ParityReport(**json.loads(report_path(artifact).read_text()))
+    return ParityReport(**json.loads(parity_report_path(artifact).read_text()))
 
 
 def keras_outputs(model, inputs) -> np.ndarray:

@@ -1,12 +1,15 @@
 """Distillation terms, each a serializable layer (see `base.DistillationLoss`).
 
 `get` turns a name or a config into a term, so a YAML file can say
-`loss: dkd` or `loss: {dkd: {temperature: 2}}`.
+`loss: dkd` or `loss: {dkd: {temperature: 2}}`; `get_terms` turns a YAML list
+of them into the terms of a `Distiller`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import inspect
+from typing import Any, Sequence
 
 import keras
 
@@ -38,9 +41,12 @@ def _lookup(name: str) -> type[DistillationLoss]:
         return LOSSES[key]
     if key in by_class:
         return by_class[key]
+    hint = difflib.get_close_matches(key, [*LOSSES, *by_class], n=1)
+    hint = hint and (LOSSES.get(hint[0]) and hint[0] or by_class[hint[0]].__name__)
     raise ValueError(
-        f"Unknown distillation loss {name!r}. Known names: {sorted(LOSSES)} "
-        "(class names such as 'SoftTargetKD' work too)."
+        f"Unknown distillation loss {name!r}"
+        + (f"; did you mean {hint!r}?" if hint else ".")
+        + f" Known names: {sorted(LOSSES)} (class names such as 'SoftTargetKD' work too)."
     )
 
 
@@ -85,6 +91,69 @@ def get(identifier: str | dict | DistillationLoss) -> DistillationLoss:
     )
 
 
+def get_terms(
+    identifiers: Sequence[str | dict | DistillationLoss], temperature: float | None = None
+) -> list[DistillationLoss]:
+    """The terms of a YAML list such as `[soft_target, {dkd: {beta: 2}}]`.
+
+    Each entry is what `get` accepts. `temperature`, when given, is the
+    temperature of every term that takes one (`SoftTargetKD`, `DKD`) and was
+    not given its own, so a pipeline's `distill.temperature` keeps its meaning
+    when the terms are listed. An argument a term does not take is named
+    with the arguments it does take.
+
+    Example:
+
+    ```python
+    terms = kd_keras.losses.get_terms(["soft_target", {"dkd": {"beta": 2}}], temperature=2.0)
+    [float(t.temperature.numpy()) for t in terms]  # [2.0, 2.0]
+    ```
+    """
+    if isinstance(identifiers, (str, dict, DistillationLoss)):
+        identifiers = [identifiers]
+    terms = []
+    for identifier in identifiers:
+        name, arguments = _name_and_arguments(identifier)
+        if name is None:
+            terms.append(get(identifier))
+            continue
+        cls = _lookup(name)
+        if temperature is not None and issubclass(cls, TemperatureMixin):
+            arguments = {"temperature": temperature, **arguments}
+        # The class's own arguments and those it hands to DistillationLoss.
+        accepted = list(
+            dict.fromkeys(
+                p
+                for klass in cls.__mro__
+                if issubclass(klass, DistillationLoss)
+                for p in inspect.signature(klass.__init__).parameters
+                if p not in ("self", "args", "kwargs")
+            )
+        )
+        unknown = [a for a in arguments if a not in accepted]
+        if unknown:
+            hint = difflib.get_close_matches(str(unknown[0]), accepted, n=1)
+            raise ValueError(
+                f"{cls.__name__} takes no argument {unknown[0]!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else ".")
+                + f" Its arguments: {', '.join(accepted)}."
+            )
+        terms.append(cls(**arguments))
+    return terms
+
+
+def _name_and_arguments(identifier) -> tuple[str | None, dict]:
+    """`("dkd", {"beta": 2})` for `"dkd"` or `{"dkd": {"beta": 2}}`; `(None,
+    {})` for anything else (a term, a Keras config) that `get` reads as is."""
+    if isinstance(identifier, str):
+        return identifier, {}
+    if isinstance(identifier, dict) and len(identifier) == 1 and "class_name" not in identifier:
+        (name, arguments), = identifier.items()
+        if arguments is None or isinstance(arguments, dict):
+            return str(name), dict(arguments or {})
+    return None, {}
+
+
 def serialize(loss: DistillationLoss) -> dict[str, Any]:
     """The Keras config of a term; `get` / `deserialize` read it back."""
     return keras.saving.serialize_keras_object(loss)
@@ -107,6 +176,7 @@ __all__ = [
     "TemperatureMixin",
     "deserialize",
     "get",
+    "get_terms",
     "serialize",
     "weighted_mean",
 ]

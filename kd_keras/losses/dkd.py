@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kd_keras.defaults import KD_TEMPERATURE
 from kd_keras.losses.base import DistillationLoss, static_shape, to_float32, weighted_mean
 from kd_keras.losses.soft_target import TemperatureMixin
 
@@ -85,7 +86,7 @@ class DKD(TemperatureMixin, DistillationLoss):
         self,
         alpha: float = 1.0,
         beta: float = 8.0,
-        temperature: float = 4.0,
+        temperature: float = KD_TEMPERATURE,
         weight: float = 1.0,
         name: str = "dkd",
         **kwargs,

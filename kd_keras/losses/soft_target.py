@@ -7,6 +7,7 @@ from typing import Sequence
 import keras
 from keras import ops
 
+from kd_keras.defaults import KD_TEMPERATURE
 from kd_keras.losses.base import DistillationLoss, _normalized, to_float32, weighted_mean
 
 
@@ -56,7 +57,7 @@ class SoftTargetKD(TemperatureMixin, DistillationLoss):
 
     def __init__(
         self,
-        temperature: float = 4.0,
+        temperature: float = KD_TEMPERATURE,
         teacher_temperatures: Sequence[float] | None = None,
         weight: float = 1.0,
         name: str = "soft_target",

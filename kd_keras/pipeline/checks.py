@@ -1,5 +1,5 @@
 """Value checks for the pipeline config schemas (`kd_keras.pipeline.config`,
-`kd_keras.text.pipeline`): each returns a predicate `value -> bool`, paired in a
+`kd_keras.pipeline.text_task`): each returns a predicate `value -> bool`, paired in a
 schema with the words that describe what it accepts.
 
 Example:

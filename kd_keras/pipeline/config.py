@@ -5,7 +5,7 @@ Example `pipeline.yaml` with every key (values shown are the defaults where
 a key is optional; `#` comments say when a key applies):
 
 ```yaml
-task: image              # `task: text` hands the file to kd_keras.text.pipeline
+task: image              # `task: text` hands the file to kd_keras.pipeline.text_task
 run_dir: runs/pipeline
 seed: 0
 data:
@@ -31,7 +31,15 @@ teacher:                 # exactly one of path / builder / preset
   batch_size: 64
   learning_rate: 0.001
 student: {builder: cnn_student, kwargs: {}}   # path / builder, as the teacher
-distill: {epochs: 10, temperature: 2.0, alpha: 0.5, batch_size: 64, learning_rate: 0.001}
+distill:
+  epochs: 10
+  temperature: 2.0       # of every term that takes one and does not set its own
+  alpha: 0.5
+  batch_size: 64
+  learning_rate: 0.001
+  losses: [soft_target]  # distillation terms (kd_keras.losses.get), e.g.
+                         # [soft_target, {dkd: {beta: 2}},
+                         #  {hint: {teacher_layer: conv2, student_layer: conv2}}]
 prune:
   enabled: true
   final_sparsity: 0.5    # unstructured magnitude pruning, or
@@ -71,6 +79,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kd_keras.defaults import (
+    DEFAULT_ALPHA,
+    DEFAULT_QAT_ALPHA,
+    DEFAULT_QAT_TEMPERATURE,
+    DEFAULT_TEMPERATURE,
+)
 from kd_keras.pipeline.checks import (
     int_at_least,
     is_bool,
@@ -80,16 +94,7 @@ from kd_keras.pipeline.checks import (
     number_in,
     one_of,
 )
-from kd_keras.pipeline.steps import (
-    BUILDERS,
-    DATASETS,
-    DEFAULT_ALPHA,
-    DEFAULT_QAT_ALPHA,
-    DEFAULT_QAT_TEMPERATURE,
-    DEFAULT_TEMPERATURE,
-    PTQ_MODES,
-    parse_m_by_n,
-)
+from kd_keras.pipeline.steps import BUILDERS, DATASETS, PTQ_MODES, parse_m_by_n
 
 # section -> key -> (check, description, default). A default of REQUIRED
 # must be given; None means optional.
@@ -102,6 +107,15 @@ def _m_by_n(value) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _term_list(v) -> bool:
+    def term(t):
+        return isinstance(t, str) or (
+            isinstance(t, dict) and len(t) == 1 and isinstance(next(iter(t.values())), dict | None)
+        )
+
+    return isinstance(v, list) and len(v) > 0 and all(term(t) for t in v)
 
 
 def _size(v) -> bool:
@@ -132,7 +146,7 @@ SOURCE_KEYS = {
 }
 
 SCHEMA: dict[str, Any] = {
-    "task": (one_of(("image",)), "image (text configs go to kd_keras.text.pipeline)", "image"),
+    "task": (one_of(("image",)), "image (text configs go to kd_keras.pipeline.text_task)", "image"),
     "run_dir": (non_empty_str, "a folder path", "runs/pipeline"),
     "seed": (int_at_least(0), "an integer >= 0", 0),
     "data": {
@@ -165,6 +179,12 @@ SCHEMA: dict[str, Any] = {
         "alpha": (number_in(0, 1), "a number in [0, 1]", DEFAULT_ALPHA),
         "batch_size": (int_at_least(1), "an integer >= 1", 64),
         "learning_rate": (number_in(0, open_low=True), "a number > 0", 1e-3),
+        "losses": (
+            _term_list,
+            "a non-empty list of distillation terms, each a name (soft_target, dkd, ...) "
+            "or a one-entry mapping of a name to its arguments, e.g. {dkd: {beta: 2}}",
+            ["soft_target"],
+        ),
     },
     "prune": {
         "enabled": (is_bool, "true or false", True),
@@ -271,6 +291,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{source}: the top level must be a mapping of sections.")
     config = validate_section(raw, SCHEMA, prefix="", source=source)
     _check_soft_targets(raw, config, source)
+    _check_terms(config["distill"], source)
     _check_models(config, source)
     _check_data(config["data"], source)
     _check_prune(config["prune"], source)
@@ -336,6 +357,18 @@ def _check_soft_targets(raw, config, source):
                 f"{source}: '{stage}.{given[0]}' applies when {stage}.distill is true; "
                 f"set {stage}.distill: true, or remove it."
             )
+
+
+def _check_terms(spec, source):
+    """Builds each of `distill.losses` once, so an unknown name or argument is
+    named (with a close match) before anything trains."""
+    from kd_keras.losses import get_terms
+
+    for i, term in enumerate(spec["losses"]):
+        try:
+            get_terms([term], temperature=spec["temperature"])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: 'distill.losses[{i}]' ({term!r}): {err}") from None
 
 
 def _check_prune(spec, source):

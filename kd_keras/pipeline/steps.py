@@ -33,21 +33,19 @@ from typing import Any
 
 import numpy as np
 
+# Soft-target defaults (why these values: kd_keras/defaults.py), public here
+# too as the defaults of the steps that distil.
+from kd_keras.defaults import (  # noqa: F401
+    DEFAULT_ALPHA,
+    DEFAULT_QAT_ALPHA,
+    DEFAULT_QAT_TEMPERATURE,
+    DEFAULT_TEMPERATURE,
+)
+
 BUILDERS = ("cnn_teacher", "cnn_student")
 DATASETS = ("digits", "fashion_mnist", "npz", "tfds", "image_folder")
 PTQ_MODES = ("dynamic", "int8", "float16")
 
-
-# Soft-target defaults chosen on a Fashion-MNIST training-set validation split
-# (benchmarks/tune_distillation.py, RESULTS.md section 1); T = 4 with alpha =
-# 0.1 came out below training without a teacher there.
-DEFAULT_TEMPERATURE = 2.0
-DEFAULT_ALPHA = 0.5
-# QAT fine-tunes a trained student for a few epochs at a low rate; there T = 1
-# beat T = 2 (which only tied training on labels) on the same kind of split
-# (benchmarks/tune_distillation.py --qat, RESULTS.md section 4).
-DEFAULT_QAT_TEMPERATURE = 1.0
-DEFAULT_QAT_ALPHA = 0.2
 
 
 def verbosity() -> int:
@@ -237,11 +235,14 @@ def train(
     learning_rate: float = 1e-3,
     temperature: float = DEFAULT_TEMPERATURE,
     alpha: float = DEFAULT_ALPHA,
+    losses: Sequence[Any] = ("soft_target",),
     callbacks: Sequence[Any] = (),
     verbose: int | None = None,
 ):
-    """Fits `model` on labels, or distils into it from `teacher` (soft
-    targets at `temperature`, label weight `alpha`); returns the `History`.
+    """Fits `model` on labels, or distils into it from `teacher` (the terms
+    `losses`, as `kd_keras.losses.get_terms` reads them, soft targets by
+    default, at `temperature` unless a term sets its own; label weight
+    `alpha`); returns the `History`.
 
     Every step below trains through this function, so "distil while
     pruning" and "distillation-aware QAT" are the same code as distillation.
@@ -253,12 +254,12 @@ def train(
         target = model
     else:
         from kd_keras import Distiller
-        from kd_keras.losses import SoftTargetKD
+        from kd_keras.losses import get_terms
 
         target = Distiller(
             student=model,
             teacher=teacher,
-            losses=[SoftTargetKD(temperature=temperature)],
+            losses=get_terms(list(losses), temperature=temperature),
             alpha=alpha,
         )
         target.compile(optimizer=_optimizer(learning_rate), metrics=["accuracy"])
@@ -469,8 +470,8 @@ def export_tflite(
 
 def save_model(model, path: str | os.PathLike, overwrite: bool = False) -> str:
     """Saves a `.keras` file atomically (temp file + rename)."""
-    from kd_keras.export import atomic
+    from kd_keras.io import atomic_path
 
-    with atomic.atomic_path(Path(path), overwrite=overwrite) as tmp:
+    with atomic_path(Path(path), overwrite=overwrite) as tmp:
         model.save(tmp)
     return str(path)

@@ -33,10 +33,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from kd_keras.export.runtime import TFLiteRunner, litert_interpreter
 from kd_keras.quantization import tfmot_bridge
 from kd_keras.quantization.ptq import representative_dataset
 from kd_keras.quantization.qat import is_quantized, quantizer_layers
+from kd_keras.runtime import TFLiteRunner, litert_interpreter
 
 MODES = (None, "dynamic", "int8", "float16", "qat")
 DEFAULT_CALIBRATION_BATCHES = 100

@@ -36,13 +36,6 @@ from kd_keras.text.losses import (
     attention_map_loss,
     tinybert_losses,
 )
-from kd_keras.text.pipeline import (
-    TextPipeline,
-    is_text_config,
-    load_text_config,
-    run_text_pipeline,
-    validate_text_config,
-)
 from kd_keras.text.student import (
     backbone_of,
     build_student,
@@ -64,7 +57,6 @@ from kd_keras.text.teacher import (
 
 __all__ = [
     "AttentionCapture",
-    "TextPipeline",
     "AttentionMapLoss",
     "EmbeddingMSE",
     "HiddenStateMSE",
@@ -79,22 +71,18 @@ __all__ = [
     "capture_attention",
     "fine_tune",
     "initialize_from_teacher",
-    "is_text_config",
     "keras_hub_module",
     "load_backbone",
     "load_teacher",
-    "load_text_config",
     "minilm_path",
     "predict_logits",
     "project_embeddings",
     "record_attention",
     "release_attention",
-    "run_text_pipeline",
     "tinybert_losses",
     "token_embedding_matrix",
     "tokenize",
     "uniform_layer_map",
-    "validate_text_config",
     "with_augmented_copies",
     "without_preprocessor",
     "word_neighbours",

@@ -15,11 +15,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kd_keras.bench.latency import measure_latency
 from kd_keras.export import ParityError, ParityReport, compare, write_json
 from kd_keras.export.base import require_tensorflow_backend
-from kd_keras.export.runtime import ONNXRunner, TFLiteRunner
 from kd_keras.export.tflite import convert_to_flatbuffer
+from kd_keras.io import atomic_path, check_output_path, parity_report_path
+from kd_keras.runtime import ONNXRunner, TFLiteRunner
 
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 QUANTIZATIONS = (None, "dynamic")
@@ -152,20 +152,18 @@ def _export_checked(
     """Writes `write(wrapped_model, tmp)` to a temp file, compares `run(tmp,
     sample)` with Keras, and only then publishes it (plus the parity report and
     the preprocessor preset)."""
-    from kd_keras.export import atomic
-
     missing = [n for n in TOKEN_INPUTS if n not in sample_inputs]
     if missing:
         raise ValueError(
             f"sample_inputs lacks {missing}: pass kd_keras.text.tokenize(model, texts)."
         )
-    path = atomic.check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite)
     folder = path.parent
     sample = {n: np.asarray(sample_inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
     wrapped = fixed_length_model(model, sample["token_ids"].shape[1])
     reference = keras.ops.convert_to_numpy(wrapped(sample, training=False))
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         write(wrapped, tmp)
         report = compare(
             reference,
@@ -176,34 +174,13 @@ def _export_checked(
             artifact=str(path),
             runtime=runtime,
         )
-        write_json(path.with_name(path.name + ".parity.json"), report.to_dict(), overwrite=True)
+        write_json(parity_report_path(path), report.to_dict(), overwrite=True)
         if not report.passed:
             raise ParityError(report)
     preprocessor = getattr(model, "preprocessor", None)
     if preprocessor is not None and not (folder / "preprocessor.json").exists():
         preprocessor.save_to_preset(str(folder))
     return report
-
-
-def tflite_latency_ms(
-    flatbuffer: bytes | str | os.PathLike,
-    sequence_length: int,
-    num_threads: int = 1,
-    warmup: int = 10,
-    runs: int = 100,
-) -> float:
-    """Median (p50) milliseconds of one batch-1 `invoke()` of a text TFLite
-    model at `sequence_length`, on `num_threads` CPU threads, measured by
-    `kd_keras.bench.measure_latency` (inputs: a full-length sequence of
-    token id 1, set once before the timed runs)."""
-    if not isinstance(flatbuffer, bytes):
-        flatbuffer = Path(flatbuffer).read_bytes()
-    feed = {n: np.ones((1, int(sequence_length)), np.int32) for n in TOKEN_INPUTS}
-    feed["segment_ids"][:] = 0
-    result = measure_latency(
-        flatbuffer, threads=num_threads, runs=runs, warmup=warmup, inputs=feed, name="text"
-    )
-    return float(result.p50_ms)
 
 
 def load_text_preprocessor(folder: str | os.PathLike):

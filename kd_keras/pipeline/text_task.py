@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kd_keras.export import atomic
+from kd_keras.io import atomic_path, write_json, write_text
 from kd_keras.pipeline.checks import (
     int_at_least,
     is_bool,
@@ -60,7 +60,8 @@ from kd_keras.pipeline.checks import (
     one_of,
 )
 from kd_keras.pipeline.config import REQUIRED, ConfigError, read_yaml, validate_section
-from kd_keras.pipeline.stages import Pipeline, command_line
+from kd_keras.pipeline.runfolder import command_line
+from kd_keras.pipeline.stages import Pipeline
 from kd_keras.pipeline.steps import num_classes, verbosity
 
 TEXT_TASK = "text"
@@ -338,7 +339,7 @@ class TextPipeline(Pipeline):
     Example:
 
     ```python
-    from kd_keras.text.pipeline import TextPipeline, load_text_config
+    from kd_keras.pipeline import TextPipeline, load_text_config
 
     results = TextPipeline(load_text_config("examples/vader.yaml")).run()
     ```
@@ -525,7 +526,7 @@ class TextPipeline(Pipeline):
             # would otherwise carry AdamW's two moments of every weight.
             teacher.compile()
         preset = self.run_dir / "teacher" / "preset"
-        with atomic.atomic_path(preset, overwrite=True, directory=True) as tmp:
+        with atomic_path(preset, overwrite=True, directory=True) as tmp:
             teacher.save_to_preset(str(tmp))
         return {
             "preset": str(preset),
@@ -628,13 +629,13 @@ class TextPipeline(Pipeline):
             if len(logits) == len(tokens_train["token_ids"]):
                 return logits
         logits = predict_logits(self.teacher, tokens_train, batch_size=64)
-        with atomic.atomic_path(path, overwrite=True) as tmp:
+        with atomic_path(path, overwrite=True) as tmp:
             np.save(tmp, logits)
         return logits
 
     def _stage_export(self, results):
         from kd_keras.export import ParityError
-        from kd_keras.text.export import export_text_onnx, export_text_tflite
+        from kd_keras.export.text import export_text_onnx, export_text_tflite
 
         spec = self.config["export"]
         if not spec["enabled"]:
@@ -701,8 +702,8 @@ class TextPipeline(Pipeline):
             "rows": rows,
             "config": self.config,
         }
-        json_path = atomic.write_json(self.run_dir / "report.json", report, overwrite=True)
-        md_path = atomic.write_text(
+        json_path = write_json(self.run_dir / "report.json", report, overwrite=True)
+        md_path = write_text(
             self.run_dir / "report.md", render_report(report), overwrite=True
         )
         print(md_path.read_text(), file=sys.stderr)
@@ -710,8 +711,8 @@ class TextPipeline(Pipeline):
 
     def _bench_artifact(self, model, mode, artifact, spec, y_test) -> dict[str, Any]:
         """Size, parity, test accuracy and latency of one exported file."""
+        from kd_keras.export.text import fixed_length_model, run_tflite
         from kd_keras.export.tflite import convert_to_flatbuffer
-        from kd_keras.text.export import fixed_length_model, run_tflite, tflite_latency_ms
 
         figures: dict[str, Any] = {"parity": artifact["parity"], "path": artifact["path"]}
         path = artifact["path"]
@@ -754,6 +755,30 @@ class TextPipeline(Pipeline):
     def _seconds(self, stage: str) -> float | None:
         path = self.marker(stage)
         return json.loads(path.read_text()).get("seconds") if path.exists() else None
+
+
+def tflite_latency_ms(
+    flatbuffer: bytes | str | os.PathLike,
+    sequence_length: int,
+    num_threads: int = 1,
+    warmup: int = 10,
+    runs: int = 100,
+) -> float:
+    """Median (p50) milliseconds of one batch-1 `invoke()` of a text TFLite
+    model at `sequence_length`, on `num_threads` CPU threads, measured by
+    `kd_keras.bench.measure_latency` (inputs: a full-length sequence of
+    token id 1, set once before the timed runs)."""
+    from kd_keras.bench.latency import measure_latency
+    from kd_keras.export.text import TOKEN_INPUTS
+
+    if not isinstance(flatbuffer, bytes):
+        flatbuffer = Path(flatbuffer).read_bytes()
+    feed = {n: np.ones((1, int(sequence_length)), np.int32) for n in TOKEN_INPUTS}
+    feed["segment_ids"][:] = 0
+    result = measure_latency(
+        flatbuffer, threads=num_threads, runs=runs, warmup=warmup, inputs=feed, name="text"
+    )
+    return float(result.p50_ms)
 
 
 def _backend() -> str:

@@ -17,6 +17,22 @@ from pathlib import Path
 from typing import Iterator
 
 
+def parity_report_path(artifact: str | os.PathLike) -> Path:
+    """Where the parity figures of `artifact` are written: `<artifact>.parity.json`.
+
+    Export writes this file and the benchmark reads it, so the name lives on
+    the ground floor that both import.
+
+    Example:
+
+    ```python
+    parity_report_path("out/student.tflite")  # Path("out/student.tflite.parity.json")
+    ```
+    """
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".parity.json")
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuses an existing `path` unless `overwrite`; creates the parent folder.
 
