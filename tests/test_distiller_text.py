@@ -63,7 +63,7 @@ def test_backbone_teacher_and_student_fit_and_evaluate_on_dict_inputs():
 
 
 def test_general_distillation_trains_no_variable_without_gradients(setup):  # noqa: F811
-    from kd_keras.text.pipeline import TextPipeline, validate_text_config
+    from kd_keras.pipeline import TextPipeline, validate_text_config
 
     config, folder = setup
     config["teacher"]["epochs"] = 0

@@ -463,7 +463,7 @@ def test_cli_prune_filters(tmp_path, capsys):
 def test_sparse_tflite_encoding(tmp_path):
     from kd_keras import pruning
     from kd_keras.export import to_tflite
-    from kd_keras.export.runtime import TFLiteRunner
+    from kd_keras.runtime import TFLiteRunner
     from kd_keras.quantization.convert import convert, tflite_ops
 
     inputs = keras.Input((16, 16, 3))
