@@ -463,8 +463,8 @@ def test_cli_prune_filters(tmp_path, capsys):
 def test_sparse_tflite_encoding(tmp_path):
     from kd_keras import pruning
     from kd_keras.export import to_tflite
-    from kd_keras.runtime import TFLiteRunner
     from kd_keras.quantization.convert import convert, tflite_ops
+    from kd_keras.runtime import TFLiteRunner
 
     inputs = keras.Input((16, 16, 3))
     x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv")(inputs)
