@@ -193,6 +193,11 @@ def _config(module: Module, baseline: bool) -> str:
         # collecting stats, deadlocks TF's thread pools in the child; a fork
         # server that has only imported the tests is safe.
         "process_isolation = forkserver\n"
+        # mutmut's default (15x the clean run + 1 s) marks mutants as timed
+        # out (and counts them as killed) when a loaded machine merely starves
+        # the worker; a generous constant keeps timeouts for real hangs.
+        "timeout_multiplier = 5.0\n"
+        "timeout_constant = 20.0\n"
         "forkserver_warmup = collect\n"
         "use_git_change_detection = false\n"
     )
