@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# `python -m mutmut` would re-import mutmut.__main__ (mutmut warns about it).
+MUTMUT = [sys.executable, "-c", "from mutmut.__main__ import cli; cli()"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,10 +166,12 @@ MODULES: dict[str, Module] = {
 }
 
 # mutmut's exit-code classes (mutmut.stats.status_by_exit_code), folded into
-# the table's columns.
+# the table's columns. A mutant no selected test executes ("no tests") counts
+# as not killed: the score is (killed + timeout) / mutants.
 KILLED = {"killed", "caught by type check", "segfault"}
 TIMEOUT = {"timeout"}
 SURVIVED = {"survived"}
+NO_TESTS = {"no tests"}
 
 
 def _mutmut_status(code: int | None) -> str:
@@ -237,10 +241,9 @@ def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = F
     # or the working tree.
     env.pop("PYTHONPATH", None)
     env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    mutmut = [sys.executable, "-c", "from mutmut.__main__ import cli; cli()"]
     start = time.perf_counter()
     proc = subprocess.run(
-        [*mutmut, "run", "--max-children", "1", *_mutant_globs(module)],
+        [*MUTMUT, "run", "--max-children", "1", *_mutant_globs(module)],
         cwd=dest,
         env=env,
         stdout=log,
@@ -248,14 +251,23 @@ def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = F
         check=False,
     )
     seconds = time.perf_counter() - start
-    meta = dest / "mutants" / (module.path + ".meta")
-    if proc.returncode != 0 or not meta.exists():
+    if proc.returncode != 0:
         return {"module": name, "error": f"mutmut exited {proc.returncode}", "seconds": seconds}
+    return {**read_results(name, module, dest, env), "seconds": seconds}
+
+
+def read_results(name: str, module: Module, dest: Path, env: dict | None = None) -> dict:
+    """The row of a finished run in `dest`; survivors' diffs go to
+    `dest/survivors.txt`."""
+    meta = dest / "mutants" / (module.path + ".meta")
+    if not meta.exists():
+        return {"module": name, "error": "no mutmut results"}
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     statuses = {k: _mutmut_status(v) for k, v in codes.items() if _key_matches(k, module)}
     counts = {
         "killed": sum(s in KILLED for s in statuses.values()),
         "survived": sum(s in SURVIVED for s in statuses.values()),
+        "no_tests": sum(s in NO_TESTS for s in statuses.values()),
         "timeout": sum(s in TIMEOUT for s in statuses.values()),
     }
     counts["other"] = len(statuses) - sum(counts.values())
@@ -263,17 +275,15 @@ def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = F
     diffs = []
     for key in survivors:
         shown = subprocess.run(
-            [*mutmut, "show", key], cwd=dest, env=env, capture_output=True, text=True, check=False
+            [*MUTMUT, "show", key], cwd=dest, env=env, capture_output=True, text=True, check=False
         )
         diffs.append(f"## {key} ({statuses[key]})\n{shown.stdout}")
     (dest / "survivors.txt").write_text("\n".join(diffs))
-    scored = len(statuses) - counts["other"]
     return {
         "module": name,
         "mutants": len(statuses),
         **counts,
-        "score": (counts["killed"] + counts["timeout"]) / scored if scored else float("nan"),
-        "seconds": seconds,
+        "score": (counts["killed"] + counts["timeout"]) / len(statuses) if statuses else 0.0,
         "survivors": survivors,
         "survivors_file": str(dest / "survivors.txt"),
     }
@@ -281,16 +291,18 @@ def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = F
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| module | mutants | killed | survived | timeout | other | score | time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| module | mutants | killed | survived | no tests | timeout | other | score | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        seconds = f"{r['seconds']:.0f}" if "seconds" in r else ""
         if "error" in r:
-            lines.append(f"| {r['module']} | {r['error']} | | | | | | {r['seconds']:.0f} |")
+            lines.append(f"| {r['module']} | {r['error']} | | | | | | | {seconds} |")
             continue
         lines.append(
             f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['survived']} | "
-            f"{r['timeout']} | {r['other']} | {100 * r['score']:.1f} % | {r['seconds']:.0f} |"
+            f"{r['no_tests']} | {r['timeout']} | {r['other']} | {100 * r['score']:.1f} % | "
+            f"{seconds} |"
         )
     return "\n".join(lines)
 
@@ -308,12 +320,18 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", action="store_true",
         help="leave out the edge-case test files (the score before they were written)",
     )
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="re-read the results already in --workdir instead of running mutmut",
+    )
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
     args = parser.parse_args(argv)
     if args.list:
         for name, m in MODULES.items():
             print(f"{name:28s} {m.path}  {' '.join(m.functions or ())}")
         return 0
+    if args.report_only and not args.workdir:
+        parser.error("--report-only needs the --workdir of an earlier run")
     try:
         import mutmut
     except ImportError:
@@ -325,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with open(log_path, "a") as log:
         for name in args.module or list(MODULES):
-            log.write(f"\n===== {name} =====\n")
-            log.flush()
-            row = run_module(name, MODULES[name], workdir, log, args.baseline)
+            if args.report_only:
+                dest = workdir / name.replace("/", "_")
+                row = read_results(name, MODULES[name], dest)
+            else:
+                log.write(f"\n===== {name} =====\n")
+                log.flush()
+                row = run_module(name, MODULES[name], workdir, log, args.baseline)
             rows.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
             for key in row.get("survivors", []):
