@@ -314,3 +314,21 @@ def test_hint_projection_modes():
     x = f32(np.arange(24).reshape(2, 4, 3) / 10)
     y = f32(np.ones((2, 4, 3)))
     assert float(numpy(never([y], x))) == pytest.approx(((x - y) ** 2).mean(), rel=1e-6)
+
+
+def test_soft_target_compute_is_the_single_teacher_weighted_loss():
+    r = np.random.default_rng(4)
+    t, s = f32(r.normal(size=(5, 3)) * 2), f32(r.normal(size=(5, 3)))
+    w = f32([1.0, 0.0, 0.5, 2.0, 0.25])
+    per = 9.0 * np_kl(np_softmax(t / 3.0), np_log_softmax(s / 3.0))
+    got = SoftTargetKD(3.0).compute(t, s, labels=np.zeros(5, "int32"), weights=w)
+    assert float(numpy(got)) == pytest.approx((per * w).sum() / w.sum(), rel=1e-5)
+
+
+def test_temperature_is_a_frozen_float32_variable_named_temperature():
+    for term in (SoftTargetKD(2.0), DKD(temperature=2.0)):
+        variable = term.temperature
+        assert variable.trainable is False
+        assert variable.name == "temperature"
+        assert keras.backend.standardize_dtype(variable.dtype) == "float32"
+        assert not term.trainable_weights
