@@ -244,10 +244,22 @@ def test_block_and_m_by_n_errors_are_clear():
         match=r"^m-by-n sparsity groups 4 consecutive weights along axis 0, whose length 6 is "
         r"not a multiple of 4\.$",
     ):
-        pruning.m_by_n_mask(ops.ones((6, 4)), (2, 4), axis=0)
+        pruning.m_by_n_mask(ops.ones((6, 4, 2)), (2, 4), axis=0)
 
 
 def test_m_by_n_ties_go_to_the_lower_index():
     w = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, -2.0, 1.0]], "float32").T  # groups along axis 0
     mask = np_(pruning.m_by_n_mask(ops.convert_to_tensor(w), (2, 4), axis=0))
     np.testing.assert_array_equal(mask.T, [[1, 1, 0, 0], [0, 1, 1, 0]])
+
+
+def test_block_and_m_by_n_masks_are_typed_like_float16_weights():
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(6, 4)).astype("float16")
+    block, _ = pruning.block_mask(ops.convert_to_tensor(w), 0.5, (2, 2))
+    assert keras.backend.standardize_dtype(block.dtype) == "float16"
+    reference = pruning.block_mask(ops.convert_to_tensor(w.astype("float32")), 0.5, (2, 2))[0]
+    np.testing.assert_array_equal(np_(block), np_(reference))
+    m_by_n = pruning.m_by_n_mask(ops.convert_to_tensor(w), (2, 4), axis=1)
+    assert keras.backend.standardize_dtype(m_by_n.dtype) == "float16"
+    assert (np_(m_by_n).reshape(-1, 4).sum(-1) == 2).all()
