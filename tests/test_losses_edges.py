@@ -332,3 +332,13 @@ def test_temperature_is_a_frozen_float32_variable_named_temperature():
         assert variable.name == "temperature"
         assert keras.backend.standardize_dtype(variable.dtype) == "float32"
         assert not term.trainable_weights
+
+
+def test_soft_target_accepts_a_bare_teacher_tensor():
+    r = np.random.default_rng(5)
+    t, s = f32(r.normal(size=(6, 4)) * 2), f32(r.normal(size=(6, 4)))
+    expected = 4.0 * np_kl(np_softmax(t / 2.0), np_log_softmax(s / 2.0)).mean()
+    assert float(numpy(SoftTargetKD(2.0)(t, s))) == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(
+        numpy(SoftTargetKD(2.0).teacher_distribution(t)), np_softmax(t / 2.0), atol=1e-6
+    )
