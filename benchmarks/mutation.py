@@ -3,8 +3,9 @@
 For each core module, plants every single-token bug mutmut knows (an operator,
 a constant, a comparison, a dropped argument, ...) one at a time and runs the
 fast tests that execute the mutated function. A mutant is *killed* when a test
-fails, *survived* when all pass. The score is killed / (killed + survived +
-timeout-free others); timeouts count as killed, as mutmut counts them.
+fails, *survived* when all pass. The score is (killed + timeout) / mutants, a
+timeout counting as killed (as mutmut counts it) and a mutant no selected
+test executes as not killed.
 
 Each module runs in its own throw-away copy of the source tree (mutmut
 rewrites the files it mutates), so the working tree is never modified. The
