@@ -342,3 +342,35 @@ def test_soft_target_accepts_a_bare_teacher_tensor():
     np.testing.assert_allclose(
         numpy(SoftTargetKD(2.0).teacher_distribution(t)), np_softmax(t / 2.0), atol=1e-6
     )
+
+
+def test_weighted_mean_with_per_position_and_trailing_axis_weights():
+    r = np.random.default_rng(6)
+    values = f32(r.normal(size=(2, 3, 4)))
+    weights = f32(r.uniform(0.1, 1.0, size=(2, 3)))
+    expected = (values * weights[..., None]).sum() / (weights.sum() * 4)
+    assert float(numpy(base.weighted_mean(values, weights))) == pytest.approx(expected, rel=1e-5)
+    per_position = f32(r.normal(size=(2, 3)))
+    got = base.weighted_mean(per_position, weights[..., None])  # (batch, time, 1)
+    expected = (per_position * weights).sum() / weights.sum()
+    assert float(numpy(got)) == pytest.approx(expected, rel=1e-5)
+    assert tuple(base.squeeze_trailing_ones(ops.ones((3, 2, 1)), 2).shape) == (3, 2)
+
+
+def test_positional_teachers_with_keyword_student():
+    t, s = f32([[1.0, 2.0]]), f32([[0.0, 0.0]])
+    assert float(numpy(LogitsMSE()([t], student=s))) == pytest.approx(2.5)
+
+
+def test_build_config_with_an_unknown_side():
+    term = LogitsMSE()
+    term.build(None, (4, 3))
+    assert term.get_build_config() == {"teacher_shape": None, "student_shape": [None, 3]}
+    other = LogitsMSE()
+    other.build((4, 5), None)
+    assert other.get_build_config() == {"teacher_shape": [None, 5], "student_shape": None}
+
+
+def test_weight_round_trips_through_the_config():
+    restored = LogitsMSE.from_config(LogitsMSE(weight=0.3).get_config())
+    assert restored.weight == pytest.approx(0.3)
