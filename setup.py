@@ -15,6 +15,8 @@ EXTRAS = {
     "test": ["pytest", "ruff", "import-linter"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+# Benchmark-only tool (`python -m benchmarks.mutation`), so not part of "all".
+EXTRAS["mutation"] = ["mutmut>=3.8,<4"]
 
 setup(
     name="kd_keras",

@@ -158,8 +158,9 @@ def _attach_to_dataset(dataset, x_only, logits):
 
     def attach(element, teacher_logits):
         bx, by, bw = keras.utils.unpack_x_y_sample_weight(element)
-        if isinstance(teacher_logits, tuple):
-            teacher_logits = list(teacher_logits)
+        # An ensemble's logits stay a tuple: tf.data stacks a list into one
+        # (teachers, batch, classes) tensor, which the Distiller would read
+        # as a single teacher.
         target = {"teacher_logits": teacher_logits}
         if isinstance(by, dict):
             target.update({k: v for k, v in by.items() if k != "teacher_logits"})

@@ -1,0 +1,376 @@
+"""Distillation terms at their edges, against float64 NumPy references:
+small and fractional weights, zero probabilities, per-teacher temperatures,
+`(batch, 1)` weights, unknown dimensions, calls by keyword, the registry's
+name forms, and the exact error messages (what is wrong, how to fix it)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from kd_keras import losses
+from kd_keras.losses import DKD, RKD, AttentionTransfer, HintLoss, LogitsMSE, SoftTargetKD, base
+
+ATOL = 1e-5
+
+
+def numpy(x) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
+
+
+def f32(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def np_softmax(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_kl(p, log_q):
+    """Σ p (log p − log q), with 0 · log 0 = 0."""
+    p = np.asarray(p, np.float64)
+    log_p = np.log(np.where(p > 0, p, 1.0))
+    return (p * (log_p - log_q)).sum(-1)
+
+
+def np_log_softmax(z):
+    z = np.asarray(z, np.float64)
+    s = z - z.max(-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(-1, keepdims=True))
+
+
+# ------------------------------------------------------------------ base
+
+
+def test_weighted_mean_with_small_fractional_weights_is_a_weighted_mean():
+    values = f32([1.0, 2.0, 3.0, 4.0])
+    weights = f32([0.001, 0.002, 0.0, 0.001])  # total 0.004, far below 1
+    expected = (1 * 0.001 + 2 * 0.002 + 4 * 0.001) / 0.004
+    assert float(numpy(base.weighted_mean(values, weights))) == pytest.approx(expected, rel=1e-5)
+    assert float(numpy(base.weighted_mean(values))) == pytest.approx(2.5)
+
+
+def test_weighted_mean_broadcasts_sample_weights_over_positions_and_drops_garbage():
+    values = f32([[1.0, 2.0, 3.0], [4.0, np.inf, np.nan]])
+    weights = f32([[0.5], [0.25]])  # (batch, 1): squeezed, then over time
+    mask = f32([[1, 1, 1], [1, 0, 0]])
+    got = base.weighted_mean(values, weights * mask)
+    expected = (0.5 * (1 + 2 + 3) + 0.25 * 4) / (0.5 * 3 + 0.25)
+    assert float(numpy(got)) == pytest.approx(expected, rel=1e-6)
+    per_sample = base.weighted_mean(f32([[2.0], [6.0]]), f32([[1.0], [3.0]]))
+    assert float(numpy(per_sample)) == pytest.approx(5.0)
+
+
+def test_squeeze_trailing_ones_stops_at_rank():
+    x = ops.ones((3, 1, 1))
+    assert tuple(base.squeeze_trailing_ones(x, 1).shape) == (3,)
+    assert tuple(base.squeeze_trailing_ones(x, 2).shape) == (3, 1)
+    assert tuple(base.squeeze_trailing_ones(ops.ones((3, 2)), 1).shape) == (3, 2)
+
+
+def test_l2_normalize_matches_numpy_and_leaves_zero_vectors_at_zero():
+    x = f32([[3.0, 4.0], [0.0, 0.0], [1e-7, 0.0]])
+    got = numpy(base.l2_normalize(x))
+    np.testing.assert_allclose(got[0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(got[1], [0.0, 0.0])
+    # Below epsilon the norm is floored at epsilon = 1e-12: 1e-7 / 1e-7 = 1.
+    np.testing.assert_allclose(got[2], [1.0, 0.0], rtol=1e-5)
+    tiny = numpy(base.l2_normalize(f32([[1e-13, 0.0]])))
+    np.testing.assert_allclose(tiny, [[0.1, 0.0]], rtol=1e-3)  # 1e-13 / 1e-12
+    along0 = numpy(base.l2_normalize(f32([[3.0, 0.0], [4.0, 1.0]]), axis=0))
+    np.testing.assert_allclose(along0, [[0.6, 0.0], [0.8, 1.0]], rtol=1e-6)
+
+
+def test_static_shape_keeps_unknown_dims():
+    assert base.static_shape(keras.KerasTensor((None, 4, 2))) == (None, 4, 2)
+    assert base.static_shape(ops.ones((2, 3))) == (2, 3)
+
+
+def test_check_same_positions_ignores_unknown_dims_and_channels():
+    base.check_same_positions("X", (None, 4, 4, 8), (None, None, 4, 3))
+    base.check_same_positions("X", (2, 5, 8), (7, 5, 3))  # batch may differ (build shapes)
+    with pytest.raises(ValueError) as info:
+        base.check_same_positions("Loss", (None, 4, 4, 8), (None, 4, 3))
+    assert str(info.value) == (
+        "Loss: teacher features of shape (None, 4, 4, 8) and student features of shape "
+        "(None, 4, 3) do not cover the same positions (all axes between batch and channels "
+        "must match; channels may differ). Pick teacher_layer / student_layer at the same "
+        "spatial resolution, or resize one map (e.g. pooling) in the model before the layer "
+        "you name."
+    )
+    with pytest.raises(ValueError, match=r"^X: teacher features of shape \(None, 4, 8\)"):
+        base.check_same_positions("X", (None, 4, 8), (None, 5, 8))
+
+
+def test_weight_zero_is_allowed_and_negative_weight_message_is_exact():
+    assert LogitsMSE(weight=0).weight == 0.0
+    with pytest.raises(ValueError) as info:
+        LogitsMSE(weight=-0.5)
+    assert str(info.value) == (
+        "LogitsMSE: weight must be >= 0, got -0.5. Use 0 to switch a term off."
+    )
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        LogitsMSE(weight=float("nan"))
+
+
+def test_terms_compute_in_float32_unless_told_otherwise():
+    assert LogitsMSE().dtype_policy.name == "float32"
+    assert LogitsMSE(dtype="float64").dtype_policy.name == "float64"
+    r = np.random.default_rng(0)
+    t, s = r.normal(size=(3, 4)).astype("float16"), r.normal(size=(3, 4)).astype("float16")
+    got = LogitsMSE()([t], s)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+
+
+def test_naming_layers_makes_a_term_read_features_not_logits():
+    assert LogitsMSE().reads_logits is True
+    assert LogitsMSE(teacher_layer="a").reads_logits is False
+    assert LogitsMSE(student_layer="b").reads_logits is False
+    assert LogitsMSE.reads_logits is True  # the class default is untouched
+
+
+def test_call_by_keyword_builds_from_the_first_teacher():
+    r = np.random.default_rng(1)
+    t1, t2, s = (f32(r.normal(size=(2, 5))) for _ in range(3))
+    term = LogitsMSE()
+    got = term(teachers=[t1, t2], student=s, teacher_weights=[3.0, 1.0])
+    expected = 0.75 * ((s - t1) ** 2).mean() + 0.25 * ((s - t2) ** 2).mean()
+    assert float(numpy(got)) == pytest.approx(expected, rel=1e-5)
+    assert term.get_build_config() == {"teacher_shape": [None, 5], "student_shape": [None, 5]}
+    single = LogitsMSE()
+    assert single.get_build_config() is None
+    assert float(numpy(single(t1, s))) == pytest.approx(((s - t1) ** 2).mean(), rel=1e-5)
+
+
+def test_build_from_config_restores_the_build_shapes():
+    term = LogitsMSE()
+    term.build_from_config({"teacher_shape": [None, 5], "student_shape": [None, 5]})
+    assert term.built
+    assert term.get_build_config() == {"teacher_shape": [None, 5], "student_shape": [None, 5]}
+    unbuilt = LogitsMSE()
+    unbuilt.build_from_config(None)
+    assert not unbuilt.built
+
+
+def test_teacher_weights_zero_for_one_teacher_is_allowed():
+    t1, t2, s = f32([[1.0, 0.0]]), f32([[0.0, 5.0]]), f32([[0.0, 0.0]])
+    assert float(numpy(LogitsMSE()([t1, t2], s, teacher_weights=[1.0, 0.0]))) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("weights", [[0.0, 0.0], [-1.0, 2.0], [1.0, 1.0, 1.0]])
+def test_bad_teacher_weights_are_refused_with_the_values(weights):
+    zeros = f32(np.zeros((2, 3)))
+    with pytest.raises(ValueError) as info:
+        LogitsMSE()([zeros, zeros], zeros, teacher_weights=weights)
+    # Keras prefixes errors raised inside `call` with the layer's name.
+    assert (
+        "teacher_weights must be 2 non-negative numbers with a positive sum, got "
+        f"{[float(w) for w in weights]}." in str(info.value)
+    )
+
+
+def test_base_compute_says_what_to_implement():
+    with pytest.raises(NotImplementedError) as info:
+        base.DistillationLoss().compute(None, None)
+    assert str(info.value) == (
+        "DistillationLoss must implement compute(teacher, student, labels=None, weights=None) "
+        "and return a scalar."
+    )
+
+
+# ------------------------------------------------------------ soft target
+
+
+def test_soft_target_with_a_zero_probability_target_is_finite_and_exact():
+    teacher = f32([[0.0, -1e4, 1.0], [2.0, 0.0, -2.0]])  # softmax underflows to exactly 0
+    student = f32([[0.5, 0.1, -0.3], [0.0, 1.0, 0.0]])
+    t = 2.0
+    expected = t**2 * np_kl(np_softmax(teacher / t), np_log_softmax(student / t)).mean()
+    got = float(numpy(SoftTargetKD(t)([teacher], student)))
+    assert np.isfinite(got) and got == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_target_per_teacher_temperatures_soften_each_teacher():
+    r = np.random.default_rng(2)
+    t1, t2, s = (f32(r.normal(size=(4, 5)) * 3) for _ in range(3))
+    term = SoftTargetKD(4.0, teacher_temperatures=[1.0, 8.0])
+    target = 0.25 * np_softmax(t1 / 1.0) + 0.75 * np_softmax(t2 / 8.0)
+    expected = 16.0 * np_kl(target, np_log_softmax(s / 4.0)).mean()
+    got = term([t1, t2], s, teacher_weights=[1.0, 3.0])
+    assert float(numpy(got)) == pytest.approx(expected, rel=1e-5)
+    assert term.get_config()["teacher_temperatures"] == [1.0, 8.0]
+    np.testing.assert_allclose(
+        numpy(term.teacher_distribution([t1, t2], [1.0, 3.0])), target, atol=1e-6
+    )
+
+
+def test_soft_target_temperature_config_is_the_initial_value():
+    term = SoftTargetKD(3)
+    assert isinstance(term._temperature_init, float)
+    term.temperature.assign(1.5)
+    assert term.get_config()["temperature"] == 3.0
+    assert float(numpy(term.temperature)) == 1.5
+    assert term.name == "soft_target" and LogitsMSE().name == "logits_mse"
+
+
+def test_soft_target_errors_are_exact():
+    with pytest.raises(ValueError) as info:
+        SoftTargetKD(temperature=0.0)
+    assert str(info.value) == (
+        "SoftTargetKD: temperature must be > 0, got 0.0. Typical values are 1 to 8; 1 means "
+        "no softening."
+    )
+    with pytest.raises(
+        ValueError, match=r"^teacher_temperatures must all be > 0, got \[1\.0, 0\.0\]\.$"
+    ):
+        SoftTargetKD(teacher_temperatures=[1.0, 0.0])
+    term = SoftTargetKD(teacher_temperatures=[1.0, 2.0])
+    zeros = f32(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"(?<!\d)2 teacher_temperatures for 1 teachers\."):
+        term([zeros], zeros)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        DKD(temperature=float("nan"))
+
+
+# --------------------------------------------------------------- registry
+
+
+def test_registry_lookup_forms():
+    assert type(losses.get("  Logits-MSE ")) is LogitsMSE
+    assert type(losses.get("kd_keras>SoftTargetKD")) is SoftTargetKD
+    assert type(losses.get("attentiontransfer")) is AttentionTransfer
+    assert type(losses.get({"rkd": None})) is RKD
+    config = losses.serialize(DKD(beta=2.0))
+    assert config["class_name"] == "DKD"
+    restored = losses.get({"class_name": "dkd", "config": None})
+    assert type(restored) is DKD and restored.beta == 8.0
+
+
+def test_registry_errors_are_exact():
+    with pytest.raises(ValueError) as info:
+        losses.get("fitnet")
+    assert str(info.value) == (
+        "Unknown distillation loss 'fitnet'. Known names: ['attention_transfer', 'dkd', "
+        "'hint', 'logits_mse', 'rkd', 'soft_target'] (class names such as 'SoftTargetKD' "
+        "work too)."
+    )
+    for bad in (3, {"dkd": 2.0}, {"dkd": {}, "rkd": {}}):
+        with pytest.raises(ValueError) as info:
+            losses.get(bad)
+        assert str(info.value) == (
+            f"Cannot make a distillation loss from {bad!r}: give a name from "
+            "['attention_transfer', 'dkd', 'hint', 'logits_mse', 'rkd', 'soft_target'], a "
+            "mapping such as {'dkd': {'beta': 4.0}}, or a config written by "
+            "kd_keras.losses.serialize."
+        )
+
+
+# ------------------------------------------------------------------- hint
+
+
+def test_hint_errors_are_exact():
+    with pytest.raises(ValueError) as info:
+        HintLoss(teacher_layer="a", student_layer="")
+    assert str(info.value) == (
+        "HintLoss compares intermediate features, so student_layer must name a layer (e.g. "
+        "student_layer='block2', or 'backbone/block2' inside a nested model); got ''."
+    )
+    with pytest.raises(ValueError) as info:
+        HintLoss(teacher_layer="a", student_layer="b", projection="conv")
+    assert str(info.value) == (
+        "HintLoss: projection must be one of ('auto', 'always', 'never'), got 'conv'. 'auto' "
+        "adds a learned 1x1 regressor only when the channel widths differ."
+    )
+    with pytest.raises(ValueError) as info:
+        HintLoss(teacher_layer="a", student_layer="b", projection="never").build(
+            (None, 4, 8), (None, 4, 3)
+        )
+    assert str(info.value) == (
+        "HintLoss: teacher width 8 != student width 3 with projection='never'. Use "
+        "projection='auto' to learn a regressor between them."
+    )
+    with pytest.raises(ValueError) as info:
+        HintLoss(teacher_layer="a", student_layer="b").build((None, 4, None), (None, 4, 3))
+    assert str(info.value) == (
+        "HintLoss: the channel axis must be known, got teacher shape (None, 4, None) and "
+        "student shape (None, 4, 3)."
+    )
+
+
+def test_hint_projection_modes():
+    same = HintLoss(teacher_layer="a", student_layer="b")
+    same.build((None, 4, 3), (None, 4, 3))
+    assert same.regressor is None
+    always = HintLoss(teacher_layer="a", student_layer="b", projection="always")
+    always.build((None, 4, 3), (None, 4, 3))
+    assert always.regressor is not None and tuple(always.regressor.kernel.shape) == (3, 3)
+    never = HintLoss(teacher_layer="a", student_layer="b", projection="never")
+    never.build((None, 4, 3), (None, 4, 3))
+    assert never.regressor is None
+    x = f32(np.arange(24).reshape(2, 4, 3) / 10)
+    y = f32(np.ones((2, 4, 3)))
+    assert float(numpy(never([y], x))) == pytest.approx(((x - y) ** 2).mean(), rel=1e-6)
+
+
+def test_soft_target_compute_is_the_single_teacher_weighted_loss():
+    r = np.random.default_rng(4)
+    t, s = f32(r.normal(size=(5, 3)) * 2), f32(r.normal(size=(5, 3)))
+    w = f32([1.0, 0.0, 0.5, 2.0, 0.25])
+    per = 9.0 * np_kl(np_softmax(t / 3.0), np_log_softmax(s / 3.0))
+    got = SoftTargetKD(3.0).compute(t, s, labels=np.zeros(5, "int32"), weights=w)
+    assert float(numpy(got)) == pytest.approx((per * w).sum() / w.sum(), rel=1e-5)
+
+
+def test_temperature_is_a_frozen_float32_variable_named_temperature():
+    for term in (SoftTargetKD(2.0), DKD(temperature=2.0)):
+        variable = term.temperature
+        assert variable.trainable is False
+        assert variable.name == "temperature"
+        assert keras.backend.standardize_dtype(variable.dtype) == "float32"
+        assert not term.trainable_weights
+
+
+def test_soft_target_accepts_a_bare_teacher_tensor():
+    r = np.random.default_rng(5)
+    t, s = f32(r.normal(size=(6, 4)) * 2), f32(r.normal(size=(6, 4)))
+    expected = 4.0 * np_kl(np_softmax(t / 2.0), np_log_softmax(s / 2.0)).mean()
+    assert float(numpy(SoftTargetKD(2.0)(t, s))) == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(
+        numpy(SoftTargetKD(2.0).teacher_distribution(t)), np_softmax(t / 2.0), atol=1e-6
+    )
+
+
+def test_weighted_mean_with_per_position_and_trailing_axis_weights():
+    r = np.random.default_rng(6)
+    values = f32(r.normal(size=(2, 3, 4)))
+    weights = f32(r.uniform(0.1, 1.0, size=(2, 3)))
+    expected = (values * weights[..., None]).sum() / (weights.sum() * 4)
+    assert float(numpy(base.weighted_mean(values, weights))) == pytest.approx(expected, rel=1e-5)
+    per_position = f32(r.normal(size=(2, 3)))
+    got = base.weighted_mean(per_position, weights[..., None])  # (batch, time, 1)
+    expected = (per_position * weights).sum() / weights.sum()
+    assert float(numpy(got)) == pytest.approx(expected, rel=1e-5)
+    assert tuple(base.squeeze_trailing_ones(ops.ones((3, 2, 1)), 2).shape) == (3, 2)
+
+
+def test_positional_teachers_with_keyword_student():
+    t, s = f32([[1.0, 2.0]]), f32([[0.0, 0.0]])
+    assert float(numpy(LogitsMSE()([t], student=s))) == pytest.approx(2.5)
+
+
+def test_build_config_with_an_unknown_side():
+    term = LogitsMSE()
+    term.build(None, (4, 3))
+    assert term.get_build_config() == {"teacher_shape": None, "student_shape": [None, 3]}
+    other = LogitsMSE()
+    other.build((4, 5), None)
+    assert other.get_build_config() == {"teacher_shape": [None, 5], "student_shape": None}
+
+
+def test_weight_round_trips_through_the_config():
+    restored = LogitsMSE.from_config(LogitsMSE(weight=0.3).get_config())
+    assert restored.weight == pytest.approx(0.3)

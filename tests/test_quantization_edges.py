@@ -1,0 +1,250 @@
+"""Quantizers and BN folding at their edges. References: TensorFlow's own
+FakeQuant ops (TensorFlow backend), NumPy, and the unfolded model itself:
+bit widths other than 8, depthwise channel axes, all-zero tensors, the
+moving-average range's first and later updates, BNs without scale / center,
+layers without bias, and BNs that must not fold."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from kd_keras.quantization import (
+    MovingAverageQuantizer,
+    PerChannelSymmetricQuantizer,
+    QuantizeLayer,
+    fake_quant,
+    fold_batch_norms,
+)
+from kd_keras.quantization.quantizers import Quantizer, deserialize_quantizer
+
+ATOL = 1e-5
+TF_ONLY = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="compares with TensorFlow's FakeQuant ops"
+)
+
+
+def to_np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+# ---------------------------------------------------------------- quantizers
+
+
+@TF_ONLY
+@pytest.mark.parametrize("num_bits,narrow", [(8, False), (8, True), (4, False), (2, True)])
+def test_fake_quant_equals_tensorflow_op(num_bits, narrow):
+    import tensorflow as tf
+
+    x = np.random.default_rng(num_bits).uniform(-2.0, 3.0, size=(64,)).astype("float32")
+    got = to_np(fake_quant(x, -1.3, 2.1, num_bits=num_bits, narrow_range=narrow))
+    want = tf.quantization.fake_quant_with_min_max_vars(
+        x, -1.3, 2.1, num_bits=num_bits, narrow_range=narrow
+    ).numpy()
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+@TF_ONLY
+@pytest.mark.parametrize("axis,num_bits", [(-1, 8), (-2, 8), (2, 4), (0, 8)])
+def test_per_channel_quantizer_equals_tensorflow_per_channel_op(axis, num_bits):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    kernel = rng.normal(size=(3, 3, 4, 2)).astype("float32")
+    channel = axis % 4
+    index = [slice(None)] * 4
+    index[channel] = 1
+    kernel[tuple(index)] = 0.0  # an all-zero (pruned) channel: range [-1, 1]
+    q = PerChannelSymmetricQuantizer(num_bits=num_bits, axis=axis)
+    got = to_np(q(kernel))
+    moved = np.moveaxis(kernel, channel, -1)
+    max_abs = np.abs(moved).reshape(-1, moved.shape[-1]).max(0)
+    max_abs = np.where(max_abs > 0, max_abs, 1.0).astype("float32")
+    want = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        moved, -max_abs, max_abs, num_bits=num_bits, narrow_range=True
+    ).numpy()
+    np.testing.assert_allclose(got, np.moveaxis(want, -1, channel), atol=ATOL)
+    lo, hi = q.ranges(kernel)
+    np.testing.assert_allclose(to_np(hi), max_abs, rtol=1e-6)
+    np.testing.assert_allclose(to_np(lo), -max_abs, rtol=1e-6)
+
+
+def test_per_tensor_range_of_an_all_zero_tensor_is_minus_1_to_1():
+    q = PerChannelSymmetricQuantizer(axis=None)
+    lo, hi = q.ranges(np.zeros((3, 2), "float32"))
+    assert float(to_np(lo)) == -1.0 and float(to_np(hi)) == 1.0
+    np.testing.assert_array_equal(to_np(q(np.zeros((3, 2), "float32"))), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("num_bits", [2, 8])
+def test_bit_widths_2_to_8_are_accepted(num_bits):
+    assert PerChannelSymmetricQuantizer(num_bits=num_bits).num_bits == num_bits
+    assert MovingAverageQuantizer(num_bits=num_bits).num_bits == num_bits
+
+
+@pytest.mark.parametrize("num_bits", [1, 9, 8.0, "8"])
+def test_other_bit_widths_are_refused(num_bits):
+    for cls in (PerChannelSymmetricQuantizer, MovingAverageQuantizer):
+        with pytest.raises(ValueError) as info:
+            cls(num_bits=num_bits)
+        assert str(info.value) == (
+            f"num_bits must be an int in [2, 8] (TFLite runs int8 kernels), got {num_bits!r}."
+        )
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, 1.5])
+def test_ema_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(ValueError, match=rf"^ema_decay must be in \[0, 1\), got {decay!r}\.$"):
+        MovingAverageQuantizer(ema_decay=decay)
+
+
+def test_ema_decay_0_follows_the_last_batch_and_configs_round_trip():
+    q = MovingAverageQuantizer(ema_decay=0)
+    assert q.ema_decay == 0.0 and isinstance(q.ema_decay, float)
+    assert q.get_config() == {"num_bits": 8, "ema_decay": 0.0}
+    assert MovingAverageQuantizer().get_config() == {"num_bits": 8, "ema_decay": 0.999}
+    assert PerChannelSymmetricQuantizer().get_config() == {"num_bits": 8, "axis": -1}
+    layer = QuantizeLayer(q)
+    layer.build((None, 3))
+    layer(np.array([[1.0, 2.0, -1.0]], "float32"), training=True)
+    layer(np.array([[0.5, 0.25, 0.0]], "float32"), training=True)
+    weights = {w.name: float(to_np(w)) for w in layer.weights}
+    assert weights["range_min"] == 0.0 and weights["range_max"] == pytest.approx(0.5)
+
+
+def test_moving_average_range_starts_at_tfmot_default_and_inference_uses_it():
+    layer = QuantizeLayer(MovingAverageQuantizer())
+    layer.build((None, 4))
+    weights = {w.name: w for w in layer.weights}
+    assert sorted(weights) == ["range_initialized", "range_max", "range_min"]
+    assert [float(to_np(weights[k])) for k in sorted(weights)] == [0.0, 6.0, -6.0]
+    assert all(not w.trainable for w in layer.weights)
+    x = np.array([[-7.0, -1.0, 0.3, 5.0]], "float32")
+    np.testing.assert_allclose(
+        to_np(layer(x, training=False)), to_np(fake_quant(x, -6.0, 6.0)), atol=ATOL
+    )
+    assert float(to_np(weights["range_initialized"])) == 0.0
+
+
+def test_moving_average_of_an_all_zero_batch_keeps_a_non_empty_range():
+    layer = QuantizeLayer(MovingAverageQuantizer(ema_decay=0.5))
+    layer.build((None, 2))
+    out = to_np(layer(np.zeros((2, 2), "float32"), training=True))
+    weights = {w.name: float(to_np(w)) for w in layer.weights}
+    assert weights["range_min"] == 0.0
+    assert weights["range_max"] == pytest.approx(1e-6, rel=1e-3)
+    np.testing.assert_array_equal(out, np.zeros((2, 2)))
+    # The second batch moves the range halfway (decay 0.5) towards [-2, 4].
+    layer(np.array([[-2.0, 4.0]], "float32"), training=True)
+    weights = {w.name: float(to_np(w)) for w in layer.weights}
+    assert weights["range_min"] == pytest.approx(-1.0, abs=1e-6)
+    assert weights["range_max"] == pytest.approx(0.5 * 1e-6 + 2.0, abs=1e-6)
+
+
+def test_quantizer_base_and_deserialization():
+    base = Quantizer()
+    assert base.build((2,), "x", None) == {} and base.get_config() == {}
+    with pytest.raises(NotImplementedError):
+        base(np.zeros(2))
+    assert Quantizer.from_config({}) == Quantizer()
+    assert PerChannelSymmetricQuantizer(axis=-2) != PerChannelSymmetricQuantizer(axis=-1)
+    assert PerChannelSymmetricQuantizer() != MovingAverageQuantizer()
+    assert deserialize_quantizer(None) is None
+    q = MovingAverageQuantizer(ema_decay=0.9)
+    assert deserialize_quantizer(q) is q
+    again = deserialize_quantizer(keras.saving.serialize_keras_object(q))
+    assert again == q and again is not q
+
+
+# ---------------------------------------------------------------- BN folding
+
+
+def randomize_bn(model, seed=0):
+    """BN statistics and affine parameters far from their initial values."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for w in layer.weights:
+                shape = tuple(w.shape)
+                if "variance" in w.name:
+                    w.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+                else:
+                    w.assign(rng.normal(size=shape).astype("float32"))
+    return model
+
+
+def assert_folded_equals_model(model, x):
+    folded = fold_batch_norms(model)
+    np.testing.assert_allclose(
+        to_np(folded(x, training=False)), to_np(model(x, training=False)), atol=1e-4, rtol=1e-4
+    )
+    return folded
+
+
+@pytest.mark.parametrize("scale,center", [(False, True), (True, False), (False, False)])
+def test_folding_a_bn_without_scale_or_center(scale, center):
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(5, use_bias=False, name="d")(inputs)
+    h = keras.layers.BatchNormalization(scale=scale, center=center, epsilon=0.3, name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h))
+    x = np.random.default_rng(1).normal(size=(4, 6)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    bn = model.get_layer("bn")
+    gamma = to_np(bn.gamma) if scale else 1.0
+    beta = to_np(bn.beta) if center else 0.0
+    s = gamma / np.sqrt(to_np(bn.moving_variance) + 0.3)
+    d = folded.get_layer("d")
+    np.testing.assert_allclose(to_np(d.kernel), to_np(model.get_layer("d").kernel) * s, atol=1e-5)
+    np.testing.assert_allclose(to_np(d.bias), beta - to_np(bn.moving_mean) * s, atol=1e-5)
+    assert type(folded.get_layer("bn")) is keras.layers.Identity
+
+
+def test_folding_into_a_depthwise_conv_scales_its_channel_axis():
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.DepthwiseConv2D(3, depth_multiplier=1, name="dw")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=2)
+    x = np.random.default_rng(3).normal(size=(2, 6, 6, 3)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn")) is keras.layers.Identity
+
+
+def test_bn_on_a_non_channel_axis_or_after_an_activation_is_kept():
+    inputs = keras.Input((5, 4))
+    h = keras.layers.Dense(3, name="d")(inputs)
+    h = keras.layers.BatchNormalization(axis=1, name="bn_time")(h)  # normalizes time, not units
+    model = randomize_bn(keras.Model(inputs, h), seed=4)
+    x = np.random.default_rng(5).normal(size=(2, 5, 4)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn_time")) is keras.layers.BatchNormalization
+
+    inputs = keras.Input((5, 4))
+    h = keras.layers.Dense(3, activation="relu", name="d")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=6)
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn")) is keras.layers.BatchNormalization
+
+
+@pytest.mark.parametrize("axis", [2, -1])
+def test_bn_on_the_last_axis_folds_however_the_axis_is_written(axis):
+    inputs = keras.Input((5, 4))
+    h = keras.layers.Dense(3, name="d")(inputs)
+    h = keras.layers.BatchNormalization(axis=axis, name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=7)
+    x = np.random.default_rng(8).normal(size=(2, 5, 4)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn")) is keras.layers.Identity
+
+
+def test_a_bn_subclass_is_not_folded():
+    class MyBN(keras.layers.BatchNormalization):
+        pass
+
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(3, name="d")(inputs)
+    h = MyBN(name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=9)
+    folded = fold_batch_norms(model)
+    assert type(folded.get_layer("bn")) is MyBN

@@ -1,0 +1,204 @@
+"""Offline KD edge cases, against the teacher's own outputs (or their NumPy
+log): explicit output kinds, zero probabilities, every element structure a
+dataset may yield, ensembles, uneven batches, and each kind of random
+operation the pairing check must see."""
+
+import keras
+import numpy as np
+import pytest
+
+import kd_keras
+from tiny import data, mlp
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data pipelines")
+
+
+def tf():
+    import tensorflow
+
+    return tensorflow
+
+
+def probability_model():
+    """Outputs [0, .5, .25, .25] for every input: relu of a constant, so one
+    probability is exactly 0 (its log is floored, not -inf)."""
+    inputs = keras.Input((6,))
+    out = keras.layers.Dense(
+        4,
+        activation="relu",
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant([-1.0, 0.5, 0.25, 0.25]),
+    )(inputs)
+    return keras.Model(inputs, out)
+
+
+def test_explicit_probabilities_are_stored_as_floored_log_probabilities():
+    x, _ = data(5)
+    cached = kd_keras.cache_teacher_outputs(
+        probability_model(), x, teacher_outputs="probabilities", verbose=0
+    )
+    expected = np.log(np.array([1e-30, 0.5, 0.25, 0.25], np.float32))
+    assert cached.dtype == np.float32
+    np.testing.assert_allclose(cached, np.tile(expected, (5, 1)), rtol=1e-6)
+    assert np.isfinite(cached).all()
+
+
+def test_explicit_logits_are_kept_even_after_a_softmax():
+    x, _ = data(9)
+    teacher = mlp(8, name="pt", activation="softmax")
+    cached = kd_keras.cache_teacher_outputs(teacher, x, teacher_outputs="logits", verbose=0)
+    np.testing.assert_allclose(cached, keras.ops.convert_to_numpy(teacher(x)), rtol=1e-5)
+    # "auto" sees the softmax and takes the log.
+    auto = kd_keras.cache_teacher_outputs(teacher, x, verbose=0)
+    np.testing.assert_allclose(auto, np.log(keras.ops.convert_to_numpy(teacher(x))), rtol=1e-5)
+
+
+def test_tuple_ensemble_is_one_array_per_teacher_in_order():
+    x, _ = data(6)
+    a, b = mlp(8, name="a", seed=1), mlp(8, name="b", seed=2)
+    cached = kd_keras.cache_teacher_outputs((a, b), x, verbose=0)
+    assert isinstance(cached, list) and len(cached) == 2
+    for model, logits in zip((a, b), cached):
+        np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(model(x)), rtol=1e-5)
+
+
+def cached_elements(dataset):
+    return list(dataset.unbatch())
+
+
+def test_dataset_of_inputs_only_gets_teacher_logits_and_no_labels():
+    x, _ = data(12)
+    teacher = mlp(8, name="t")
+    ds = kd_keras.cache_teacher_outputs(
+        teacher, tf().data.Dataset.from_tensor_slices(x).batch(4), verbose=0
+    )
+    for i, (bx, target) in enumerate(cached_elements(ds)):
+        assert sorted(target) == ["teacher_logits"]
+        np.testing.assert_array_equal(bx.numpy(), x[i])
+        np.testing.assert_allclose(
+            target["teacher_logits"].numpy(),
+            keras.ops.convert_to_numpy(teacher(x[i : i + 1]))[0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_dataset_with_sample_weights_and_dict_targets_keeps_them():
+    x, y = data(10)
+    w = np.linspace(0.1, 1.0, 10).astype("float32")
+    mask = (np.arange(10) % 2).astype("float32")
+    teacher = mlp(8, name="t")
+    source = tf().data.Dataset.from_tensor_slices(
+        (x, {"labels": y, "label_mask": mask, "teacher_logits": np.zeros((10, 4), "float32")}, w)
+    )
+    ds = kd_keras.cache_teacher_outputs(teacher, source.batch(5), verbose=0)
+    expected = keras.ops.convert_to_numpy(teacher(x))
+    for i, (bx, target, bw) in enumerate(cached_elements(ds)):
+        np.testing.assert_array_equal(bx.numpy(), x[i])
+        assert sorted(target) == ["label_mask", "labels", "teacher_logits"]
+        assert target["labels"].numpy() == y[i] and target["label_mask"].numpy() == mask[i]
+        assert bw.numpy() == pytest.approx(w[i])
+        # The stale teacher_logits in the source are replaced by the teacher's.
+        np.testing.assert_allclose(
+            target["teacher_logits"].numpy(), expected[i], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_dataset_ensemble_yields_one_logits_tensor_per_teacher():
+    x, y = data(8)
+    a, b = mlp(8, name="a", seed=1), mlp(8, name="b", seed=2)
+    ds = kd_keras.cache_teacher_outputs(
+        [a, b], tf().data.Dataset.from_tensor_slices((x, y)).batch(4), verbose=0
+    )
+    bx, target = next(iter(ds))
+    logits = target["teacher_logits"]
+    # Not one stacked (2, batch, classes) tensor, which reads as one teacher.
+    assert isinstance(logits, tuple) and len(logits) == 2
+    for model, t in zip((a, b), logits):
+        np.testing.assert_allclose(
+            t.numpy(), keras.ops.convert_to_numpy(model(bx)), rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_array_equal(target["labels"].numpy(), y[:4])
+
+
+def test_distiller_on_an_ensemble_cached_dataset_equals_the_online_ensemble():
+    x, y = data(16)
+    a, b = mlp(8, name="a", seed=1), mlp(8, name="b", seed=2)
+    source = tf().data.Dataset.from_tensor_slices((x, y)).batch(8)
+    ds = kd_keras.cache_teacher_outputs([a, b], source, verbose=0)
+    results = []
+    for teacher, data_ in (([a, b], source), (None, ds)):
+        distiller = kd_keras.Distiller(mlp(8, name="s", seed=3), teacher, alpha=0.0)
+        distiller.compile(optimizer="sgd")
+        results.append(distiller.evaluate(data_, verbose=0, return_dict=True))
+    online, cached = results
+    # The KL to the ensemble's average distribution, not the average of KLs.
+    assert cached["soft_target_loss"] == pytest.approx(online["soft_target_loss"], rel=1e-5)
+    assert cached["loss"] == pytest.approx(online["loss"], rel=1e-5)
+
+
+def test_single_batch_and_short_last_batch_are_accepted():
+    x, y = data(7)
+    for batch in (7, 3):
+        ds = kd_keras.cache_teacher_outputs(
+            mlp(8, name="t"), tf().data.Dataset.from_tensor_slices((x, y)).batch(batch), verbose=0
+        )
+        assert sum(int(bx.shape[0]) for bx, _ in ds) == 7
+
+
+@pytest.mark.parametrize("sizes", [[4, 2, 4], [2, 4], [3, 3, 5]], ids=["middle", "first", "last"])
+def test_uneven_batches_are_refused(sizes):
+    x, y = data(sum(sizes))
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(
+            tf().data.Dataset.from_tensor_slices((x[start : start + size], y[start : start + size]))
+            .batch(size)
+        )
+        start += size
+    ds = parts[0]
+    for part in parts[1:]:
+        ds = ds.concatenate(part)
+    expected = sorted(set(sizes))
+    with pytest.raises(ValueError) as info:
+        kd_keras.cache_teacher_outputs(mlp(8, name="t"), ds, verbose=0)
+    assert str(info.value) == (
+        f"The dataset's batches have uneven sizes {expected}; batch it with ds.batch(n) "
+        "(the last batch may be smaller) before caching."
+    )
+
+
+def test_random_pipeline_error_says_how_to_fix():
+    x, y = data(10)
+    ds = tf().data.Dataset.from_tensor_slices((x, y)).shuffle(10).batch(5)
+    with pytest.raises(ValueError) as info:
+        kd_keras.cache_teacher_outputs(mlp(8, name="t"), ds, verbose=0)
+    assert str(info.value) == (
+        f"The dataset has random operations {kd_keras.random_ops_in_dataset(ds)}: its images "
+        "and order change from one pass to the next, so cached teacher logits would be paired "
+        "with other images. Either cache on the deterministic part of the pipeline and "
+        "shuffle/augment after (`ds = cache_teacher_outputs(teacher, ds_plain).shuffle(...)`), "
+        "or train with the teacher online (kd_keras.Distiller(student, teacher) without cached "
+        "logits), which recomputes every step."
+    )
+
+
+def test_each_kind_of_random_op_is_named():
+    t = tf()
+    x = np.zeros((8, 4), "float32")
+    base = t.data.Dataset.from_tensor_slices(x)
+    found = kd_keras.random_ops_in_dataset
+
+    assert any(op.startswith("ShuffleDataset") for op in found(base.shuffle(4)))
+    assert "RandomDataset" in found(t.data.Dataset.random(seed=1).take(3))
+    sampled = t.data.Dataset.sample_from_datasets([base, base], seed=1)
+    assert any(op.startswith("DirectedInterleaveDataset") for op in found(sampled))
+    assert "Multinomial" in found(
+        base.map(lambda v: (v, t.random.categorical(t.zeros((1, 3)), 1)))
+    )
+    assert "TruncatedNormal" in found(base.map(lambda v: v + t.random.truncated_normal((4,))))
+    assert "ParallelMapDatasetV2(deterministic=False)" in found(
+        base.map(lambda v: v, num_parallel_calls=2, deterministic=False)
+    )
+    # Deterministic parallel maps are fine.
+    assert found(base.map(lambda v: v, num_parallel_calls=2, deterministic=True)) == []
