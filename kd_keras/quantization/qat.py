@@ -717,7 +717,9 @@ def _unsupported_message(layers, skip_hint) -> str:
     return (
         "quantize_model cannot quantize these layers:\n" + "\n".join(lines) +
         f"\nKeep them in float with quantize_model(model, skip_layers={names!r}) "
-        "(TFLite then runs them in float between dequantize/quantize ops)."
+        "(TFLite then runs them in float between dequantize/quantize ops), or say how "
+        "to quantize a layer of your own with quantize_annotate_layer(layer, "
+        "quantize_config=YourQuantizeConfig())."
     )
 
 
