@@ -34,6 +34,7 @@ from kd_keras.quantization.qat import (
     quantize_annotate_layer,
     quantize_model,
 )
+from kd_keras.quantization.quantize_config import QuantizeConfig, quantize_scope
 from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
@@ -49,6 +50,7 @@ __all__ = [
     "strip_clustering",
     "MovingAverageQuantizer",
     "PerChannelSymmetricQuantizer",
+    "QuantizeConfig",
     "QuantizeLayer",
     "QuantizeWrapper",
     "Quantizer",
@@ -60,6 +62,7 @@ __all__ = [
     "quantize_annotate_layer",
     "quantize_model",
     "quantize_post_training",
+    "quantize_scope",
     "representative_dataset",
     "tflite_ops",
     "tflite_predict",

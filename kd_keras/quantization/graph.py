@@ -62,6 +62,11 @@ def _functional_view(model):
     return model
 
 
+#: Attributes starting with this mark a layer for a kd_keras rewrite
+#: (`quantize_annotate_layer`); inlining keeps them on the clones.
+ANNOTATION_PREFIX = "_kd_keras_"
+
+
 def _clone(operation, used_names: set, outer: bool):
     config = operation.get_config()
     # The outer model's names win: `get_layer(name)` on the result still
@@ -72,7 +77,13 @@ def _clone(operation, used_names: set, outer: bool):
             i += 1
         config["name"] = f"{base}_{i}"
     used_names.add(config.get("name"))
-    return type(operation).from_config(config)
+    clone = type(operation).from_config(config)
+    # Annotations (`quantize_annotate_layer` and its QuantizeConfig) are
+    # attributes outside get_config: carry them to the clone.
+    for name, value in vars(operation).items():
+        if name.startswith(ANNOTATION_PREFIX):
+            setattr(clone, name, value)
+    return clone
 
 
 def inline_nested_models(model: keras.Model, keep: frozenset = frozenset()) -> keras.Model:

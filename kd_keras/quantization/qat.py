@@ -40,6 +40,9 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 * Every tensor entering a quantized layer from a float one (the model inputs,
   a skipped layer) gets one `QuantizeLayer`, named after that tensor's
   producer and unique in the graph.
+* A layer annotated with `quantize_annotate_layer(layer, quantize_config)`
+  is wrapped in a `QuantizeWrapper` that quantizes the weights, activations
+  and outputs its `QuantizeConfig` names (a user layer with no rule here).
 * A kernel with exact zeros (a pruned model, after `strip_pruning`) gets a
   non-trainable mask so those weights stay zero through QAT; symmetric int8
   maps 0.0 to 0.0, so they stay zero in the `.tflite` too.
@@ -57,6 +60,10 @@ import numpy as np
 from keras import ops
 
 from kd_keras.quantization import _kernels, graph, tfmot_bridge
+from kd_keras.quantization.quantize_config import (
+    QuantizeConfig,
+    checked_weights_and_quantizers,
+)
 from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
@@ -128,14 +135,21 @@ OUTPUT_QUANTIZED_LAYERS = (
 # A BatchNormalization is only supported folded into the layer before it: on
 # its own it becomes float MUL/ADD with unquantized constants in TFLite.
 _QUANTIZE_ANNOTATION = "_kd_keras_quantize"
+_QUANTIZE_CONFIG = "_kd_keras_quantize_config"
 
 
-def quantize_annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """Mark `layer` for quantization (TFMOT's partial-quantization API).
+def quantize_annotate_layer(
+    layer: keras.layers.Layer, quantize_config: QuantizeConfig | None = None
+) -> keras.layers.Layer:
+    """Mark `layer` for quantization (TFMOT's partial-quantization API), or
+    tell `quantize_model` how to quantize a layer it has no rule for.
 
-    When any layer of a model is annotated, `quantize_model` quantizes only
-    the annotated layers and keeps every other layer in float. Returns the
-    layer itself so it can wrap a layer at construction.
+    Without `quantize_config`: when any layer of a model is annotated,
+    `quantize_model` quantizes only the annotated layers and keeps every
+    other layer in float. With a `QuantizeConfig`, the layer is quantized as
+    the config says (its weights, activations and outputs) and the rest of
+    the model as usual. Returns the layer itself so it can wrap a layer at
+    construction.
 
     Example:
 
@@ -149,8 +163,19 @@ def quantize_annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         raise TypeError(
             f"quantize_annotate_layer expects a keras Layer, got {type(layer).__name__}."
         )
+    if quantize_config is not None and not isinstance(quantize_config, QuantizeConfig):
+        raise TypeError(
+            f"quantize_annotate_layer: quantize_config for layer {layer.name!r} must be a "
+            f"kd_keras.quantization.QuantizeConfig, got {type(quantize_config).__name__}."
+        )
     setattr(layer, _QUANTIZE_ANNOTATION, True)
+    setattr(layer, _QUANTIZE_CONFIG, quantize_config)
     return layer
+
+
+def quantize_config_of(layer: keras.layers.Layer) -> QuantizeConfig | None:
+    """The `QuantizeConfig` `layer` was annotated with, else `None`."""
+    return getattr(layer, _QUANTIZE_CONFIG, None)
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
@@ -196,7 +221,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
     applies the layer's activation (fused when it is linear / relu / relu6;
     otherwise the pre-activation is quantized too, as TFLite needs), then
     `output_quantizer`. For any other layer it calls the layer and quantizes
-    its output.
+    its output. With a `quantize_config` it follows the config instead: the
+    weights, activations and outputs it names are quantized with its
+    quantizers (see `QuantizeConfig`).
 
     Args:
         layer: the float layer (its variables are the trained ones).
@@ -205,6 +232,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         preserve_sparsity: keep a non-trainable 0/1 mask of the kernel's
             non-zero entries and multiply the kernel by it, so pruned weights
             stay exactly zero while training.
+        quantize_config: a `QuantizeConfig` that decides instead of the
+            built-in rule (then the three arguments above stay unset).
 
     Example:
 
@@ -223,12 +252,30 @@ class QuantizeWrapper(keras.layers.Wrapper):
         weight_quantizer=None,
         output_quantizer=None,
         preserve_sparsity: bool = False,
+        quantize_config: QuantizeConfig | dict | None = None,
         **kwargs,
     ):
         super().__init__(layer, **kwargs)
         self.weight_quantizer = deserialize_quantizer(weight_quantizer)
         self.output_quantizer = deserialize_quantizer(output_quantizer)
         self.preserve_sparsity = bool(preserve_sparsity)
+        if isinstance(quantize_config, dict):
+            quantize_config = keras.saving.deserialize_keras_object(quantize_config)
+        self.quantize_config = quantize_config
+        if quantize_config is not None:
+            if not isinstance(quantize_config, QuantizeConfig):
+                raise TypeError(
+                    f"QuantizeWrapper: quantize_config for layer {layer.name!r} must be a "
+                    f"QuantizeConfig, got {type(quantize_config).__name__}."
+                )
+            if weight_quantizer is not None or output_quantizer is not None or preserve_sparsity:
+                raise ValueError(
+                    f"QuantizeWrapper: layer {layer.name!r} has a quantize_config, which "
+                    f"decides its quantizers; leave weight_quantizer, output_quantizer and "
+                    f"preserve_sparsity unset."
+                )
+            self._quantize_kernel = False
+            return
         is_kernel = _kernels.is_kernel_layer(layer)
         if (self.weight_quantizer is not None or self.preserve_sparsity) and not is_kernel:
             raise ValueError(
@@ -238,8 +285,74 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self._quantize_kernel = self.weight_quantizer is not None
         self._fused = _kernels.activation_name(layer) in FUSABLE_ACTIVATIONS if is_kernel else True
 
+    @property
+    def quantizes_output(self) -> bool:
+        """True when every output leaves the wrapper with an int8 range."""
+        if self.quantize_config is None:
+            return self.output_quantizer is not None
+        return bool(self._config_outputs)
+
+    def _build_from_config(self):
+        config, layer = self.quantize_config, self.layer
+        self._config_weights = [
+            (weight, quantizer, quantizer.build(tuple(weight.shape), weight.name, self))
+            for weight, quantizer in checked_weights_and_quantizers(config, layer)
+        ]
+        self._config_activations = [
+            (activation, quantizer, quantizer.build(None, f"activation_{i}", self))
+            for i, (activation, quantizer) in enumerate(
+                config.get_activations_and_quantizers(layer)
+            )
+        ]
+        self._config_outputs = [
+            (quantizer, quantizer.build(None, "output" if i == 0 else f"output_{i}", self))
+            for i, quantizer in enumerate(config.get_output_quantizers(layer))
+        ]
+
+    def _call_with_config(self, inputs, training):
+        config, layer = self.quantize_config, self.layer
+        originals = [weight for weight, _, _ in self._config_weights]
+        activations = [activation for activation, _, _ in self._config_activations]
+        config.set_quantize_weights(
+            layer,
+            [q(w, training=training, weights=v) for w, q, v in self._config_weights],
+        )
+        config.set_quantize_activations(
+            layer,
+            [
+                lambda x, a=a, q=q, v=v: q(a(x), training=training, weights=v)
+                for a, q, v in self._config_activations
+            ],
+        )
+        try:
+            outputs = layer.call(inputs, **self._call_kwargs(training))
+        finally:
+            # The layer keeps its own variables between calls: saving, weight
+            # copies and the next trace read them, not this call's tensors.
+            config.set_quantize_weights(layer, originals)
+            config.set_quantize_activations(layer, activations)
+        flat = keras.tree.flatten(outputs)
+        if self._config_outputs and len(self._config_outputs) != len(flat):
+            raise ValueError(
+                f"{type(config).__name__}.get_output_quantizers for layer {layer.name!r} "
+                f"gave {len(self._config_outputs)} quantizers for {len(flat)} outputs."
+            )
+        if not self._config_outputs:
+            return outputs
+        quantized = [
+            q(t, training=training, weights=v) for t, (q, v) in zip(flat, self._config_outputs)
+        ]
+        return keras.tree.pack_sequence_as(outputs, quantized)
+
+    def _call_kwargs(self, training):
+        params = inspect.signature(self.layer.call).parameters
+        return {"training": training} if "training" in params else {}
+
     def build(self, input_shape):
         super().build(input_shape)
+        if self.quantize_config is not None:
+            self._build_from_config()
+            return
         if self._quantize_kernel and self.preserve_sparsity:
             self.sparsity_mask = self.add_weight(
                 name="sparsity_mask",
@@ -266,6 +379,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def call(self, inputs, training=None):
         training = bool(training)
+        if self.quantize_config is not None:
+            return self._call_with_config(inputs, training)
         if self._quantize_kernel:
             outputs = _kernels.kernel_call(
                 self.layer, inputs, self.quantized_kernel(training)
@@ -291,7 +406,27 @@ class QuantizeWrapper(keras.layers.Wrapper):
             output_quantizer=keras.saving.serialize_keras_object(self.output_quantizer),
             preserve_sparsity=self.preserve_sparsity,
         )
+        if self.quantize_config is not None:
+            config["quantize_config"] = keras.saving.serialize_keras_object(
+                self.quantize_config
+            )
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # A user layer or QuantizeConfig that Keras cannot find fails deep in
+        # deserialization; say which scope loads it.
+        try:
+            return super().from_config(config, custom_objects=custom_objects)
+        except TypeError as error:
+            if "quantize_config" not in config or "Could not locate" not in str(error):
+                raise
+            raise TypeError(
+                f"Cannot load the quantized layer {config.get('name')!r}: {error} Load the "
+                f"model inside kd_keras.quantization.quantize_scope(YourLayer, "
+                f"YourQuantizeConfig), or register both classes with "
+                f"keras.saving.register_keras_serializable()."
+            ) from None
 
 
 # --------------------------------------------------------------------------
@@ -512,7 +647,9 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
 
 
 def _layer_kind(layer) -> str:
-    """"kernel", "output", "pass" or "unsupported" for the quantization pass."""
+    """"config", "kernel", "output", "pass" or "unsupported" for the quantization pass."""
+    if quantize_config_of(layer) is not None:
+        return "config"
     if _kernels.is_kernel_layer(layer):
         return "unsupported" if _kernels.kernel_layer_problem(layer) else "kernel"
     if type(layer) in PASS_THROUGH_LAYERS:
@@ -580,7 +717,9 @@ def _unsupported_message(layers, skip_hint) -> str:
     return (
         "quantize_model cannot quantize these layers:\n" + "\n".join(lines) +
         f"\nKeep them in float with quantize_model(model, skip_layers={names!r}) "
-        "(TFLite then runs them in float between dequantize/quantize ops)."
+        "(TFLite then runs them in float between dequantize/quantize ops), or say how "
+        "to quantize a layer of your own with quantize_annotate_layer(layer, "
+        "quantize_config=YourQuantizeConfig())."
     )
 
 
@@ -602,7 +741,12 @@ def _skip_predicate(model, skip_layers) -> callable:
             f"skip_layers names layers that are not in {model.name!r}: {sorted(unknown)}. "
             f"Its layers and operations are: {known}."
         )
-    annotated = any(getattr(layer, _QUANTIZE_ANNOTATION, False) for layer in model.layers)
+    # Only plain annotations ask for partial quantization: a QuantizeConfig
+    # says how to quantize a layer, the rest of the model is quantized as usual.
+    annotated = any(
+        getattr(layer, _QUANTIZE_ANNOTATION, False) and quantize_config_of(layer) is None
+        for layer in model.layers
+    )
 
     def skipped(layer):
         if layer.name in names or isinstance(layer, tuple(classes)):
@@ -669,7 +813,8 @@ def quantize_model(
         model, keep=frozenset(item for item in skip_layers or () if isinstance(item, str))
     )
     skipped = _skip_predicate(model, skip_layers)
-    keep = lambda layer: not skipped(layer)  # noqa: E731
+    # A layer with a QuantizeConfig neither absorbs nor is absorbed.
+    keep = lambda layer: not skipped(layer) and quantize_config_of(layer) is None  # noqa: E731
     plan = _plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)
     absorbed = _absorbed_names(plan)
     unsupported = [
@@ -683,6 +828,10 @@ def quantize_model(
 
     def make_layer(layer):
         kind = "skip" if skipped(layer) else _layer_kind(layer)
+        if kind == "config":
+            return QuantizeWrapper(
+                _clone_layer(layer), quantize_config=quantize_config_of(layer), name=layer.name
+            )
         if kind == "kernel":
             kernel = ops.convert_to_numpy(layer.kernel)
             return QuantizeWrapper(
@@ -800,7 +949,7 @@ def quantize_model(
             return call_affine(old, flat_inputs[0])
         if isinstance(new, QuantizeWrapper):
             args = keras.tree.map_structure(ensure_quantized, args)
-            carries_range = True
+            carries_range = True  # unless a QuantizeConfig leaves outputs float, below
         else:
             carries_range = (
                 not skipped(old)
@@ -808,6 +957,8 @@ def quantize_model(
                 and all(id(t) in quantized for t in flat_inputs)
             )
         outputs = new(*args, **kwargs)
+        if isinstance(new, QuantizeWrapper):
+            carries_range = new.quantizes_output  # known once built
         if carries_range:
             quantized.update(id(t) for t in keras.tree.flatten(outputs))
         return outputs
