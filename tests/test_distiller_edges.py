@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 
 import kd_keras
-from kd_keras.distiller import _combine_weights, unpack_targets
+from kd_keras.distiller import combine_weights, unpack_targets
 from kd_keras.losses import DKD, SoftTargetKD
 from tiny import data, mlp, np_soft_target, softmax
 
@@ -37,15 +37,15 @@ def test_unpack_targets_forms():
 
 
 def test_combine_weights_multiplies_sample_and_position_weights():
-    assert _combine_weights(None, None) is None
+    assert combine_weights(None, None) is None
     w = np.array([1.0, 0.5], "float32")
     pad = np.array([[1, 1, 0], [1, 0, 0]], "float32")
-    got = _combine_weights(w, None, pad)
+    got = combine_weights(w, None, pad)
     np.testing.assert_allclose(np_(got), w[:, None] * pad)
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
-    np.testing.assert_allclose(np_(_combine_weights(w)), w)
-    np.testing.assert_allclose(np_(_combine_weights(w, w)), w * w)
-    np.testing.assert_allclose(np_(_combine_weights(pad, w)), pad * w[:, None])
+    np.testing.assert_allclose(np_(combine_weights(w)), w)
+    np.testing.assert_allclose(np_(combine_weights(w, w)), w * w)
+    np.testing.assert_allclose(np_(combine_weights(pad, w)), pad * w[:, None])
 
 
 def dkd_distiller(teachers, alpha=0.0):
