@@ -14,6 +14,7 @@ trained, so the student trains one short epoch (QAT one more) on the first
 
     python -m benchmarks.latency_invoke_only
     python -m benchmarks.latency_invoke_only --filters 32 64
+    python -m benchmarks.latency_invoke_only --phone-layout   # batch 1 fixed, names stripped
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from kd_keras.models import cnn_student
 from kd_keras.quantization import convert, quantize_model
 
 
-def files(filters, limit: int, seed: int) -> dict[str, bytes]:
+def files(filters, limit: int, seed: int, **layout) -> dict[str, bytes]:
     (x, y), _ = common.data()
     x, y = x[:limit], y[:limit]
     keras.utils.set_random_seed(seed)
@@ -42,11 +43,13 @@ def files(filters, limit: int, seed: int) -> dict[str, bytes]:
     qat.fit(x, y, epochs=1, batch_size=128, verbose=0)
     calibration = {"representative_data": x[:200], "num_calibration_batches": 200}
     return {
-        "float32": convert(student),
-        "dynamic range (PTQ)": convert(student, mode="dynamic"),
-        "full int8 (PTQ), int8 I/O": convert(student, mode="int8", int8_io=True, **calibration),
-        "float16 (PTQ)": convert(student, mode="float16"),
-        "QAT int8, int8 I/O": convert(qat, mode="qat", int8_io=True),
+        "float32": convert(student, **layout),
+        "dynamic range (PTQ)": convert(student, mode="dynamic", **layout),
+        "full int8 (PTQ), int8 I/O": convert(
+            student, mode="int8", int8_io=True, **calibration, **layout
+        ),
+        "float16 (PTQ)": convert(student, mode="float16", **layout),
+        "QAT int8, int8 I/O": convert(qat, mode="qat", int8_io=True, **layout),
     }
 
 
@@ -59,9 +62,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--phone-layout",
+        action="store_true",
+        help="the phone layout of the quantization benchmark: batch fixed at 1 "
+        "(static shapes), tensor names stripped; batch 1 only",
+    )
     args = parser.parse_args()
 
-    models = files(args.filters, args.limit, args.seed)
+    layout = {"batch_size": 1, "strip_strings": True} if args.phone_layout else {}
+    if args.phone_layout:
+        args.batch_sizes = [1]
+    models = files(args.filters, args.limit, args.seed, **layout)
     _, (xt, _) = common.data()
     names = list(models)
     for batch in args.batch_sizes:
@@ -84,7 +96,8 @@ def main() -> None:
         med_call = {n: float(np.median(call[n])) for n in names}
         print(
             f"\nbatch {batch}, 1 thread, XNNPACK; median of {args.rounds} rounds x "
-            f"{runs} runs ({args.warmup} warm-up); student filters {tuple(args.filters)}\n"
+            f"{runs} runs ({args.warmup} warm-up); student filters {tuple(args.filters)}"
+            f"{'; phone layout' if args.phone_layout else ''}\n"
         )
         print(
             "| file | invoke p50 ms | time × float32 (invoke) | call p50 ms | "
