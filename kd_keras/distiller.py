@@ -416,11 +416,9 @@ class Distiller(keras.Model):
             # never records it (TF's tape would otherwise keep its
             # activations alive for a backward pass that never comes).
             self._step.teacher = self._teacher_outputs(x, unpack_targets(y)[1])
-        self._step.in_train_step = True
         try:
             return super().train_step(*args[:-1], data)
         finally:
-            self._step.in_train_step = False
             self._step.inputs_finite = None
 
     # -- loss and metrics -----------------------------------------------
@@ -578,7 +576,24 @@ class Distiller(keras.Model):
         if not any(isinstance(c, NaNGuard) for c in callbacks):
             # First, so the other callbacks never see the guard's flag.
             callbacks.insert(0, NaNGuard())
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        # Set around the whole of `fit` rather than inside `train_step`: under
+        # `tf.distribute` the replicas trace the step in turns, and a flag the
+        # step itself cleared would leave the guard's key out of some
+        # replicas' logs but not others'. `evaluate` (also inside `fit`, for
+        # validation) clears it for its own steps.
+        self._step.in_train_step = True
+        try:
+            return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        finally:
+            self._step.in_train_step = False
+
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate`; its logs carry no training-batch guard flag."""
+        in_fit, self._step.in_train_step = self._step.in_train_step, False
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._step.in_train_step = in_fit
 
     def _detect_teacher_probabilities(self, sample_x) -> None:
         """A softmax inside a teacher's `call` (or `keras.ops.softmax` as the

@@ -254,7 +254,8 @@ def test_registry_errors_are_exact():
     with pytest.raises(ValueError) as info:
         losses.get("fitnet")
     assert str(info.value) == (
-        "Unknown distillation loss 'fitnet'. Known names: ['attention_transfer', 'dkd', "
+        "Unknown distillation loss 'fitnet'; did you mean 'hint'? Known names: "
+        "['attention_transfer', 'dkd', "
         "'hint', 'logits_mse', 'rkd', 'soft_target'] (class names such as 'SoftTargetKD' "
         "work too)."
     )

@@ -239,12 +239,11 @@ def test_block_and_m_by_n_errors_are_clear():
         ValueError, match=r"^block_pooling_type must be 'AVG' or 'MAX', got 'MEAN'\.$"
     ):
         pruning.block_mask(ops.ones((4, 4)), 0.5, (2, 2), "MEAN")
-    with pytest.raises(
-        ValueError,
-        match=r"^m-by-n sparsity groups 4 consecutive weights along axis 0, whose length 6 is "
-        r"not a multiple of 4\.$",
-    ):
-        pruning.m_by_n_mask(ops.ones((6, 4, 2)), (2, 4), axis=0)
+    # A length that is not a multiple of n is zero-padded, as TFMOT does: the
+    # two padding zeros are the smallest of the last group, so its two real
+    # weights stay; ties in the first group go to the lower index.
+    mask = np_(pruning.m_by_n_mask(ops.ones((6, 4, 2)), (2, 4), axis=0))
+    np.testing.assert_array_equal(mask, np.broadcast_to([1, 1, 0, 0, 1, 1], (2, 4, 6)).T)
 
 
 def test_m_by_n_ties_go_to_the_lower_index():
