@@ -174,12 +174,15 @@ def test_random_pipeline_error_says_how_to_fix():
     with pytest.raises(ValueError) as info:
         kd_keras.cache_teacher_outputs(mlp(8, name="t"), ds, verbose=0)
     assert str(info.value) == (
-        f"The dataset has random operations {kd_keras.random_ops_in_dataset(ds)}: its images "
-        "and order change from one pass to the next, so cached teacher logits would be paired "
-        "with other images. Either cache on the deterministic part of the pipeline and "
-        "shuffle/augment after (`ds = cache_teacher_outputs(teacher, ds_plain).shuffle(...)`), "
-        "or train with the teacher online (kd_keras.Distiller(student, teacher) without cached "
-        "logits), which recomputes every step."
+        f"The dataset has random operations {kd_keras.random_ops_in_dataset(ds)} (or Python "
+        "ops, whose output cannot be checked): its images and order may change from one pass "
+        "to the next, so cached teacher logits would be paired with other images. Either cache "
+        "on the deterministic part of the pipeline and only shuffle after "
+        "(`ds = cache_teacher_outputs(teacher, ds_plain).shuffle(...)`; augmenting after "
+        "caching would pair augmented images with the logits of un-augmented ones), or train "
+        "with the teacher online (kd_keras.Distiller(student, teacher) without cached logits), "
+        "which recomputes every step. A Python op (tf.numpy_function, from_generator) that "
+        "yields the same elements every pass can be vouched for with assume_deterministic=True."
     )
 
 

@@ -593,7 +593,10 @@ class TextPipeline(Pipeline):
         if results["general"].get("skipped"):
             student = self._new_student(self.teacher)
         else:
-            student = keras.saving.load_model(results["general"]["student"])
+            # compile=False: the student is compiled afresh inside the new
+            # TextDistiller, and keras-hub models override compile() without
+            # compile_from_config, so loading their compile config only warns.
+            student = keras.saving.load_model(results["general"]["student"], compile=False)
         distiller = TextDistiller(
             student,
             teacher=None,
@@ -750,7 +753,8 @@ class TextPipeline(Pipeline):
 
         if name == "teacher":
             return self.teacher
-        return keras.saving.load_model(results["distill"]["student"])
+        # Exported and measured, never trained again (see _stage_distill).
+        return keras.saving.load_model(results["distill"]["student"], compile=False)
 
     def _seconds(self, stage: str) -> float | None:
         path = self.marker(stage)
