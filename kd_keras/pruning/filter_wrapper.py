@@ -26,7 +26,7 @@ import keras
 from keras import layers, ops
 
 from kd_keras.pruning import impl
-from kd_keras.pruning.schedules import ConstantSparsity, PruningSchedule
+from kd_keras.pruning.schedules import PruningSchedule, as_pruning_schedule
 
 _UNLINKED = (
     "Layer '{name}' has no peer kernels to score its filters with: wrappers made by "
@@ -82,15 +82,7 @@ class FilterPruneLowMagnitude(layers.Wrapper):
         fixed: Sequence[int] = (),
         **kwargs,
     ):
-        if pruning_schedule is None:
-            pruning_schedule = ConstantSparsity(0.5, 0)
-        if isinstance(pruning_schedule, dict):
-            pruning_schedule = keras.saving.deserialize_keras_object(pruning_schedule)
-        if not isinstance(pruning_schedule, PruningSchedule):
-            raise ValueError(
-                "pruning_schedule must be a kd_keras.pruning.PruningSchedule "
-                f"(ConstantSparsity, PolynomialDecay), got {type(pruning_schedule).__name__}."
-            )
+        pruning_schedule = as_pruning_schedule(pruning_schedule)
         kwargs.setdefault("name", f"filter_prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule

@@ -220,6 +220,22 @@ class PolynomialDecay(PruningSchedule):
         }
 
 
+def as_pruning_schedule(schedule) -> PruningSchedule:
+    """A wrapper's `pruning_schedule` argument as a schedule: `None` is
+    TFMOT's default `ConstantSparsity(0.5, 0)`, a dict is a serialized
+    schedule (as a `.keras` file stores it); anything else is refused."""
+    if schedule is None:
+        schedule = ConstantSparsity(0.5, 0)
+    if isinstance(schedule, dict):
+        schedule = keras.saving.deserialize_keras_object(schedule)
+    if not isinstance(schedule, PruningSchedule):
+        raise ValueError(
+            "pruning_schedule must be a kd_keras.pruning.PruningSchedule "
+            f"(ConstantSparsity, PolynomialDecay), got {type(schedule).__name__}."
+        )
+    return schedule
+
+
 def ramp_schedule(
     final_sparsity: float, total_steps: int, ramp: float = 0.5, updates: int = 10
 ) -> PolynomialDecay:

@@ -20,7 +20,7 @@ import keras
 from keras import layers, ops
 
 from kd_keras.pruning import impl
-from kd_keras.pruning.schedules import ConstantSparsity, PruningSchedule
+from kd_keras.pruning.schedules import PruningSchedule, as_pruning_schedule
 
 _CALLBACK_MISSING = (
     "Layer '{name}' is being trained with pruning but UpdatePruningStep has not "
@@ -226,15 +226,7 @@ class PruneLowMagnitude(layers.Wrapper):
             raise ValueError(f"PruneLowMagnitude wraps a keras Layer, got {type(layer).__name__}.")
         if not is_prunable(layer):
             raise ValueError(unsupported_layer_message(layer))
-        if pruning_schedule is None:
-            pruning_schedule = ConstantSparsity(0.5, 0)
-        if isinstance(pruning_schedule, dict):
-            pruning_schedule = keras.saving.deserialize_keras_object(pruning_schedule)
-        if not isinstance(pruning_schedule, PruningSchedule):
-            raise ValueError(
-                "pruning_schedule must be a kd_keras.pruning.PruningSchedule "
-                f"(ConstantSparsity, PolynomialDecay), got {type(pruning_schedule).__name__}."
-            )
+        pruning_schedule = as_pruning_schedule(pruning_schedule)
         block_size = _check_pair(block_size, "block_size")
         if block_pooling_type not in ("AVG", "MAX"):
             raise ValueError(
