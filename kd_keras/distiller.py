@@ -34,7 +34,14 @@ except ImportError:  # pragma: no cover - older/newer private layout
         return value
 
 
-__all__ = ["TARGET_KEYS", "Distiller", "combine_weights", "unpack_targets"]
+__all__ = [
+    "TARGET_KEYS",
+    "Distiller",
+    "combine_weights",
+    "share_tokenizer",
+    "tokenizer_of",
+    "unpack_targets",
+]
 
 _PROBABILITY_FLOOR = 1e-30
 _CATEGORICAL_FROM_LOGITS = keras.losses.CategoricalCrossentropy(from_logits=True)
@@ -86,6 +93,24 @@ def combine_weights(*weights):
     return total
 
 
+def tokenizer_of(model):
+    """The tokenizer of a keras-hub model's preprocessor, or None."""
+    preprocessor = getattr(model, "preprocessor", None)
+    return getattr(preprocessor, "tokenizer", None)
+
+
+def share_tokenizer(student, teachers: Sequence) -> None:
+    """Points the student's preprocessor at the first teacher's tokenizer."""
+    tokenizers = [tokenizer_of(t) for t in teachers if tokenizer_of(t) is not None]
+    preprocessor = getattr(student, "preprocessor", None)
+    if not tokenizers or preprocessor is None:
+        raise ValueError(
+            "shared_tokenizer=True needs a student and a teacher that both have a "
+            "keras-hub preprocessor with a tokenizer."
+        )
+    preprocessor.tokenizer = tokenizers[0]
+
+
 @keras.saving.register_keras_serializable(package="kd_keras")
 class Distiller(keras.Model):
     """Knowledge distillation as a `keras.Model`: `compile` and `fit` it like
@@ -126,6 +151,20 @@ class Distiller(keras.Model):
         teacher_output: for teachers with several outputs (a main and an
             auxiliary head, a list or a dict), the name or index of the one
             holding the class logits.
+        shared_tokenizer: `None` (default) keeps the models as given; `True`
+            gives the student's keras-hub preprocessor the teacher's tokenizer
+            object. `get_config` records it when the two share one (as
+            `kd_keras.text.build_student` makes them), because a `.keras` file
+            stores that tokenizer's vocabulary once and two separate copies
+            could not both be restored.
+
+    Terms that read more than the models' outputs (the attention and
+    hidden-state terms of `kd_keras.text`) have an `attach(teacher, student)`
+    method and an `attached` property: the Distiller attaches them to its
+    teacher and student when built, and again when loaded from a `.keras`
+    file. Inputs may be any structure the models take, such as the dict of
+    token ids, segment ids and padding mask of a keras-hub model; a
+    `padding_mask` input then masks token-level terms.
 
     Example:
 
@@ -153,6 +192,7 @@ class Distiller(keras.Model):
         teacher_outputs: str = "auto",
         teacher_output: str | int | None = None,
         name: str = "distiller",
+        shared_tokenizer: bool | None = None,
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
@@ -193,6 +233,16 @@ class Distiller(keras.Model):
                 f"Distillation terms need distinct names, got {[t.name for t in losses]}: "
                 "pass name=... to tell them apart in the logs."
             )
+
+        attachable = [t for t in losses if callable(getattr(t, "attach", None))]
+        if attachable and len(teachers) != 1:
+            raise ValueError(
+                f"The terms {[t.name for t in attachable]} compare one teacher with "
+                f"the student (they attach to both models); got {len(teachers)} "
+                "teachers. Pass a single teacher model."
+            )
+        if shared_tokenizer:
+            share_tokenizer(student, teachers)
 
         self.student = student
         self.teachers = teachers
@@ -244,6 +294,10 @@ class Distiller(keras.Model):
                 "inference, wrap the trained student: "
                 "keras.Sequential([student, keras.layers.Softmax()])."
             )
+        for term in attachable:
+            # Terms built by `tinybert_losses` come attached; loaded ones not.
+            if not term.attached:
+                term.attach(teachers[0], student)
         if getattr(student, "inputs", None):
             self._build_terms(student.inputs)
 
@@ -655,6 +709,11 @@ class Distiller(keras.Model):
             "teacher_outputs": self._teacher_output_mode,
             "teacher_output": self.teacher_output,
         }
+        student_tokenizer = tokenizer_of(self.student)
+        if student_tokenizer is not None and any(
+            tokenizer_of(t) is student_tokenizer for t in self.teachers
+        ):
+            config["shared_tokenizer"] = True
         return config
 
     @classmethod

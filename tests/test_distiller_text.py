@@ -76,3 +76,74 @@ def test_general_distillation_trains_no_variable_without_gradients(setup):  # no
     # The head kept its initial weights and is trainable again when saved.
     student = keras.saving.load_model(results["general"]["student"])
     assert all(layer.trainable for layer in student.layers)
+
+
+# -- TextDistiller's special cases in the one Distiller --------------------------
+
+
+def test_plain_distiller_attaches_text_terms_on_dict_inputs_and_after_loading(tmp_path):
+    import kd_keras
+    from test_text import tiny_classifier
+
+    teacher = tiny_classifier()
+    student = text.build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1, dropout=0.0)
+    terms = text.tinybert_losses(teacher, student)
+    for term in terms[1:]:
+        term.detach()  # the Distiller attaches what is not attached yet
+    distiller = kd_keras.Distiller(student, teacher, losses=terms, alpha=0.5)
+    assert type(distiller) is kd_keras.Distiller
+    assert all(t.attached for t in distiller.distillation_terms)
+    assert distiller.get_config()["shared_tokenizer"] is True
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = token_inputs([1, 2, 3, 4, 5, 6] * 2, seed=3)
+    y = (x["token_ids"][:, 1] % 3).astype("int32")
+    history = distiller.fit(x, y, epochs=3, batch_size=6, verbose=0).history
+    assert history["hidden_1_loss"][-1] < history["hidden_1_loss"][0]
+
+    distiller.save(tmp_path / "distiller.keras")
+    loaded = keras.saving.load_model(tmp_path / "distiller.keras", safe_mode=True)
+    assert type(loaded) is kd_keras.Distiller
+    assert all(t.attached for t in loaded.distillation_terms)
+    assert loaded.student.preprocessor.tokenizer is loaded.teacher.preprocessor.tokenizer
+    np.testing.assert_array_equal(
+        numpy_(loaded.compute_loss(x, y, loaded(x), training=False)),
+        numpy_(distiller.compute_loss(x, y, distiller(x), training=False)),
+    )
+    for t in terms + loaded.distillation_terms:
+        t.detach()
+
+
+def test_attached_terms_need_exactly_one_teacher():
+    import kd_keras
+    from test_text import tiny_classifier
+
+    teacher = tiny_classifier()
+    student = text.build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1, dropout=0.0)
+    terms = text.tinybert_losses(teacher, student)
+    with pytest.raises(ValueError, match="one teacher"):
+        kd_keras.Distiller(student, [teacher, tiny_classifier()], losses=terms)
+    for t in terms:
+        t.detach()
+
+
+def test_text_distiller_file_saved_by_kd_keras_0_1_0_still_loads():
+    """`data/text_distiller_0.1.0.keras` was saved by kd_keras 0.1.0, when
+    `TextDistiller` was a Distiller subclass with its own logic
+    (`data/make_text_distiller_fixture.py`; the `.npz` holds its inputs,
+    outputs and loss then)."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    loaded = keras.saving.load_model(data / "text_distiller_0.1.0.keras", safe_mode=True)
+    reference = np.load(data / "text_distiller_0.1.0.npz")
+    x = {k: reference[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+    assert isinstance(loaded, text.TextDistiller)
+    names = [t.name for t in loaded.distillation_terms]
+    assert names == ["embedding_mse", "hidden_0", "attention_0"]
+    assert all(t.attached for t in loaded.distillation_terms)
+    assert loaded.student.preprocessor.tokenizer is loaded.teacher.preprocessor.tokenizer
+    np.testing.assert_allclose(numpy_(loaded(x)), reference["out"], atol=1e-5)
+    loss = numpy_(loaded.compute_loss(x, reference["y"], loaded(x), training=False))
+    np.testing.assert_allclose(loss, reference["loss"], rtol=1e-5)
+    for t in loaded.distillation_terms:
+        t.detach()
