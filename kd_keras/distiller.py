@@ -169,6 +169,13 @@ class Distiller(keras.Model):
     Example:
 
     ```python
+    x_train = np.random.rand(64, 8).astype("float32")
+    y_train = np.random.randint(0, 3, size=64)
+    teacher = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+    student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+
     distiller = kd_keras.Distiller(
         student=student,
         teacher=teacher,
@@ -176,7 +183,7 @@ class Distiller(keras.Model):
         alpha=0.1,
     )
     distiller.compile(optimizer="adam", metrics=["accuracy"])
-    distiller.fit(x_train, y_train, epochs=10, validation_split=0.1)
+    distiller.fit(x_train, y_train, epochs=2, validation_split=0.1, verbose=0)
     distiller.student.save("student.keras")
     ```
     """

@@ -30,9 +30,15 @@ class MutualDistiller(keras.Model):
     Example:
 
     ```python
+    x_train = np.random.rand(64, 8).astype("float32")
+    y_train = np.random.randint(0, 3, size=64)
+    student_a = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    student_b = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+    )
     mutual = kd_keras.MutualDistiller([student_a, student_b])
     mutual.compile(optimizer="adam")
-    mutual.fit(x_train, y_train, epochs=10)
+    mutual.fit(x_train, y_train, epochs=2, verbose=0)
     ```
     """
 

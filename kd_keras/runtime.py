@@ -584,9 +584,25 @@ def load_runner(artifact, threads: int | None = None, xnnpack: bool = True) -> R
     Example:
 
     ```python
+    x_train = np.random.rand(64, 8).astype("float32")
+    x_test = np.random.rand(16, 8).astype("float32")
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(student, "student.tflite")
     runner = load_runner("student.tflite", threads=2)
     logits = runner.predict(x_test)
-    text_logits = load_runner("text.onnx").predict({"token_ids": ids, "padding_mask": mask})
+    # Text models take named int inputs.
+    ids = keras.Input((16,), dtype="int32", name="token_ids")
+    mask = keras.Input((16,), dtype="int32", name="padding_mask")
+    embedded = keras.layers.Embedding(100, 8)(ids)
+    pooled = keras.layers.GlobalAveragePooling1D()(embedded, mask=mask)
+    outputs = keras.layers.Dense(3)(pooled)
+    text_model = keras.Model({"token_ids": ids, "padding_mask": mask}, outputs)
+    tokens = {"token_ids": np.ones((2, 16), "int32"), "padding_mask": np.ones((2, 16), "int32")}
+    kd_keras.export.to_onnx(text_model, "text.onnx", sample_inputs=tokens)
+    text_logits = load_runner("text.onnx").predict(tokens)
     ```
     """
     runtime = runtime_of(artifact)

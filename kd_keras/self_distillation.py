@@ -54,9 +54,12 @@ def self_distillation(student: keras.Model, every: int = 1, **distiller_kwargs):
     Example:
 
     ```python
-    distiller, snapshot = kd_keras.self_distillation(student, every=5, alpha=0.3)
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    distiller, snapshot = kd_keras.self_distillation(student, every=1, alpha=0.3)
     distiller.compile(optimizer="adam", metrics=["accuracy"])
-    distiller.fit(x, y, epochs=20, callbacks=[snapshot])
+    distiller.fit(x, y, epochs=2, callbacks=[snapshot], verbose=0)
     ```
     """
     teacher = keras.models.clone_model(student)

@@ -72,11 +72,18 @@ def cache_teacher_outputs(
     Example:
 
     ```python
+    x_train = np.random.rand(64, 8).astype("float32")
+    y_train = np.random.randint(0, 3, size=64)
+    teacher = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+    student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+
     logits = kd_keras.cache_teacher_outputs(teacher, x_train)
     distiller = kd_keras.Distiller(student, teacher=None)
     distiller.compile(optimizer="adam", metrics=["accuracy"])
     distiller.fit(x_train, {"labels": y_train, "teacher_logits": logits},
-                  epochs=10, shuffle=True)
+                  epochs=2, shuffle=True, verbose=0)
     ```
     """
     if teacher_outputs not in ("auto", "logits", "probabilities"):

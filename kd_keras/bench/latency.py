@@ -200,7 +200,14 @@ def measure_latency(
     Example:
 
     ```python
-    result = measure_latency("student.tflite", threads=2, runs=200)
+    x_train = np.random.rand(64, 8).astype("float32")
+    x_test = np.random.rand(16, 8).astype("float32")
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(student, "student.tflite")
+    result = measure_latency("student.tflite", threads=2, runs=20)
     print(result.p50_ms, result.p99_ms)  # invoke() alone
     print(result.call_p50_ms, result.overhead_ms)  # a whole Python call
     ```

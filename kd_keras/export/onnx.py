@@ -65,6 +65,12 @@ def to_onnx(
     Example:
 
     ```python
+    x_train = np.random.rand(64, 8).astype("float32")
+    x_test = np.random.rand(16, 8).astype("float32")
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
     report = kd_keras.export.to_onnx(student, "student.onnx", opset=17)
     print(report.summary())
     ```

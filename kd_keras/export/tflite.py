@@ -57,10 +57,16 @@ def to_tflite(
     Example:
 
     ```python
+    x_train = np.random.rand(64, 8).astype("float32")
+    x_test = np.random.rand(16, 8).astype("float32")
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
     report = kd_keras.export.to_tflite(student, "student.tflite")
     report = kd_keras.export.to_tflite(
         student, "student_int8.tflite", quantization="int8",
-        representative_data=x_train[:256], sample_inputs=x_test[:500])
+        representative_data=x_train[:32], sample_inputs=x_test)
     ```
     """
     if quantization not in QUANTIZATIONS:

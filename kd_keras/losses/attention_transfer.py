@@ -41,6 +41,16 @@ class AttentionTransfer(DistillationLoss):
     Example:
 
     ```python
+    def small_cnn(filters):
+        return keras.Sequential([
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name="block2"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ])
+
+    teacher, student = small_cnn(16), small_cnn(4)
+
     at = kd_keras.losses.AttentionTransfer(teacher_layer="block2", student_layer="block2")
     distiller = kd_keras.Distiller(student, teacher, losses=[at], alpha=0.1)
     ```

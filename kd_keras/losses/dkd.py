@@ -75,6 +75,10 @@ class DKD(TemperatureMixin, DistillationLoss):
     Example:
 
     ```python
+    teacher_logits = np.array([[4.0, 1.0, -2.0], [0.5, 2.5, 0.0]], "float32")
+    student_logits = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 0.5]], "float32")
+    y = np.array([0, 1])
+
     dkd = kd_keras.losses.DKD(alpha=1.0, beta=8.0, temperature=4.0)
     value = dkd([teacher_logits], student_logits, labels=y)
     ```

@@ -52,6 +52,13 @@ class HintLoss(DistillationLoss):
     Example:
 
     ```python
+    teacher = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(16, name="block2"), keras.layers.Dense(3)
+    ])
+    student = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(4, name="block2"), keras.layers.Dense(3)
+    ])
+    # A learned projection maps the student's 4 features onto the teacher's 16.
     hint = kd_keras.losses.HintLoss(teacher_layer="block2", student_layer="block2")
     distiller = kd_keras.Distiller(student, teacher, losses=[hint], alpha=0.1)
     ```

@@ -25,6 +25,10 @@ class LogitsMSE(DistillationLoss):
     Example:
 
     ```python
+    teacher_logits = np.array([[4.0, 1.0, -2.0], [0.5, 2.5, 0.0]], "float32")
+    student_logits = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 0.5]], "float32")
+    y = np.array([0, 1])
+
     loss = kd_keras.losses.LogitsMSE()
     value = loss([teacher_logits], student_logits)
     ```

@@ -77,6 +77,12 @@ class RKD(DistillationLoss):
     Example:
 
     ```python
+    teacher = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(16, name="embedding"), keras.layers.Dense(3)
+    ])
+    student = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(4, name="embedding"), keras.layers.Dense(3)
+    ])
     rkd = kd_keras.losses.RKD(teacher_layer="embedding", student_layer="embedding")
     distiller = kd_keras.Distiller(student, teacher, losses=[rkd], alpha=0.5)
     ```

@@ -49,6 +49,15 @@ class SoftTargetKD(TemperatureMixin, DistillationLoss):
     Example:
 
     ```python
+    teacher_logits = np.array([[4.0, 1.0, -2.0], [0.5, 2.5, 0.0]], "float32")
+    student_logits = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 0.5]], "float32")
+    y = np.array([0, 1])
+
+    kd = kd_keras.losses.SoftTargetKD(4.0)
+    value = kd([teacher_logits], student_logits)  # T² · KL(teacher ‖ student) at T = 4
+
+    student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
     distiller = kd_keras.Distiller(
         student, teacher, losses=[kd_keras.losses.SoftTargetKD(4.0)], alpha=0.1
     )

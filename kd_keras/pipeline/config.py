@@ -273,8 +273,16 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     Example:
 
     ```python
-    config = load_config("examples/digits.yaml")
-    config["distill"]["epochs"]
+    from pathlib import Path
+
+    Path("digits.yaml").write_text('''
+    data: {name: digits}
+    teacher: {builder: cnn_teacher}
+    student: {builder: cnn_student}
+    distill: {epochs: 3}
+    ''')
+    config = load_config("digits.yaml")
+    config["distill"]["epochs"]  # 3; keys left out hold their defaults
     ```
     """
     return validate_config(read_yaml(path), source=str(path))
@@ -286,6 +294,22 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
     Raises:
         ConfigError: naming the first unknown, missing or ill-typed key, with
             a close match for misspellings.
+
+    Example:
+
+    ```python
+    raw = {
+        "data": {"name": "digits"},
+        "teacher": {"builder": "cnn_teacher"},
+        "student": {"builder": "cnn_student"},
+    }
+    config = validate_config(raw)
+    config["distill"]["temperature"]  # the default, filled in
+    try:
+        validate_config({**raw, "distil": {"epochs": 3}})
+    except ConfigError as error:
+        print(error)  # names 'distil' and suggests 'distill'
+    ```
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections.")

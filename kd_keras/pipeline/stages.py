@@ -30,6 +30,7 @@ class Pipeline(RunFolder):
     Example:
 
     ```python
+    # Not run: trains a teacher and a student on digits (minutes).
     from kd_keras.pipeline import Pipeline, load_config
     outputs = Pipeline(load_config("examples/digits.yaml")).run()
     ```

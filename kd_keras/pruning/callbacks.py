@@ -50,7 +50,17 @@ class UpdatePruningStep(_TfKerasHooks, keras.callbacks.Callback):
     Example:
 
     ```python
-    model.fit(x, y, epochs=2, callbacks=[kd_keras.pruning.UpdatePruningStep()])
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(3, name="logits"),
+    ])
+
+    model = kd_keras.pruning.prune_low_magnitude(model)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, callbacks=[kd_keras.pruning.UpdatePruningStep()], verbose=0)
     ```
     """
 

@@ -251,10 +251,19 @@ def prune_low_magnitude(
 
     ```python
     from kd_keras import pruning
+
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(3, name="logits"),
+    ])
+
     schedule = pruning.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000)
     pruned = pruning.prune_low_magnitude(model, pruning_schedule=schedule, skip=["logits"])
-    pruned.compile("adam", "sparse_categorical_crossentropy")
-    pruned.fit(x, y, epochs=2, callbacks=[pruning.UpdatePruningStep()])
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, epochs=2, callbacks=[pruning.UpdatePruningStep()], verbose=0)
     final = pruning.strip_pruning(pruned)
     ```
     """
@@ -345,6 +354,19 @@ def strip_pruning(model):
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(3, name="logits"),
+    ])
+
+    pruned = kd_keras.pruning.prune_low_magnitude(
+        model, pruning_schedule=kd_keras.pruning.ConstantSparsity(0.5, begin_step=0)
+    )
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, epochs=1, callbacks=[kd_keras.pruning.UpdatePruningStep()], verbose=0)
     final = kd_keras.pruning.strip_pruning(pruned)
     final.save("student_sparse.keras")
     ```

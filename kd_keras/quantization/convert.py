@@ -189,9 +189,19 @@ def convert(
     Example:
 
     ```python
-    qat = quantize_model(student); qat.compile(...); qat.fit(x, y)
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    from pathlib import Path
+
+    qat = quantize_model(student)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, y, epochs=1, verbose=0)
     Path("student_int8.tflite").write_bytes(convert(qat, mode="qat", int8_io=True))
-    ptq = convert(student, mode="int8", representative_data=x[:500])
+    ptq = convert(student, mode="int8", representative_data=x[:32])
     ```
     """
     tf = _require_tensorflow("convert")

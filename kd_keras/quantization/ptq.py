@@ -153,7 +153,11 @@ def quantize_post_training(
     Example:
 
     ```python
-    tflite_int8 = quantize_post_training(model, "int8", representative_data=x_train[:500])
+    x_train = np.random.rand(64, 8).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+    tflite_int8 = quantize_post_training(model, "int8", representative_data=x_train[:32])
     tflite_dyn = quantize_post_training(model, "dynamic")
     ```
     """

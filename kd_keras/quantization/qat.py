@@ -792,9 +792,15 @@ def quantize_model(
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
     qat = quantize_model(student)
     qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat.fit(x, y, epochs=2)
+    qat.fit(x, y, epochs=2, verbose=0)
     tflite_bytes = convert(qat, mode="qat", int8_io=True)
     ```
     """
