@@ -45,11 +45,20 @@ class DistillationScheduler(keras.callbacks.Callback):
     Example:
 
     ```python
-    distiller.fit(
-        x, y, epochs=20,
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    distiller = kd_keras.Distiller(student, teacher)
+    distiller.compile(optimizer="adam")
+    history = distiller.fit(
+        x, y, epochs=3, verbose=0,
         callbacks=[kd_keras.callbacks.DistillationScheduler(
-            temperature=kd_keras.schedules.LinearSchedule(8.0, 2.0, epochs=20),
-            alpha=kd_keras.schedules.CosineSchedule(0.5, 0.1, epochs=20),
+            temperature=kd_keras.schedules.LinearSchedule(8.0, 2.0, epochs=3),
+            alpha=kd_keras.schedules.CosineSchedule(0.5, 0.1, epochs=3),
         )],
     )
     history.history["temperature"]  # one value per epoch

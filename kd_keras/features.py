@@ -65,6 +65,10 @@ def record_outputs(model: keras.layers.Layer, paths: Iterable[str]):
     Example:
 
     ```python
+    model = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(4, name="block1"), keras.layers.Dense(3)
+    ])
+    x = np.ones((2, 8), "float32")
     with record_outputs(model, ["block1"]) as features:
         logits = model(x)
     features["block1"]  # the output of layer block1 in that same pass

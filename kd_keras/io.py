@@ -63,6 +63,7 @@ def atomic_path(
     Example:
 
     ```python
+    flatbuffer = b"..."  # the bytes to publish
     with atomic_path("model.tflite") as tmp:
         tmp.write_bytes(flatbuffer)
     ```

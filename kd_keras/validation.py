@@ -192,6 +192,8 @@ def random_ops_in_dataset(dataset, tensor_ops_only: bool = False) -> list[str]:
     Example:
 
     ```python
+    import tensorflow as tf
+
     random_ops_in_dataset(tf.data.Dataset.range(4).shuffle(4))  # ['ShuffleDatasetV3']
     ```
     """

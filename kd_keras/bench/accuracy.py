@@ -22,7 +22,14 @@ def evaluate_accuracy(artifact, x: np.ndarray, y: np.ndarray, batch_size: int = 
     Example:
 
     ```python
-    acc = evaluate_accuracy("student_int8.tflite", x_test, y_test)
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(student, "student_int8.tflite", quantization="dynamic")
+    acc = evaluate_accuracy("student_int8.tflite", x, y)
     ```
     """
     x, y = np.asarray(x), np.asarray(y)

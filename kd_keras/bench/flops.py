@@ -53,6 +53,12 @@ def macs_by_layer(model) -> list[LayerMACs]:
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
     for row in macs_by_layer(student):
         print(row.name, row.type, row.macs)
     ```
@@ -68,7 +74,9 @@ def count_macs(model) -> int:
     Example:
 
     ```python
-    macs = count_macs(kd_keras.models.cnn_student((28, 28, 1)))
+    from kd_keras.models import cnn_student
+
+    macs = count_macs(cnn_student((28, 28, 1)))
     ```
     """
     return int(sum(row.macs for row in macs_by_layer(model)))
@@ -83,7 +91,14 @@ def count_macs_tflite(path) -> int:
     Example:
 
     ```python
-    count_macs_tflite("student_int8.tflite")
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(student, "student_int8.tflite", quantization="dynamic")
+    count_macs_tflite("student_int8.tflite")  # 8·16 + 16·3
     ```
     """
     from ai_edge_litert.interpreter import Interpreter
@@ -118,7 +133,14 @@ def count_macs_onnx(path) -> int:
     Example:
 
     ```python
-    count_macs_onnx("student.onnx")
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_onnx(student, "student.onnx")
+    count_macs_onnx("student.onnx")  # 8·16 + 16·3
     ```
     """
     import onnx

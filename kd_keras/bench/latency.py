@@ -281,7 +281,14 @@ def sweep(
     Example:
 
     ```python
-    for r in sweep("student.tflite", threads=(1, 2)):
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(student, "student.tflite")
+    for r in sweep("student.tflite", threads=(1, 2), runs=10):
         print(r.config, r.p50_ms)
     ```
     """

@@ -35,6 +35,13 @@ def file_size(path: str | os.PathLike, level: int = 9) -> SizeResult:
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(student, "student.tflite")
     size = file_size("student.tflite")
     print(size.raw_bytes, size.gzip_bytes)
     ```

@@ -86,6 +86,7 @@ def prepare_tfds(
     Example:
 
     ```python
+    # Not run: builds all of Fashion-MNIST as a TFDS dataset (about a minute).
     builder = prepare_tfds("fashion_mnist", "tfds_data",
                            manual_dir="/usr/share/datasets/fashion-mnist")
     ```
@@ -169,6 +170,7 @@ def load_tfds(
     Example:
 
     ```python
+    # Not run: builds all of Fashion-MNIST as a TFDS dataset (about a minute).
     (x_train, y_train), (x_test, y_test) = load_tfds(
         "fashion_mnist", "tfds_data", manual_dir="/usr/share/datasets/fashion-mnist")
     ```

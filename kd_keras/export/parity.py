@@ -128,6 +128,8 @@ def compare(
     Example:
 
     ```python
+    keras_logits = np.array([[2.0, -1.0, 0.5]], "float32")
+    tflite_logits = keras_logits + 1e-6
     report = compare(keras_logits, tflite_logits)
     assert report.passed, report.summary()
     ```
@@ -187,7 +189,14 @@ def check_parity(
     Example:
 
     ```python
-    report = check_parity(student, "student.onnx", x_test[:64])
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_onnx(student, "student.onnx")
+    report = check_parity(student, "student.onnx", x[:64])
     ```
     """
     runner = artifact if isinstance(artifact, Runner) else load_runner(artifact)

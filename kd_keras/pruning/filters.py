@@ -146,6 +146,16 @@ def prune_filters(
     Example:
 
     ```python
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 3, size=32)
+    student = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+
     small = kd_keras.pruning.prune_filters(student, 0.5, importance="l1", round_to=4)
     print(student.count_params(), "->", small.count_params())
     ```

@@ -90,11 +90,21 @@ def prune_filters_low_magnitude(model, pruning_schedule: PruningSchedule, skip=N
     Example:
 
     ```python
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 3, size=32)
+    student = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+
     from kd_keras import pruning
-    schedule = pruning.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=500, frequency=50)
+    schedule = pruning.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=4, frequency=1)
     masked = pruning.prune_filters_low_magnitude(student, schedule)
-    masked.compile("adam", "sparse_categorical_crossentropy")
-    masked.fit(x, y, epochs=2)
+    masked.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    masked.fit(x, y, epochs=2, callbacks=[pruning.UpdatePruningStep()], verbose=0)
     small = pruning.strip_filters(masked)
     ```
     """
@@ -147,6 +157,20 @@ def strip_filters(model):
     Example:
 
     ```python
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 3, size=32)
+    student = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+
+    masked = kd_keras.pruning.prune_filters_low_magnitude(
+        student, kd_keras.pruning.ConstantSparsity(0.5, begin_step=0))
+    masked.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    masked.fit(x, y, epochs=1, callbacks=[kd_keras.pruning.UpdatePruningStep()], verbose=0)
     small = kd_keras.pruning.strip_filters(masked)
     small.save("student_filters.keras")
     ```

@@ -30,6 +30,13 @@ class SparsityReport:
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    model = kd_keras.pruning.prune_low_magnitude(student)
     report = kd_keras.pruning.sparsity_report(model)
     print(report)
     report.sparsity, report.pruned_sparsity
@@ -161,6 +168,13 @@ def sparsity_report(model) -> SparsityReport:
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    pruned_model = kd_keras.pruning.prune_low_magnitude(student)
     print(kd_keras.pruning.sparsity_report(pruned_model))
     ```
     """

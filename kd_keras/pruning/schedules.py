@@ -251,6 +251,8 @@ def ramp_schedule(
     Example:
 
     ```python
+    from kd_keras import pruning
+    steps_per_epoch = 100
     schedule = pruning.ramp_schedule(0.8, total_steps=8 * steps_per_epoch)
     ```
     """
@@ -279,6 +281,8 @@ def recovery_learning_rate(
     Example:
 
     ```python
+    from kd_keras import pruning
+    steps = 800
     schedule = pruning.ramp_schedule(0.8, steps)
     lr = pruning.recovery_learning_rate(1e-3, schedule.end_step, steps)
     optimizer = keras.optimizers.Adam(lr)

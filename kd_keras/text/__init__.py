@@ -1,16 +1,19 @@
 """Text distillation: a keras-hub BERT teacher (MiniLM-L6 offline, or any
 keras-hub preset), small BERT students sharing its tokenizer, and TinyBERT's
-hidden-state, attention-map and embedding terms for `kd_keras.Distiller`.
+hidden-state, attention-map and embedding terms for `kd_keras.Distiller`
+(which attaches them to both models and takes the dict of token ids;
+`TextDistiller` is its former name, kept for code and saved files).
 
 Example:
 
 ```python
+import kd_keras
 from kd_keras import text
 
 teacher = text.load_teacher(text.minilm_path(), num_classes=5, sequence_length=128)
 student = text.build_student(teacher, num_layers=2, hidden_dim=128, num_heads=2)
 terms = text.tinybert_losses(teacher, student)
-distiller = text.TextDistiller(student, teacher, losses=terms, alpha=0.0)
+distiller = kd_keras.Distiller(student, teacher, losses=terms, alpha=0.0)
 ```
 """
 

@@ -7,7 +7,7 @@ The Distiller hands a term the outputs of its `teacher_layer` /
 `student_layer`; attention probabilities are not an output of keras-hub
 layers, so these terms are *attached* to the two models
 (`term.attach(teacher, student)`, done by `tinybert_losses` and by
-`TextDistiller`, also for a Distiller loaded back), which installs
+`kd_keras.Distiller`, also for a Distiller loaded back), which installs
 the hook of `kd_keras.text.attention` on the named layers. The same hook
 gives the padding mask of the student's tokens, so the terms are masked even
 when the Distiller passes only per-sample weights (sequence
