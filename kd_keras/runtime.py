@@ -358,6 +358,17 @@ def litert_interpreter(artifact, threads: int | None = None, xnnpack: bool = Tru
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    int8 = kd_keras.quantization.convert(
+        student, mode="int8", representative_data=x, int8_io=True
+    )
+    with open("student_int8.tflite", "wb") as f:
+        f.write(int8)
     interpreter = litert_interpreter("student_int8.tflite", threads=1)
     interpreter.get_input_details()[0]["dtype"]
     ```

@@ -69,6 +69,16 @@ class FilterPruneLowMagnitude(layers.Wrapper):
     Example:
 
     ```python
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 3, size=32)
+    student = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+
     pruned = kd_keras.pruning.prune_filters_low_magnitude(
         student, kd_keras.pruning.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=50))
     ```

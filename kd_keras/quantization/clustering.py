@@ -287,8 +287,19 @@ def cluster_weights(
     Example:
 
     ```python
-    clustered = cluster_weights(model, 16, CentroidInitialization.KMEANS_PLUS_PLUS)
-    clustered.compile(...); clustered.fit(x, y, epochs=1)
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 3, size=32)
+    student = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+
+    clustered = cluster_weights(student, 16, CentroidInitialization.KMEANS_PLUS_PLUS)
+    clustered.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clustered.fit(x, y, epochs=1, verbose=0)
     final = strip_clustering(clustered)
     ```
     """
@@ -333,6 +344,17 @@ def strip_clustering(model: keras.Model) -> keras.Model:
     Example:
 
     ```python
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 3, size=32)
+    student = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+
+    clustered = cluster_weights(student, 4)
     final = strip_clustering(clustered)
     len(np.unique(final.get_layer("conv1").kernel))  # == number_of_clusters
     ```

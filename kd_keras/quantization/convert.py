@@ -332,7 +332,16 @@ def tflite_tensor_types(model_bytes: bytes) -> dict[str, str]:
     Example:
 
     ```python
-    types = tflite_tensor_types(convert(qat, mode="qat"))
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    qat = quantize_model(student)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, y, epochs=1, verbose=0)  # QAT ranges come from training
+    types = tflite_tensor_types(convert(qat, mode="qat", int8_io=True))
     assert "float32" not in set(types.values())
     ```
     """
@@ -348,6 +357,13 @@ def tflite_ops(model_bytes: bytes) -> list[dict]:
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    b = convert(student, mode="int8", representative_data=x)
     [op for op in tflite_ops(b) if op["op"] == "FULLY_CONNECTED"][0]["inputs"]
     ```
     """
@@ -379,7 +395,16 @@ def tflite_predict(
     Example:
 
     ```python
-    logits = tflite_predict(convert(qat, mode="qat", int8_io=True), x_test)
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    qat = quantize_model(student)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, y, epochs=1, verbose=0)  # QAT ranges come from training
+    logits = tflite_predict(convert(qat, mode="qat", int8_io=True), x)
     ```
     """
     runner = TFLiteRunner(model_bytes, threads=num_threads)

@@ -154,6 +154,7 @@ def quantize_annotate_layer(
     Example:
 
     ```python
+    inputs = keras.Input((8, 8, 1))
     x = quantize_annotate_layer(keras.layers.Conv2D(8, 3))(inputs)
     x = keras.layers.Conv2D(8, 3)(x)          # stays float
     qat = quantize_model(keras.Model(inputs, x))
@@ -631,7 +632,9 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     Example:
 
     ```python
-    folded = fold_batch_norms(kd_keras.models.cnn_student())
+    from kd_keras.models import cnn_student
+
+    folded = fold_batch_norms(cnn_student())
     ```
     """
     model = graph.inline_nested_models(_as_functional(model, "fold_batch_norms"))

@@ -83,6 +83,8 @@ class PerChannelSymmetricQuantizer(Quantizer):
     Example:
 
     ```python
+    layer = keras.layers.Dense(4)
+    layer.build((None, 8))
     q = PerChannelSymmetricQuantizer(axis=-1)
     kernel_q = q(layer.kernel)  # same shape, 255 levels per output channel
     ```
