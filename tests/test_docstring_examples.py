@@ -88,19 +88,14 @@ MAIN_API = (
 #: is taken off this list); making one self-contained shrinks the list.
 FRAGMENTS = frozenset(
     {
-        "kd_keras.bench.benchmark",
-        "kd_keras.bench.plot_frontier",
-        "kd_keras.bench.plot_history",
         "kd_keras.data.load_image_folder",
         "kd_keras.data.load_vader_movies",
         "kd_keras.data.read_image_folder",
         "kd_keras.pipeline.TextPipeline",
         "kd_keras.pipeline.load_text_config",
         "kd_keras.pipeline.run_text_pipeline",
-        "kd_keras.pruning.PruningSummaries",
         "kd_keras.quantization.ClusterWeights",
         "kd_keras.quantization.MovingAverageQuantizer",
-        "kd_keras.quantization.QuantizeLayer",
         "kd_keras.quantization.fake_quant_ops",
         "kd_keras.quantization.quantize_scope",
         "kd_keras.quantization.representative_dataset",

@@ -55,6 +55,19 @@ def plot_frontier(
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(
+        student, "out/student_int8.tflite", quantization="dynamic", sample_inputs=x
+    )
+    report = kd_keras.bench.benchmark(
+        {"student": student, "student int8": "out/student_int8.tflite"},
+        x, y, threads=(1,), xnnpack=(True,), runs=5, warmup=1, measure_peak=False)
+
     plot_frontier(report, "out/frontier.png", threads=1)
     ```
     """
@@ -425,7 +438,16 @@ def plot_history(
     Example:
 
     ```python
-    history = distiller.fit(x, y, validation_split=0.1, epochs=10)
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    distiller = kd_keras.Distiller(student, teacher)
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    history = distiller.fit(x, y, validation_split=0.1, epochs=2, verbose=0)
     plot_history(history, "out/curves.png")
     ```
     """

@@ -290,9 +290,19 @@ def benchmark(
     Example:
 
     ```python
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    kd_keras.export.to_tflite(
+        student, "out/student_int8.tflite", quantization="dynamic", sample_inputs=x
+    )
     report = benchmark(
-        {"teacher": teacher, "student int8": "out/student_int8.tflite"},
-        x_test, y_test, threads=(1, 2))
+        {"student": student, "student int8": "out/student_int8.tflite"},
+        x, y, threads=(1,), xnnpack=(True,), runs=5, warmup=1, measure_peak=False)
+
     report.print_table()
     report.save("out/report")
     ```

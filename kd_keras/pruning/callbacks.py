@@ -146,7 +146,15 @@ class PruningSummaries(_TfKerasHooks, keras.callbacks.Callback):
     Example:
 
     ```python
-    model.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries("logs/pruning")])
+    x = np.random.rand(64, 8).astype("float32")
+    y = np.random.randint(0, 3, size=64)
+    student = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
+
+    model = kd_keras.pruning.prune_low_magnitude(student)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries("logs/pruning")], verbose=0)
     ```
     """
 

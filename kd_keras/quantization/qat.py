@@ -189,6 +189,7 @@ class QuantizeLayer(keras.layers.Layer):
     Example:
 
     ```python
+    inputs = keras.Input((8, 8, 1))
     x = QuantizeLayer(name="quantize_image")(inputs)
     ```
     """
