@@ -1,21 +1,25 @@
-"""`TextDistiller` with keras-hub models: backbones as teacher and student
-(dict inputs, dict outputs), and the text pipeline's general distillation
-stage, which trains only what its terms reach."""
+"""`kd_keras.Distiller` (and `TextDistiller`, its former name for text) with
+keras-hub models: backbones as teacher and student (dict inputs, dict
+outputs), TinyBERT terms attached by the Distiller, a file saved by kd_keras
+0.1.0, and the text pipeline's general distillation stage, which trains only
+what its terms reach."""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
+import kd_keras
 from kd_keras import text
 from kd_keras.features import record_outputs
 
 keras_hub = pytest.importorskip("keras_hub")
 
-from test_text import SEQ, VOCAB, token_inputs  # noqa: E402  (the tiny BERT)
+from test_text import tiny_backbone, tiny_classifier, token_inputs  # noqa: E402  (the tiny BERT)
 from test_text_pipeline import setup  # noqa: E402,F401  (the tiny pipeline fixture)
 
 
@@ -25,15 +29,7 @@ def numpy_(x):
 
 def backbone(num_layers, hidden_dim, seed):
     keras.utils.set_random_seed(seed)
-    return keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCAB),
-        num_layers=num_layers,
-        num_heads=2,
-        hidden_dim=hidden_dim,
-        intermediate_dim=2 * hidden_dim,
-        max_sequence_length=SEQ,
-        dropout=0.0,
-    )
+    return tiny_backbone(num_layers, num_heads=2, hidden_dim=hidden_dim)
 
 
 def test_backbone_teacher_and_student_fit_and_evaluate_on_dict_inputs():
@@ -82,9 +78,6 @@ def test_general_distillation_trains_no_variable_without_gradients(setup):  # no
 
 
 def test_plain_distiller_attaches_text_terms_on_dict_inputs_and_after_loading(tmp_path):
-    import kd_keras
-    from test_text import tiny_classifier
-
     teacher = tiny_classifier()
     student = text.build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1, dropout=0.0)
     terms = text.tinybert_losses(teacher, student)
@@ -114,9 +107,6 @@ def test_plain_distiller_attaches_text_terms_on_dict_inputs_and_after_loading(tm
 
 
 def test_attached_terms_need_exactly_one_teacher():
-    import kd_keras
-    from test_text import tiny_classifier
-
     teacher = tiny_classifier()
     student = text.build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1, dropout=0.0)
     terms = text.tinybert_losses(teacher, student)
@@ -131,8 +121,6 @@ def test_text_distiller_file_saved_by_kd_keras_0_1_0_still_loads():
     `TextDistiller` was a Distiller subclass with its own logic
     (`data/make_text_distiller_fixture.py`; the `.npz` holds its inputs,
     outputs and loss then)."""
-    from pathlib import Path
-
     data = Path(__file__).parent / "data"
     loaded = keras.saving.load_model(data / "text_distiller_0.1.0.keras", safe_mode=True)
     reference = np.load(data / "text_distiller_0.1.0.npz")

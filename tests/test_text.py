@@ -17,13 +17,13 @@ keras_hub = pytest.importorskip("keras_hub")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
 SEQ = 8
+VOCAB_SIZE = len(VOCAB)
 
 
-def tiny_classifier(num_layers=4, num_heads=2, hidden_dim=16, num_classes=3, vocabulary=VOCAB):
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=SEQ)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(vocabulary),
+def tiny_backbone(num_layers=4, num_heads=2, hidden_dim=16, vocabulary_size=VOCAB_SIZE):
+    """A BERT backbone small enough for unit tests (no dropout)."""
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=vocabulary_size,
         num_layers=num_layers,
         num_heads=num_heads,
         hidden_dim=hidden_dim,
@@ -31,6 +31,12 @@ def tiny_classifier(num_layers=4, num_heads=2, hidden_dim=16, num_classes=3, voc
         max_sequence_length=SEQ,
         dropout=0.0,
     )
+
+
+def tiny_classifier(num_layers=4, num_heads=2, hidden_dim=16, num_classes=3, vocabulary=VOCAB):
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=SEQ)
+    backbone = tiny_backbone(num_layers, num_heads, hidden_dim, vocabulary_size=len(vocabulary))
     return keras_hub.models.BertTextClassifier(
         backbone, num_classes=num_classes, preprocessor=preprocessor, dropout=0.0
     )
