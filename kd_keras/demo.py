@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,8 +37,10 @@ import keras
 import numpy as np
 
 import kd_keras
+from kd_keras.bench import evaluate_accuracy
 from kd_keras.data import load_digits
 from kd_keras.defaults import DEMO_ALPHA, DEMO_TEMPERATURE
+from kd_keras.io import atomic_path, write_json
 from kd_keras.models import cnn_student, cnn_teacher
 
 # Defaults of `kd-keras demo`. They were chosen on a validation split carved
@@ -78,9 +78,9 @@ class Result:
 
 
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of `model`'s outputs (logits or probabilities) on `(x, y)`."""
-    outputs = model.predict(x, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(outputs, axis=-1) == np.asarray(y).reshape(-1)))
+    """Top-1 accuracy of `model`'s outputs (logits or probabilities) on `(x, y)`:
+    `kd_keras.bench.evaluate_accuracy`, the pipeline's one accuracy function."""
+    return evaluate_accuracy(model, x, np.asarray(y).reshape(-1), batch_size=batch_size)
 
 
 def _history(history: keras.callbacks.History) -> dict[str, list[float]]:
@@ -295,20 +295,6 @@ def output_paths(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path,
     return paths
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Writes through a temporary file in the same folder, then renames it
-    over `path`, so a crash never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _plot_curves(results: Sequence[Result], path: str) -> None:
     import matplotlib
 
@@ -355,13 +341,10 @@ def write_outputs(
         "results": [dataclasses.asdict(r) for r in results],
     }
 
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-
-    _write_atomically(json_path, write_json)
-    _write_atomically(png_path, lambda tmp: _plot_curves(results, tmp))
+    # Atomic, as every file kd_keras writes: a crash never leaves half a file.
+    write_json(json_path, payload, overwrite=True)
+    with atomic_path(png_path, overwrite=True) as tmp:
+        _plot_curves(results, str(tmp))
     return json_path, png_path
 
 

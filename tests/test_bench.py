@@ -173,6 +173,21 @@ def test_accuracy_matches_numpy(student, digits, tmp_path):
         bench.evaluate_accuracy(student, x_test, y_test[:-1])
 
 
+def test_accuracy_takes_named_inputs_of_any_dtype():
+    """A text-like model: float and int32 inputs by name, as the text task feeds them."""
+    values = keras.Input((3,), name="values")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    joined = layers.Concatenate()([values, layers.Embedding(10, 2)(ids)[:, :, 0]])
+    model = keras.Model({"values": values, "ids": ids}, layers.Dense(4)(joined))
+    rng = np.random.default_rng(0)
+    x = {"values": rng.normal(size=(50, 3)), "ids": rng.integers(0, 10, (50, 3)).astype("int32")}
+    y = rng.integers(0, 4, 50)
+    expected = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+    assert bench.evaluate_accuracy(model, x, y, batch_size=16) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="different sample counts"):
+        bench.evaluate_accuracy(model, {"values": x["values"], "ids": x["ids"][:-1]}, y)
+
+
 def test_pareto_front():
     points = [(1.0, 0.90), (2.0, 0.80), (3.0, 0.95), (0.5, 0.70), (3.5, 0.95)]
     assert bench.pareto_front(points) == [3, 0, 2]

@@ -150,7 +150,7 @@ def _minimal(command):
 
 
 def test_text_task_is_handed_to_the_text_pipeline(tmp_path, monkeypatch, capsys):
-    from kd_keras.pipeline import text_task as text_pipeline
+    from kd_keras.pipeline import pipeline as text_pipeline
 
     def run_text_pipeline(config_path, run_dir, rerun_from):
         (tmp_path / "called.json").write_text(

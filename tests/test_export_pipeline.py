@@ -40,7 +40,7 @@ def test_defaults_fill_in():
 
 
 def test_each_stage_distills_with_its_own_or_the_distill_settings():
-    from kd_keras.pipeline.stages import Pipeline
+    from kd_keras.pipeline import Pipeline
     from kd_keras.pipeline.steps import DEFAULT_QAT_ALPHA, DEFAULT_QAT_TEMPERATURE
 
     config = validate_config(
@@ -53,7 +53,7 @@ def test_each_stage_distills_with_its_own_or_the_distill_settings():
     pipeline = Pipeline(config)
     teacher = keras.Sequential()  # any object: only passed through
     picked = {
-        stage: pipeline._fit_args(config[stage], teacher=teacher)
+        stage: pipeline.fit_args(config[stage], teacher=teacher)
         for stage in ("distill", "prune", "quantize")
     }
     assert (picked["distill"]["temperature"], picked["distill"]["alpha"]) == (3.0, 0.4)
@@ -63,7 +63,7 @@ def test_each_stage_distills_with_its_own_or_the_distill_settings():
         DEFAULT_QAT_TEMPERATURE,
         DEFAULT_QAT_ALPHA,
     )
-    assert "temperature" not in pipeline._fit_args(config["prune"], teacher=None)
+    assert "temperature" not in pipeline.fit_args(config["prune"], teacher=None)
 
 
 def test_every_schema_key_is_documented():

@@ -1,4 +1,4 @@
-"""kd_keras.pipeline.text_task (`kd-keras run` with `task: text`) on a tiny BERT
+"""kd_keras.pipeline with `task: text` (`kd-keras run`) on a tiny BERT
 teacher saved as a keras-hub preset and a tiny corpus in the BBC folder
 layout, and the `.keras` round trip of a `TextDistiller` with TinyBERT terms."""
 
@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import yaml
 
-from kd_keras import text
-from kd_keras.pipeline.config import ConfigError
-from kd_keras.pipeline.text_task import (
-    TEXT_STAGES,
+from kd_keras import pruning, text
+from kd_keras.bench.ratio_report import render_ratio_report
+from kd_keras.pipeline import (
+    ConfigError,
     TextPipeline,
     load_text_config,
-    load_text_data,
-    render_report,
     run_text_pipeline,
     validate_text_config,
 )
+from kd_keras.pipeline.text_config import TEXT_STAGES
+from kd_keras.pipeline.text_task import load_text_data
 
 pytest.importorskip("keras_hub")
 
@@ -193,6 +193,98 @@ def test_augmented_transfer_set_feeds_both_distillation_stages(setup):
     assert logits.shape == (4 * n, len(CLASSES))
 
 
+def test_text_student_is_pruned_and_quantized_from_yaml(setup):
+    """`prune` and `quantize` sections of a text YAML run the same compression
+    stages as images, in the one `Pipeline` (chosen by `task: text`)."""
+    from kd_keras.pipeline import Pipeline
+
+    config, folder = setup
+    config["teacher"]["epochs"] = 0
+    config["general"] = {"epochs": 0}
+    config["prune"] = {"final_sparsity": 0.5, "epochs": 1, "batch_size": 8, "ramp": 0.5}
+    config["quantize"] = {"modes": ["dynamic"]}
+    config["export"].update(tflite=["float"], onnx=False)
+    config["bench"] = {"sequence_lengths": [SEQ], "runs": 2, "warmup": 1}
+    pipeline = Pipeline(load_text_config(write_yaml(folder, config)))
+    assert pipeline.task.name == "text" and pipeline.stages == TEXT_STAGES
+    results = pipeline.run()
+    run = folder / "run"
+
+    # The pruned student is the keras-hub classifier again (its preprocessor
+    # is what export saves), its pruned kernels half zeros, counted here.
+    pruned = keras.saving.load_model(results["prune"]["student"], compile=False)
+    student = keras.saving.load_model(results["distill"]["student"], compile=False)
+    assert type(pruned) is type(student) and pruned.preprocessor is not None
+    sparsity = json.loads((run / "prune" / "sparsity.json").read_text())
+    names = [row["name"] for row in sparsity["layers"] if row["pruned"]]
+    assert "logits" in names
+    by_name = {layer.name: layer for layer in pruned._flatten_layers(include_self=False)}
+    kernels = [numpy_(by_name[n].weights[0]) for n in names]
+    assert np.mean(np.concatenate([k.ravel() == 0 for k in kernels])) == pytest.approx(0.5, 0.02)
+    weights = [numpy_(w).ravel() for n in names for w in by_name[n].weights]
+    zeros = np.mean(np.concatenate(weights) == 0)  # the biases stay dense
+    assert zeros == pytest.approx(results["prune"]["sparsity"])
+    # Written back weight for weight: the stripped Functional copy, its
+    # weights perturbed, and the classifier it is adopted into agree.
+    (_, _), (x_test, y_test) = load_text_data(pipeline.config["data"])
+    tokens = text.tokenize(pipeline.task.teacher, x_test)
+    with text.without_preprocessor(student):
+        copy = pruning.strip_pruning(pruning.prune_low_magnitude(student))
+    rng = np.random.default_rng(0)
+    copy.set_weights([w + rng.normal(0, 0.1, w.shape) for w in copy.get_weights()])
+    adopted = pipeline.task.adopt(copy, pipeline.task.load_student(results["distill"]["student"]))
+    with text.without_preprocessor(adopted):
+        np.testing.assert_allclose(
+            numpy_(adopted(tokens, training=False)), numpy_(copy(tokens, training=False)), atol=1e-5
+        )
+
+    report = json.loads((run / "report.json").read_text())
+    rows = {row["model"]: row for row in report["rows"]}
+    assert list(rows) == ["teacher", "student", "student_pruned"]
+    with text.without_preprocessor(pruned):
+        expected = np.mean(numpy_(pruned(tokens, training=False)).argmax(-1) == y_test)
+    assert rows["student_pruned"]["accuracy"] == pytest.approx(expected)
+    if TF:
+        # quantize.modes adds the dynamic-range file of the pruned student only.
+        artifacts = results["export"]["artifacts"]
+        assert set(artifacts["student"]) == {"float"}
+        assert set(artifacts["student_pruned"]) == {"float", "dynamic"}
+        from kd_keras.runtime import TFLiteRunner
+
+        path = artifacts["student_pruned"]["dynamic"]["path"] or pytest.fail("parity failed")
+        logits = TFLiteRunner(path).predict(tokens)
+        assert rows["student_pruned"]["dynamic"]["accuracy"] == pytest.approx(
+            np.mean(logits.argmax(-1) == y_test)
+        )
+        assert "| student_pruned |" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"quantize": {"method": "qat"}}, "text student quantizes post-training only"),
+        ({"quantize": {"modes": ["int8"]}}, "'quantize.modes' ['int8']: a text student"),
+        ({"prune": {"filters": 0.5}}, "'prune.filters' removes convolution filters"),
+        ({"prune": {"distill": True}}, "'prune.distill' is not available for text"),
+        ({"prune": {"final_sparsity": 0.5, "m_by_n": "2:4"}}, "exclude each other"),
+        ({"prune": {"epoch": 2}}, "unknown key 'prune.epoch'; did you mean 'prune.epochs'"),
+    ],
+)
+def test_text_compression_sections_are_checked(tmp_path, change, message):
+    config = {"task": "text", "data": {"name": "bbc"}, **change}
+    with pytest.raises(ConfigError) as err:
+        load_text_config(write_yaml(tmp_path, config))
+    assert message in str(err.value)
+
+
+def test_text_compression_defaults_leave_the_recipe_as_it_was(tmp_path):
+    config = load_text_config(write_yaml(tmp_path, {"task": "text", "data": {"name": "bbc"}}))
+    assert config["prune"]["enabled"] is False and config["quantize"]["modes"] == []
+    given = {"task": "text", "data": {"name": "bbc"}, "prune": {"epochs": 1}}
+    config = load_text_config(write_yaml(tmp_path, given))
+    assert config["prune"]["enabled"] is True and config["prune"]["final_sparsity"] == 0.5
+
+
 # -- validation ------------------------------------------------------------------
 
 
@@ -284,7 +376,7 @@ def test_report_ratios_to_the_teacher():
             },
         ],
     }
-    lines = render_report(report).splitlines()
+    lines = render_ratio_report(report).splitlines()
     assert lines[-1] == (
         "| student | 0.8100 (0.90×) | 125 (8.0×) | 0.50 | - | PASS 2.0e-06 | 2.00 (5.0×) |"
     )

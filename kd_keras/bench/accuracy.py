@@ -4,6 +4,8 @@ the file that ships."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from kd_keras.runtime import Runner, load_runner
@@ -15,7 +17,8 @@ def evaluate_accuracy(artifact, x: np.ndarray, y: np.ndarray, batch_size: int = 
     Args:
         artifact: path (`.tflite`, `.onnx`, `.keras`, SavedModel folder), a
             `keras.Model` or a `Runner`.
-        x: inputs.
+        x: inputs: one array, or named inputs `{name: array}` (e.g. a text
+            model's int32 `token_ids` / `segment_ids` / `padding_mask`).
         y: integer labels `(n,)` or one-hot `(n, classes)`.
         batch_size: samples per call (LiteRT resizes its input once).
 
@@ -32,10 +35,19 @@ def evaluate_accuracy(artifact, x: np.ndarray, y: np.ndarray, batch_size: int = 
     acc = evaluate_accuracy("student_int8.tflite", x, y)
     ```
     """
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} samples but y has {len(y)}.")
-    if len(x) == 0:
+    y = np.asarray(y)
+    if isinstance(x, Mapping):
+        x = {name: np.asarray(value) for name, value in x.items()}
+        counts = {len(value) for value in x.values()}
+        if len(counts) != 1:
+            raise ValueError(f"The named inputs have different sample counts: {sorted(counts)}.")
+        count = counts.pop()
+    else:
+        x = np.asarray(x)
+        count = len(x)
+    if count != len(y):
+        raise ValueError(f"x has {count} samples but y has {len(y)}.")
+    if count == 0:
         raise ValueError("The evaluation set is empty.")
     labels = np.argmax(y, axis=-1) if y.ndim > 1 else y.astype(np.int64)
     runner = artifact if isinstance(artifact, Runner) else load_runner(artifact)

@@ -139,11 +139,7 @@ class BenchReport:
         lines = [f"# {title}", ""]
         if self.command:
             lines += ["Command:", "", "```", self.command, "```", ""]
-        lines += [
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join("---" for _ in header) + "|",
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in self.formatted_rows()]
+        lines += markdown_table(header, self.formatted_rows())
         peaks = ", ".join(
             f"{t} thread(s): {g:.1f} GFLOP/s" for t, g in sorted(self.cpu_peak_gflops.items())
         )
@@ -169,14 +165,15 @@ class BenchReport:
         parity = [a for a in self.artifacts if a.parity]
         if parity:
             lines += ["", "## Export parity", ""]
-            lines += ["| Model | Criterion | Value | Bound | Passed |", "|---|---|---|---|---|"]
+            cells = []
             for a in parity:
                 p = a.parity
                 value = (
                     p["max_abs_diff"] if p["criterion"] == "max_abs_diff" else p["top1_agreement"]
                 )
-                cells = [a.name, p["criterion"], f"{value:.3g}", f"{p['threshold']:g}", p["passed"]]
-                lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+                row = [a.name, p["criterion"], f"{value:.3g}", f"{p['threshold']:g}", p["passed"]]
+                cells.append([str(c) for c in row])
+            lines += markdown_table(["Model", "Criterion", "Value", "Bound", "Passed"], cells)
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +344,21 @@ def benchmark(
     if measure_peak:
         peaks = {t: flops_lib.cpu_peak_gflops(t) for t in sorted({1, *threads})}
     return BenchReport(reports, cpu_peak_gflops=peaks, command=command)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table: header, separator, one line per row.
+    Every report of kd_keras (the bench report, the text ratio report) is
+    written with it.
+
+    Example:
+
+    ```python
+    "\n".join(markdown_table(["model", "accuracy"], [["student", "0.97"]]))
+    ```
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def plain_table(header: list[str], rows: list[list[str]]) -> str:

@@ -27,9 +27,10 @@ import keras
 # class: the .keras files below may hold pruning, quantization or Distiller layers.
 from kd_keras import Distiller, bench, demo, export  # noqa: F401
 from kd_keras.cli.args import BENCH_OUTPUTS, UsageError
+from kd_keras.pipeline import pipeline as one_pipeline
 from kd_keras.pipeline import steps
 from kd_keras.pipeline.config import ConfigError, load_config, read_yaml
-from kd_keras.pipeline.stages import Pipeline
+from kd_keras.pipeline.pipeline import Pipeline
 from kd_keras.pruning import sparsity_report
 
 
@@ -52,10 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_text(args: argparse.Namespace) -> int:
-    """`task: text` files belong to the text pipeline, which validates them."""
-    from kd_keras.pipeline.text_task import run_text_pipeline
-
-    results = run_text_pipeline(args.config, args.run_dir, args.rerun_from)
+    """`task: text` files are validated against the text schema."""
+    results = one_pipeline.run_text_pipeline(args.config, args.run_dir, args.rerun_from)
     report = results.get("bench", {}).get("markdown") if isinstance(results, dict) else None
     if report:
         print(f"report: {report}", file=sys.stderr)

@@ -5,7 +5,7 @@ Example `pipeline.yaml` with every key (values shown are the defaults where
 a key is optional; `#` comments say when a key applies):
 
 ```yaml
-task: image              # `task: text` hands the file to kd_keras.pipeline.text_task
+task: image              # `task: text` files: kd_keras.pipeline.text_config
 run_dir: runs/pipeline
 seed: 0
 data:
@@ -94,7 +94,10 @@ from kd_keras.pipeline.checks import (
     number_in,
     one_of,
 )
-from kd_keras.pipeline.steps import BUILDERS, DATASETS, PTQ_MODES, parse_m_by_n
+from kd_keras.pipeline.data_sources import DATASETS
+from kd_keras.pipeline.model_files import BUILDERS
+from kd_keras.pipeline.prune_step import parse_m_by_n
+from kd_keras.pipeline.quantize_step import PTQ_MODES
 
 # section -> key -> (check, description, default). A default of REQUIRED
 # must be given; None means optional.
@@ -146,7 +149,11 @@ SOURCE_KEYS = {
 }
 
 SCHEMA: dict[str, Any] = {
-    "task": (one_of(("image",)), "image (text configs go to kd_keras.pipeline.text_task)", "image"),
+    "task": (
+        one_of(("image",)),
+        "image (task: text files are read by kd_keras.pipeline.load_text_config)",
+        "image",
+    ),
     "run_dir": (non_empty_str, "a folder path", "runs/pipeline"),
     "seed": (int_at_least(0), "an integer >= 0", 0),
     "data": {
@@ -318,7 +325,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
     _check_terms(config["distill"], source)
     _check_models(config, source)
     _check_data(config["data"], source)
-    _check_prune(config["prune"], source)
+    check_prune(config["prune"], source)
     if config["quantize"]["method"] == "qat" and config["quantize"]["modes"] != ["int8"]:
         raise ConfigError(
             f"{source}: 'quantize.modes' is {config['quantize']['modes']}, but "
@@ -395,7 +402,7 @@ def _check_terms(spec, source):
             raise ConfigError(f"{source}: 'distill.losses[{i}]' ({term!r}): {err}") from None
 
 
-def _check_prune(spec, source):
+def check_prune(spec, source):
     if spec["m_by_n"] is not None and spec["final_sparsity"] is not None:
         raise ConfigError(
             f"{source}: 'prune.m_by_n' and 'prune.final_sparsity' exclude each other: "

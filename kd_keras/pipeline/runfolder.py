@@ -46,10 +46,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from kd_keras.io import atomic_path, write_json
+from kd_keras.io import write_json
+from kd_keras.pipeline.backup import atomic_backup_and_restore
 from kd_keras.pipeline.config import ConfigError
 
-__all__ = ["RunFolder", "atomic_backup_and_restore", "command_line"]
+__all__ = ["RunFolder", "command_line"]
 
 
 class RunFolder:
@@ -169,44 +170,26 @@ class RunFolder:
                 continue
             self.log(f"[{stage}] running")
             start = time.perf_counter()
-            outputs = getattr(self, f"_stage_{stage}")(results)
+            outputs = self.run_stage(stage, results)
             self._complete(stage, outputs, time.perf_counter() - start)
             results[stage] = outputs
             self.log(f"[{stage}] done in {time.perf_counter() - start:.1f}s")
         return results
 
+    def run_stage(self, stage: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Runs one stage's body (`self._stage_<name>`); returns its outputs."""
+        return getattr(self, f"_stage_{stage}")(results)
+
     # -- helpers for the stages ---------------------------------------------
 
-    def _backup(self, stage):
+    def backup(self, stage: str):
+        """The crash-safe `BackupAndRestore` callback of a training stage."""
         return atomic_backup_and_restore(str(self.run_dir / stage / "backup"))
 
-    def _save_history(self, history, stage):
+    def save_history(self, history, stage: str) -> None:
+        """Writes a Keras `History` as `run_dir/<stage>/history.json`."""
         logs = {k: [float(v) for v in values] for k, values in history.history.items()}
         write_json(self.run_dir / stage / "history.json", logs, overwrite=True)
-
-
-def atomic_backup_and_restore(backup_dir: str):
-    """`keras.callbacks.BackupAndRestore` whose checkpoint survives a kill.
-
-    Keras writes `latest.weights.h5` in place, so a SIGKILL during the very
-    first save leaves a truncated file that the next run cannot open. Here
-    weights and metadata are each written to a temp file and renamed; a kill
-    between the two renames costs at most one repeated epoch.
-    """
-    import keras
-
-    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-        def _save_model(self):
-            Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
-            with atomic_path(self._weights_path, overwrite=True) as tmp:
-                # Keras insists on the .weights.h5 suffix.
-                target = tmp.with_name(tmp.name.replace(".tmp.h5", ".tmp.weights.h5"))
-                self.model.save_weights(str(target), overwrite=True)
-                target.replace(tmp)
-            metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-            write_json(self._training_metadata_path, metadata, overwrite=True)
-
-    return AtomicBackupAndRestore(backup_dir, double_checkpoint=False)
 
 
 def command_line() -> str:

