@@ -318,7 +318,7 @@ def test_batch_norm_that_cannot_be_folded_becomes_an_int8_mul_and_add():
     qat = quantize_model(model)
     names = [layer.name for layer in qat.layers]
     assert "bn" not in names and {"bn_scale_quantize", "bn_offset_quantize"} <= set(names)
-    from kd_keras.quantization.qat import affine_constants
+    from kd_keras.quantization.rules import affine_constants
 
     scale, offset = affine_constants(bn)
     x = rng.normal(size=(4, 5, 5, n)).astype("float32")

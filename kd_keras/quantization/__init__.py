@@ -12,6 +12,7 @@ tflite_bytes = convert(qat, mode="qat", int8_io=True)   # fully int8 .tflite
 ```
 """
 
+from kd_keras.quantization.batch_norm_folding import fold_batch_norms
 from kd_keras.quantization.clustering import (
     CentroidInitialization,
     ClusterWeights,
@@ -26,15 +27,10 @@ from kd_keras.quantization.convert import (
 )
 from kd_keras.quantization.fake_quantize import fake_quant, fake_quant_ops
 from kd_keras.quantization.ptq import quantize_post_training, representative_dataset
-from kd_keras.quantization.qat import (
-    QuantizeLayer,
-    QuantizeWrapper,
-    fold_batch_norms,
-    is_quantized,
-    quantize_annotate_layer,
-    quantize_model,
-)
+from kd_keras.quantization.qat import is_quantized, quantize_annotate_layer, quantize_model
 from kd_keras.quantization.quantize_config import QuantizeConfig, quantize_scope
+from kd_keras.quantization.quantize_layer import QuantizeLayer
+from kd_keras.quantization.quantize_wrapper import QuantizeWrapper
 from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
