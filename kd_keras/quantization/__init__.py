@@ -26,6 +26,7 @@ from kd_keras.quantization.convert import (
     tflite_tensor_types,
 )
 from kd_keras.quantization.fake_quantize import fake_quant, fake_quant_ops
+from kd_keras.quantization.folded_batch_norm_wrapper import FoldedBatchNormWrapper
 from kd_keras.quantization.ptq import quantize_post_training, representative_dataset
 from kd_keras.quantization.qat import is_quantized, quantize_annotate_layer, quantize_model
 from kd_keras.quantization.quantize_config import QuantizeConfig, quantize_scope
@@ -41,6 +42,7 @@ from kd_keras.quantization.tfmot_bridge import TFMOTBridgeNotice
 __all__ = [
     "CentroidInitialization",
     "ClusterWeights",
+    "FoldedBatchNormWrapper",
     "TFMOTBridgeNotice",
     "cluster_weights",
     "strip_clustering",

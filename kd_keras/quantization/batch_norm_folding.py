@@ -5,8 +5,10 @@
 (the one layer that reads its output, then the one after). `rewrite` clones
 the graph with absorbed layers replaced by `Identity` layers of the same
 name and copies the trained weights, folding each BN into its kernel and
-bias with `folded_weights`. `quantize_model` and `fold_batch_norms` are both
-this rewrite, with different replacement layers.
+bias with `folded_weights`, or, for a `FoldedBatchNormWrapper` (a BN that
+QAT trains with batch statistics), handing the BN's variables to it.
+`quantize_model` and `fold_batch_norms` are both this rewrite, with
+different replacement layers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from keras import ops
 
 from kd_keras.quantization import _kernels, graph
+from kd_keras.quantization.folded_batch_norm_wrapper import FoldedBatchNormWrapper
 from kd_keras.quantization.quantize_wrapper import QuantizeWrapper
 from kd_keras.quantization.rules import fusable_activation, normalizes_last_axis
 
@@ -113,11 +116,11 @@ def folded_weights(layer, batch_norm):
     return kernel * scale.reshape(scale_shape), beta + (bias - mean) * scale
 
 
-def clone_kernel_layer(layer, fusion: Fusion | None):
-    """A fresh copy of the kernel layer `layer`, with a bias when it absorbs a
-    BN and with the activation it absorbs."""
+def clone_kernel_layer(layer, fusion: Fusion | None, fold_bias: bool = True):
+    """A fresh copy of the kernel layer `layer`, with the activation it
+    absorbs and, when `fold_bias` and it absorbs a BN, a bias to fold into."""
     config = layer.get_config()
-    if fusion is not None and fusion.batch_norm is not None:
+    if fold_bias and fusion is not None and fusion.batch_norm is not None:
         config["use_bias"] = True
     if fusion is not None and fusion.activation is not None:
         config["activation"] = fusion.activation
@@ -166,7 +169,14 @@ def rewrite(model, plan, make_layer, call_layer):
         target = new_layer.layer if isinstance(new_layer, QuantizeWrapper) else new_layer
         if not target.built:
             continue  # replaced by other operations (Rescaling / Normalization)
-        if _kernels.is_kernel_layer(old):
+        if isinstance(new_layer, FoldedBatchNormWrapper):
+            # Folded while it trains: the float kernel and the BN as they are.
+            target.set_weights(old.get_weights())
+            new_layer.batch_norm.set_weights(plan[old.name].batch_norm.get_weights())
+            if new_layer.preserve_sparsity:
+                kernel = ops.convert_to_numpy(old.kernel)
+                new_layer.sparsity_mask.assign((kernel != 0).astype("float32"))
+        elif _kernels.is_kernel_layer(old):
             fusion = plan.get(old.name)
             kernel, bias = folded_weights(old, fusion.batch_norm if fusion else None)
             target.kernel.assign(kernel.astype(target.kernel.dtype))

@@ -11,13 +11,17 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
   symmetric int8 weight quantizer (`Dense` a per-tensor one, as in TFMOT)
   and an activation quantizer on their output.
 * A `BatchNormalization` that directly follows such a layer (and nothing
-  else reads the layer's output) is **folded** into its kernel and bias with
-  the BN's moving statistics when `quantize_model` is called, so the QAT
-  model trains the folded kernel, exactly what TFLite executes. The BN layer
-  is replaced by an `Identity` with the same name. (TFMOT instead keeps BN
-  and folds at conversion; folding up front gives the same int8 graph, and
-  Keras and TFLite then agree bit for bit on the weights. It also means QAT
-  fine-tunes with BN frozen, the usual recipe.)
+  else reads the layer's output) is **folded** into it: the layer becomes a
+  `FoldedBatchNormWrapper` that, in training, normalizes with the batch
+  statistics as the float BN does (the kernel quantized on the grid of the
+  inference fold, output rescaled by sigma_B / sigma) and updates the BN's
+  moving statistics, and after `freeze_bn_delay` training steps, and in
+  inference, runs the inference fold `kernel * gamma / sigma`, bias
+  `beta + (bias - mean) * gamma / sigma`: exactly what TFLite executes. The
+  BN layer is replaced by an `Identity` with the same name. With
+  `freeze_bn_delay=0` the BN is folded once, with its moving statistics,
+  into a plain `QuantizeWrapper` when `quantize_model` is called. (TFMOT
+  keeps BN and folds at conversion; the int8 graph is the same.)
 * Any other channels-last `BatchNormalization` (pre-activation, after a pool
   or a concatenation), and `Rescaling` / `Normalization`, run as
   `x * scale + offset` from their inference constants: an int8 MUL then ADD,
@@ -65,6 +69,10 @@ from kd_keras.quantization.batch_norm_folding import (
     plan_fusions,
     rewrite,
 )
+from kd_keras.quantization.folded_batch_norm_wrapper import (
+    FoldedBatchNormWrapper,
+    check_freeze_bn_delay,
+)
 from kd_keras.quantization.quantize_annotate import (
     is_annotated,
     quantize_annotate_layer,
@@ -77,6 +85,14 @@ from kd_keras.quantization.quantizers import (
     PerChannelSymmetricQuantizer,
 )
 from kd_keras.quantization.rules import affine_constants, is_affine_layer, layer_kind
+
+#: Training steps with batch statistics before a folded BatchNormalization
+#: freezes to its moving statistics. Freezing must wait until the moving
+#: statistics describe the QAT weights: with the momentum keras.applications
+#: use (0.999) they keep 0.999**5000 < 1 % of what they held when QAT started
+#: after 5,000 steps (with Keras's default 0.99, after 500). A QAT run shorter
+#: than that never freezes, and still converts with up-to-date statistics.
+DEFAULT_FREEZE_BN_DELAY = 5000
 
 __all__ = ["is_quantized", "quantize_annotate_layer", "quantize_model", "quantizer_layers"]
 
@@ -148,6 +164,7 @@ def quantize_model(
     model: keras.Model,
     skip_layers: Iterable[str | type] | None = None,
     ema_decay: float = 0.999,
+    freeze_bn_delay: int | None = DEFAULT_FREEZE_BN_DELAY,
 ) -> keras.Model:
     """Return a quantization-aware (int8) copy of a Sequential/Functional model.
 
@@ -164,6 +181,13 @@ def quantize_model(
             layers are marked with `quantize_annotate_layer`, only those are
             quantized.
         ema_decay: decay of the moving-average activation ranges.
+        freeze_bn_delay: training steps during which a folded
+            BatchNormalization uses batch statistics (and updates its moving
+            statistics) like the float model, before it freezes to its
+            moving statistics, the fold TFLite runs. Default 5,000: enough
+            for BN momenta up to 0.999 to forget the statistics of the model
+            before QAT. `None` never freezes; `0` folds the moving statistics
+            in once, when `quantize_model` is called.
 
     Returns:
         A new Functional model; layer names are kept.
@@ -184,6 +208,7 @@ def quantize_model(
     tflite_bytes = convert(qat, mode="qat", int8_io=True)
     ```
     """
+    freeze_bn_delay = check_freeze_bn_delay(freeze_bn_delay)
     if tfmot_bridge.is_tf_keras_model(model):
         if skip_layers:
             raise ValueError(
@@ -220,15 +245,24 @@ def quantize_model(
             )
         if kind == "kernel":
             kernel = ops.convert_to_numpy(layer.kernel)
-            return QuantizeWrapper(
-                clone_kernel_layer(layer, plan.get(layer.name)),
-                weight_quantizer=PerChannelSymmetricQuantizer(
+            fusion = plan.get(layer.name)
+            quantizers = {
+                "weight_quantizer": PerChannelSymmetricQuantizer(
                     axis=_kernels.weight_quantization_axis(layer)
                 ),
-                output_quantizer=MovingAverageQuantizer(ema_decay=ema_decay),
-                preserve_sparsity=bool(np.any(kernel == 0)),
-                name=layer.name,
-            )
+                "output_quantizer": MovingAverageQuantizer(ema_decay=ema_decay),
+                "preserve_sparsity": bool(np.any(kernel == 0)),
+                "name": layer.name,
+            }
+            batch_norm = fusion.batch_norm if fusion is not None else None
+            if batch_norm is not None and _trains_batch_statistics(batch_norm, freeze_bn_delay):
+                return FoldedBatchNormWrapper(
+                    clone_kernel_layer(layer, fusion, fold_bias=False),
+                    clone_layer(batch_norm),
+                    freeze_bn_delay=freeze_bn_delay,
+                    **quantizers,
+                )
+            return QuantizeWrapper(clone_kernel_layer(layer, fusion), **quantizers)
         if kind == "output":
             return QuantizeWrapper(
                 clone_layer(layer),
@@ -351,6 +385,14 @@ def quantize_model(
 
     new_model, _ = rewrite(model, plan, make_layer, call_layer)
     return _in_float32(new_model)
+
+
+def _trains_batch_statistics(batch_norm, freeze_bn_delay) -> bool:
+    """Whether a folded BN keeps training with batch statistics in QAT: not
+    when it is frozen from the start (`freeze_bn_delay=0`, or a BN that is
+    not trainable, which Keras runs with its moving statistics) nor with
+    batch renormalization, whose corrections the fold does not model."""
+    return freeze_bn_delay != 0 and batch_norm.trainable and not batch_norm.renorm
 
 
 def _in_float32(model: keras.Model) -> keras.Model:
