@@ -5,7 +5,7 @@ Folding a BN into the kernel once, with its moving statistics, makes QAT
 train a network whose BNs never see a batch: when the moving statistics lag
 behind the weights (a briefly trained model, a BN momentum of 0.999) the
 QAT model starts far from the float one and can collapse. This layer is the
-standard remedy (Jacob et al. 2018, sec. 3.2; Krishnamoorthi 2018, sec. 3.2;
+standard remedy (Jacob et al. 2018, sec. 3.2; Krishnamoorthi 2018;
 TensorFlow's former `contrib.quantize` with `freeze_bn_delay`). With `w` the
 float kernel, `b` its bias, `gamma` / `beta` the BN's scale and offset,
 `mu` / `sigma = sqrt(moving_variance + epsilon)` the moving statistics and
