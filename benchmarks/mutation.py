@@ -153,10 +153,10 @@ MODULES: dict[str, Module] = {
         ("tests/test_quantization_edges.py",),
     ),
     "bn_folding": Module(
-        "kd_keras/quantization/qat.py",
+        "kd_keras/quantization/batch_norm_folding.py",
         _FOLDING_TESTS,
         ("tests/test_quantization_edges.py",),
-        functions=("x__folds_into", "x__folded_weights", "x_fold_batch_norms"),
+        functions=("x__folds_into", "x_folded_weights", "x_fold_batch_norms"),
     ),
     "distiller": Module(
         "kd_keras/distiller.py",

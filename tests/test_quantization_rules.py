@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kd_keras.quantization import QuantizeLayer, QuantizeWrapper, quantize_model
-from kd_keras.quantization.qat import affine_constants
+from kd_keras.quantization.rules import affine_constants
 from tests.test_quantization_fake_quant import np_fake_quant
 
 

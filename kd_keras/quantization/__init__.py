@@ -12,6 +12,7 @@ tflite_bytes = convert(qat, mode="qat", int8_io=True)   # fully int8 .tflite
 ```
 """
 
+from kd_keras.quantization.batch_norm_folding import fold_batch_norms
 from kd_keras.quantization.clustering import (
     CentroidInitialization,
     ClusterWeights,
@@ -25,16 +26,12 @@ from kd_keras.quantization.convert import (
     tflite_tensor_types,
 )
 from kd_keras.quantization.fake_quantize import fake_quant, fake_quant_ops
+from kd_keras.quantization.folded_batch_norm_wrapper import FoldedBatchNormWrapper
 from kd_keras.quantization.ptq import quantize_post_training, representative_dataset
-from kd_keras.quantization.qat import (
-    QuantizeLayer,
-    QuantizeWrapper,
-    fold_batch_norms,
-    is_quantized,
-    quantize_annotate_layer,
-    quantize_model,
-)
+from kd_keras.quantization.qat import is_quantized, quantize_annotate_layer, quantize_model
 from kd_keras.quantization.quantize_config import QuantizeConfig, quantize_scope
+from kd_keras.quantization.quantize_layer import QuantizeLayer
+from kd_keras.quantization.quantize_wrapper import QuantizeWrapper
 from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
@@ -45,6 +42,7 @@ from kd_keras.quantization.tfmot_bridge import TFMOTBridgeNotice
 __all__ = [
     "CentroidInitialization",
     "ClusterWeights",
+    "FoldedBatchNormWrapper",
     "TFMOTBridgeNotice",
     "cluster_weights",
     "strip_clustering",

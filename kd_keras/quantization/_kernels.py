@@ -52,8 +52,9 @@ def weight_quantization_axis(layer) -> int | None:
     return None if isinstance(layer, keras.layers.Dense) else channel_axis(layer)
 
 
-def kernel_call(layer, inputs, kernel):
-    """`layer`'s output before its activation, computed with `kernel`."""
+def kernel_call(layer, inputs, kernel, bias: bool = True):
+    """`layer`'s output before its activation, computed with `kernel`; its
+    bias is added unless `bias=False`."""
     if isinstance(layer, keras.layers.Dense):
         outputs = ops.matmul(inputs, kernel)
     elif isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -74,7 +75,7 @@ def kernel_call(layer, inputs, kernel):
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
-    if layer.use_bias:
+    if bias and layer.use_bias:
         outputs = ops.add(outputs, layer.bias)
     return outputs
 

@@ -34,8 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kd_keras.quantization import _kernels
-from kd_keras.quantization.qat import _as_functional
+from kd_keras.quantization import _kernels, graph
 from kd_keras.uncompile import uncompile
 
 
@@ -309,7 +308,7 @@ def cluster_weights(
         return tfmot_bridge.tfmot_cluster_weights(
             to_cluster, number_of_clusters, cluster_centroids_init, preserve_sparsity
         )
-    model = _as_functional(to_cluster, "cluster_weights")
+    model = graph.as_functional(to_cluster, "cluster_weights")
     skip = set(skip_layers or ())
     unknown = skip - {layer.name for layer in model.layers}
     if unknown:
@@ -363,7 +362,7 @@ def strip_clustering(model: keras.Model) -> keras.Model:
 
     if tfmot_bridge.is_tf_keras_model(model):
         return tfmot_bridge.tfmot_strip_clustering(model)
-    model = _as_functional(model, "strip_clustering")
+    model = graph.as_functional(model, "strip_clustering")
 
     def make_layer(layer):
         inner = layer.layer if isinstance(layer, ClusterWeights) else layer

@@ -36,6 +36,9 @@ import numpy as np
 from kd_keras.quantization import tfmot_bridge
 from kd_keras.quantization.ptq import representative_dataset
 from kd_keras.quantization.qat import is_quantized, quantizer_layers
+from kd_keras.quantization.quantize_layer import QuantizeLayer
+from kd_keras.quantization.quantize_wrapper import QuantizeWrapper
+from kd_keras.quantization.rules import layer_kind
 from kd_keras.runtime import TFLiteRunner, litert_interpreter
 
 MODES = (None, "dynamic", "int8", "float16", "qat")
@@ -107,12 +110,10 @@ def _check_mode(model, mode, representative_data, int8_io):
 
 def _has_float_layers(model) -> bool:
     """True when a QAT model keeps some layers in float (skip_layers)."""
-    from kd_keras.quantization.qat import QuantizeLayer, QuantizeWrapper, _layer_kind
-
     for layer in model.layers:
         if isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
             continue
-        if _layer_kind(layer) != "pass":
+        if layer_kind(layer) != "pass":
             return True
     return False
 

@@ -149,3 +149,24 @@ def inline_nested_models(model: keras.Model, keep: frozenset = frozenset()) -> k
         keras.tree.pack_sequence_as(model._outputs_struct, outputs),
         name=model.name,
     )
+
+
+def as_functional(model: keras.Model, caller: str) -> keras.Model:
+    """`model` as a Functional model (a Sequential becomes one); a clear error
+    for a subclassed or input-less model, naming `caller`."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{caller} expects a keras.Model, got {type(model).__name__}.")
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"{caller}: the Sequential model {model.name!r} has no defined input; "
+                f"start it with keras.Input(shape) or call model.build(input_shape) first."
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"{caller} rewrites Sequential and Functional models; {model.name!r} is a "
+            f"subclassed model ({type(model).__name__}). Rebuild it with the Functional "
+            f"API (keras.Model(inputs, outputs))."
+        )
+    return model
