@@ -53,6 +53,7 @@ class FoldedBatchNormWrapper(QuantizeWrapper):
     Example:
 
     ```python
+    x = np.random.rand(4, 8, 8, 3).astype("float32")
     wrapper = FoldedBatchNormWrapper(
         keras.layers.Conv2D(8, 3, use_bias=False, activation="relu"),
         keras.layers.BatchNormalization(),
