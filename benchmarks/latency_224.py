@@ -36,6 +36,7 @@ import numpy as np
 from benchmarks.int8_latency_layers import cpu_name
 from kd_keras.bench import measure_latency
 from kd_keras.quantization import convert, tflite_ops
+from kd_keras.runtime import litert_interpreter
 
 # Given explicitly: MobileNetV3's default input is (None, None, 3), which
 # leaves the spatial size of a batch-1 file unknown until resized.
@@ -88,6 +89,65 @@ def float_ops(model_bytes: bytes) -> dict[str, int]:
     return counts
 
 
+def xnnpack_partitions(model_bytes: bytes) -> int:
+    """How many XNNPACK partitions LiteRT makes of the file: 1 when every op
+    is delegated; each op XNNPACK does not take splits the graph further and
+    runs on LiteRT's own kernel in between."""
+    interpreter = litert_interpreter(model_bytes, threads=1)
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
+def single_op_models() -> dict[str, keras.Model]:
+    """One op each, at the shape where MobileNetV3Small spends most on it:
+    hard-swish on the stem's 112×112×16 output, and the squeeze-excite
+    multiply of a 28×28×96 map by its 1×1×96 hard-sigmoid gate."""
+    x = keras.Input((112, 112, 16))
+    hard_swish = keras.Model(x, keras.layers.Activation("hard_silu")(x))
+    x = keras.Input((28, 28, 96))
+    gate = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = keras.layers.Activation("hard_sigmoid")(gate)
+    excite = keras.Model(x, keras.layers.Multiply()([x, gate]))
+    return {
+        "HARD_SWISH 112×112×16": hard_swish,
+        "squeeze-excite MUL 28×28×96": excite,
+    }
+
+
+def op_profile(rounds: int, runs: int, seed: int) -> None:
+    """Float32 vs int8 time of single-op files (LiteRT's Python interpreter
+    has no op profiler), with XNNPACK's partition count of each."""
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for label, model in single_op_models().items():
+        shape = (64, *model.input_shape[1:])
+        data = rng.uniform(-4, 4, shape).astype("float32")
+        files = {
+            "float32": convert(model, batch_size=1),
+            "int8": convert(
+                model,
+                mode="int8",
+                representative_data=data,
+                num_calibration_batches=64,
+                int8_io=True,
+                batch_size=1,
+            ),
+        }
+        times = {kind: [] for kind in files}
+        for r in range(rounds):
+            for kind in list(files) if r % 2 == 0 else list(files)[::-1]:
+                result = measure_latency(files[kind], threads=1, runs=runs, inputs=data[:1])
+                times[kind].append(result.p50_ms)
+        rows[label] = {
+            kind: (float(np.median(times[kind])), xnnpack_partitions(b))
+            for kind, b in files.items()
+        }
+    print("\n| op | float32 p50 ms | int8 p50 ms | int8 speed-up | XNNPACK partitions f32 / int8 |")
+    print("|---|---|---|---|---|")
+    for label, row in rows.items():
+        (f, pf), (q, pq) = row["float32"], row["int8"]
+        print(f"| {label} | {f:.3f} | {q:.3f} | {f / q:.2f}× | {pf} / {pq} |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -97,7 +157,15 @@ def main(argv=None) -> None:
     parser.add_argument("--calibration", type=int, default=16, help="random calibration images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="also write the .tflite files to this folder")
+    parser.add_argument(
+        "--op-profile",
+        action="store_true",
+        help="only time single-op files (hard-swish, squeeze-excite MUL) float32 vs int8",
+    )
     args = parser.parse_args(argv)
+    if args.op_profile:
+        op_profile(args.rounds, 200, args.seed)
+        return
 
     files, inputs, params, convert_s = {}, {}, {}, {}
     for name in args.models:
@@ -111,6 +179,8 @@ def main(argv=None) -> None:
                 args.save.mkdir(parents=True, exist_ok=True)
                 (args.save / f"{name}.{kind}.tflite").write_bytes(model_bytes)
         left = float_ops(pair["int8"])
+        parts = {kind: xnnpack_partitions(b) for kind, b in pair.items()}
+        print(f"{name}: XNNPACK partitions {parts}")
         print(
             f"{name}: converted in {convert_s[name]:.0f} s; "
             f"float ops in the int8 file: {left or 'none'}"
