@@ -34,7 +34,8 @@ Accuracy of every `.tflite` is measured in LiteRT on the test images.
 prints the wall time, to size the budget.
 
     python -m benchmarks.qat_fashion_mnist_32 --time-epoch
-    python -m benchmarks.qat_fashion_mnist_32 --train 20000 --epochs 4 --qat-epochs 1
+    python -m benchmarks.qat_fashion_mnist_32 --train 6000 --epochs 3 --teacher-epochs 3 \
+        --students MobileNetV3Small   # one student per process: two run side by side
 """
 
 from __future__ import annotations
