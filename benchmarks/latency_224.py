@@ -21,6 +21,7 @@ float32 / int8 of the same run.
 
     python -m benchmarks.latency_224
     python -m benchmarks.latency_224 --models MobileNetV2 --rounds 3
+    python -m benchmarks.latency_224 --models "MobileNetV3Small minimalistic"  # ReLU, no hard-swish
     python -m benchmarks.latency_224 --save DIR   # keep the .tflite files
 """
 
@@ -49,6 +50,10 @@ MODELS = {
     ),
     "MobileNetV3Small": (
         lambda: keras.applications.MobileNetV3Small(SHAPE, weights=None),
+        (0, 255),
+    ),
+    "MobileNetV3Small minimalistic": (
+        lambda: keras.applications.MobileNetV3Small(SHAPE, weights=None, minimalistic=True),
         (0, 255),
     ),
     "EfficientNetB0": (
@@ -150,7 +155,12 @@ def op_profile(rounds: int, runs: int, seed: int) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["MobileNetV2", "MobileNetV3Small", "EfficientNetB0"],
+        choices=list(MODELS),
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30, help="timed invokes per round")
     parser.add_argument("--warmup", type=int, default=5)
