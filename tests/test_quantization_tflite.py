@@ -387,3 +387,14 @@ def test_fixed_batch_calibrates_in_groups_and_rejects_bad_layouts(trained, digit
         convert(student, batch_size=0)
     with pytest.raises(ValueError, match="per_channel_dense=False applies to mode='int8'"):
         convert(qat, mode="qat", per_channel_dense=False)
+
+
+def test_fixed_batch_of_a_model_with_free_height_and_width_is_refused():
+    # A free height / width stays -1 in the file; LiteRT would then fail inside
+    # CONV_2D at load time ("input->dims->data[1] > 0 was not true").
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
+    with pytest.raises(ValueError, match=r"free shape \(None, None, None, 3\).*full input shape"):
+        convert(model, batch_size=1)
+    # Without a fixed batch the free shape is what the user asked for, and converts.
+    assert len(convert(model)) > 0

@@ -279,6 +279,17 @@ def _check_layout(model, tf_keras, mode, batch_size, per_channel_dense):
                 "batch_size is for Keras 3 models; build the tf_keras model on "
                 "tf_keras.Input(shape, batch_size=...) to fix its batch dimension."
             )
+        # Fixing only the batch leaves a free height or width at -1 in the
+        # file, and LiteRT then fails inside the first kernel at load time.
+        for tensor in model.inputs:
+            if any(dim is None for dim in tuple(tensor.shape)[1:]):
+                raise ValueError(
+                    f"convert(batch_size={batch_size}) makes every shape static, but input "
+                    f"{tensor.name!r} has the free shape {tuple(tensor.shape)}. Build the "
+                    "model with a full input shape (e.g. keras.applications models take "
+                    "input_shape=(224, 224, 3); keras.Input((224, 224, 3))), or leave "
+                    "batch_size=None."
+                )
     if not per_channel_dense and mode != "int8":
         raise ValueError(
             f"per_channel_dense=False applies to mode='int8' (post-training calibration), "
