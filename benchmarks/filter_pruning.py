@@ -7,7 +7,9 @@ channels) and each seed:
 
   1. the dense student is trained on labels for --base-epochs ("dense"),
      then distilled for --epochs more ("dense, same budget, KD": the
-     accuracy reference, trained as long as the pruned rows);
+     accuracy reference, trained as long as the pruned rows); with
+     --one-dense it is trained once (first seed) and the seeds vary only
+     the recovery runs below, which then all start from the same weights;
   2. for each fraction in --fractions, `kd_keras.pruning.prune_filters`
      removes that share of the filters (L1 importance, kept counts rounded to
      --round-to), and the smaller model is fine-tuned for --epochs twice from
@@ -29,7 +31,8 @@ momentum 0.9, as these runs are a few hundred steps long.
     python -m benchmarks.filter_pruning --models cnn mobilenet --epochs 2 \
         --base-epochs 3 --train-size 6000 --seeds 0 1 2
 
-Writes a Markdown table to stdout and the rows to --out (JSON).
+Writes a Markdown table to stdout and the rows to --out (JSON, rewritten
+after every seed, so a run stopped early keeps the seeds it finished).
 """
 
 from __future__ import annotations
@@ -101,18 +104,21 @@ def files(model, calibration, runs: int) -> dict:
     }
 
 
-def run_model(name, args, x, y, xt, yt, logits):
+def run_model(name, args, x, y, xt, yt, logits, save=lambda rows: None):
     steps = int(np.ceil(len(x) / BATCH))
     rows: dict[str, dict] = {}
 
     def row(key):
         return rows.setdefault(key, {"model": name, "row": key, "acc": {}})
 
+    dense = None
     for seed in args.seeds:
         started = time.time()
-        dense = build(name, seed)
-        fit_labels(dense, x, y, args.base_epochs)
-        row("dense")["acc"][seed] = common.accuracy(dense, xt, yt)
+        if dense is None or not args.one_dense:
+            dense = build(name, seed)
+            fit_labels(dense, x, y, args.base_epochs)
+            row("dense")["acc"][seed] = common.accuracy(dense, xt, yt)
+            print(f"[{name}] dense: {time.time() - started:.0f} s", flush=True)
         if seed == args.seeds[0]:
             row("dense").update(files(dense, x[:200], args.runs))
         # The pruned rows train --epochs more: the dense student with the same
@@ -133,6 +139,10 @@ def run_model(name, args, x, y, xt, yt, logits):
                 row(f"{key}, {mode}")["acc"][seed] = common.accuracy(model, xt, yt)
                 if seed == args.seeds[0] and mode == "KD":
                     row(f"{key}, {mode}").update(files(model, x[:200], args.runs))
+        save(list(rows.values()))
+        if args.one_dense and seed != args.seeds[0]:
+            print(f"[{name}] seed {seed}: {time.time() - started:.0f} s", flush=True)
+            continue
         # Unstructured 80 % while distilling, for the sparse weight format.
         keras.utils.set_random_seed(seed + 1000)
         schedule = pruning.ramp_schedule(args.sparsity, steps * args.epochs, ramp=0.5)
@@ -150,6 +160,7 @@ def run_model(name, args, x, y, xt, yt, logits):
             entry["tflite_f32_sparse"] = len(sparse_bytes)
             entry["ms_f32_sparse"] = common.latency_ms(sparse_bytes, x[:1], runs=args.runs)
         print(f"[{name}] seed {seed}: {time.time() - started:.0f} s", flush=True)
+        save(list(rows.values()))
     return list(rows.values())
 
 
@@ -202,6 +213,12 @@ def main(argv=None):
     parser.add_argument("--round-to", type=int, default=4)
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--runs", type=int, default=300, help="timed invokes per file")
+    parser.add_argument(
+        "--one-dense",
+        action="store_true",
+        help="train the dense student once (first seed); the seeds vary the recovery runs "
+        "(and the unstructured row runs once)",
+    )
     parser.add_argument("--out", default=str(common.OUT / "filter_pruning.json"))
     args = parser.parse_args(argv)
 
@@ -214,18 +231,34 @@ def main(argv=None):
     teacher.compile(keras.optimizers.Adam(1e-3), common.CE, metrics=["accuracy"])
     teacher.fit(x, y, epochs=args.teacher_epochs, batch_size=BATCH, verbose=0)
     logits = teacher.predict(x, batch_size=1024, verbose=0)
-    print(f"teacher accuracy {100 * common.accuracy(teacher, xt, yt):.2f} %", flush=True)
+    teacher_acc = common.accuracy(teacher, xt, yt)
+    print(f"teacher accuracy {100 * teacher_acc:.2f} %", flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(rows):
+        # After every seed, atomically: a long run that is stopped keeps its rows.
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {"args": vars(args), "teacher_acc": teacher_acc, "rows": rows},
+                indent=1,
+                default=str,
+            )
+        )
+        tmp.replace(out)
 
     rows = []
     for name in args.models:
+        save_with_earlier = lambda new, done=tuple(rows): save([*done, *new])  # noqa: E731
         if name == "mobilenet":
-            rows += run_model(name, args, to_32x32x3(x), y, to_32x32x3(xt), yt, logits)
+            big = (to_32x32x3(x), y, to_32x32x3(xt), yt)
+            rows += run_model(name, args, *big, logits, save=save_with_earlier)
         else:
-            rows += run_model(name, args, x, y, xt, yt, logits)
+            rows += run_model(name, args, x, y, xt, yt, logits, save=save_with_earlier)
         print(table(rows), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1, default=str))
+    save(rows)
 
 
 if __name__ == "__main__":

@@ -383,6 +383,101 @@ def test_gradual_masks_follow_schedule_and_strip_is_exact(tmp_path):
     )
 
 
+def _numpy_gradual_masks(model, importance, sparsity, round_to):
+    """NumPy: the channel masks of `_residual_no_concat` at `sparsity`, written
+    out by hand: the residual group (stem, res_conv; BNs stem_bn, res_bn) and
+    the head group (no BN), each keeping max(round(n (1 - s)), 1) channels
+    rounded up to a multiple of `round_to`, the highest scores."""
+    kernel = {
+        n: keras.ops.convert_to_numpy(model.get_layer(n).kernel)
+        for n in ("stem", "res_conv", "head")
+    }
+    gamma = {n: keras.ops.convert_to_numpy(model.get_layer(n).gamma) for n in ("stem_bn", "res_bn")}
+
+    def norm(name):
+        flat = kernel[name].reshape(-1, kernel[name].shape[-1]).astype(np.float64)
+        if importance == "l2":
+            return np.sqrt((flat**2).sum(0))
+        return np.abs(flat).sum(0)
+
+    if importance == "bn_gamma":
+        residual = np.abs(gamma["stem_bn"]) + np.abs(gamma["res_bn"])
+    else:
+        residual = norm("stem") + norm("res_conv")
+    head = norm("head")  # no BatchNormalization: bn_gamma scores by L1
+    masks = {}
+    for name, score in (("residual", residual), ("head", head)):
+        n = len(score)
+        k = max(int(np.round(n * (1 - sparsity))), 1)
+        k = min(n, -(-k // round_to) * round_to)
+        mask = np.zeros(n)
+        mask[np.argsort(-score)[:k]] = 1.0
+        masks[name] = mask
+    return masks
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_gamma"])
+@pytest.mark.parametrize("sparsity, round_to", [(0.5, 1), (0.75, 1), (0.6, 3), (0.5, 4)])
+def test_gradual_importance_and_round_to_match_numpy_and_one_shot(importance, sparsity, round_to):
+    from kd_keras.pruning import (
+        ConstantSparsity,
+        FilterPruneLowMagnitude,
+        prune_filters_low_magnitude,
+        strip_filters,
+    )
+
+    model = _randomize(_residual_no_concat(), seed=3)
+    expected = _numpy_gradual_masks(model, importance, sparsity, round_to)
+    # The one-shot surgery, at the same weights and scores (before training).
+    graph = ChannelGraph(model)
+    scores = channel_scores(model, graph, importance)
+    removed = select_channels(graph, scores, sparsity, round_to)
+    one_shot = {n: keep_mask(graph, graph.producer_ids[n], removed) for n in ("stem", "head")}
+    masked = prune_filters_low_magnitude(
+        model, ConstantSparsity(sparsity, 0, frequency=1), importance=importance, round_to=round_to
+    )
+    masked.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(True))
+    x = _input(model, n=8)
+    # One step: the masks are computed in its forward pass, from the weights above.
+    masked.fit(x, np.arange(8) % 5, batch_size=8, epochs=1, verbose=0)
+    wrapped = {w.layer.name: w for w in masked.layers if isinstance(w, FilterPruneLowMagnitude)}
+    masks = {n: keras.ops.convert_to_numpy(w.channel_mask) for n, w in wrapped.items()}
+    for name in ("stem", "stem_bn", "res_conv", "res_bn", "res_dw"):
+        np.testing.assert_array_equal(masks[name], expected["residual"], err_msg=name)
+    np.testing.assert_array_equal(masks["head"], expected["head"])
+    assert 0 < expected["residual"].sum() < 8 and 0 < expected["head"].sum() < 6
+    # TFMOT's round(n (1 - s)) and prune_filters' n - floor(s n) agree at these
+    # sparsities except 0.6 (8 channels: 3 vs 4 kept, before rounding to 3).
+    if sparsity != 0.6:
+        np.testing.assert_array_equal(masks["stem"].astype(bool), one_shot["stem"])
+        np.testing.assert_array_equal(masks["head"].astype(bool), one_shot["head"])
+    stripped = strip_filters(masked)
+    assert stripped.get_layer("stem").filters == expected["residual"].sum()
+    assert stripped.get_layer("head").filters == expected["head"].sum()
+    assert wrapped["stem"].get_config()["importance"] == importance
+    assert wrapped["stem"].get_config()["round_to"] == round_to
+
+
+def test_gradual_importance_refusals():
+    from kd_keras.pruning import (
+        ConstantSparsity,
+        FilterPruneLowMagnitude,
+        prune_filters_low_magnitude,
+    )
+
+    model = _residual_no_concat()
+    schedule = ConstantSparsity(0.5, 0)
+    with pytest.raises(FilterPruningError, match="taylor.*gradient.*prune_filters"):
+        prune_filters_low_magnitude(model, schedule, importance="taylor")
+    with pytest.raises(FilterPruningError, match="importance must be one of"):
+        prune_filters_low_magnitude(model, schedule, importance="l3")
+    for bad in (0, 2.0, True):
+        with pytest.raises(FilterPruningError, match="round_to must be a positive integer"):
+            prune_filters_low_magnitude(model, schedule, round_to=bad)
+    with pytest.raises(FilterPruningError, match="taylor"):
+        FilterPruneLowMagnitude(layers.Dense(3), schedule, importance="taylor")
+
+
 def test_gradual_concatenate():
     from kd_keras.pruning import PolynomialDecay, prune_filters_low_magnitude
 

@@ -12,10 +12,22 @@ exactly zero, which is what removing them computes.
 A coupled group (e.g. every output of a residual stage) must lose the same
 channels in all its layers. No layer writes another's variables: every
 wrapper of a group scores the channels the same way, from the same
-kernels (`peers`: the group's producers, the sum of their filters' L1
-norms times the current mask), at the same step, so all members compute
-the same mask inside the compiled step, on every backend. Masked channels
-score zero and stay masked as the sparsity rises (as TFMOT's masks).
+variables (`peers`), at the same step, so all members compute the same
+mask inside the compiled step, on every backend. The score of a channel is
+that of the one-shot `prune_filters`, times the current mask:
+
+- `"l1"` / `"l2"`: the sum over the group's producers (Conv/Dense kernels)
+  of each filter's L1 / L2 norm;
+- `"bn_gamma"`: the sum of |gamma| over the group's BatchNormalization
+  layers (their gammas are the peers); a group with none scores by `"l1"`.
+
+`"taylor"` is not offered here: it needs the gradient of the loss with
+respect to each channel, which a layer does not see inside the training
+step (the one-shot `prune_filters(..., importance="taylor", data=...)`
+computes it). Masked channels score zero and stay masked as the sparsity
+rises (as TFMOT's masks). The number kept is TFMOT's
+`max(round(n * (1 - sparsity)), 1)`, rounded up to a multiple of
+`round_to`.
 """
 
 from __future__ import annotations
@@ -26,7 +38,12 @@ import keras
 from keras import layers, ops
 
 from kd_keras.pruning import impl
+from kd_keras.pruning.dependency import FilterPruningError
+from kd_keras.pruning.filters import check_round_to
 from kd_keras.pruning.schedules import PruningSchedule, as_pruning_schedule
+
+# The importances a layer can compute from its group's weights during training.
+GRADUAL_IMPORTANCES = ("l1", "l2", "bn_gamma")
 
 _UNLINKED = (
     "Layer '{name}' has no peer kernels to score its filters with: wrappers made by "
@@ -51,6 +68,23 @@ def channel_count(layer) -> int:
     )
 
 
+def check_gradual_importance(importance) -> None:
+    """Refuse an importance gradual filter pruning cannot compute, saying why."""
+    if importance == "taylor":
+        raise FilterPruningError(
+            'importance="taylor" needs the gradient of the loss with respect to each '
+            "channel, which a layer does not see inside the training step, so gradual "
+            "filter pruning cannot follow it. Use the one-shot "
+            'kd_keras.pruning.prune_filters(model, fraction, importance="taylor", data=(x, y)) '
+            f"and fine-tune, or one of {GRADUAL_IMPORTANCES} here."
+        )
+    if importance not in GRADUAL_IMPORTANCES:
+        raise FilterPruningError(
+            f"importance must be one of {GRADUAL_IMPORTANCES} for gradual filter pruning, "
+            f"got {importance!r}."
+        )
+
+
 @keras.saving.register_keras_serializable(package="kd_keras")
 class FilterPruneLowMagnitude(layers.Wrapper):
     """Gradual filter pruning of a layer's output channels.
@@ -59,9 +93,12 @@ class FilterPruneLowMagnitude(layers.Wrapper):
         layer: a Conv/Dense, BatchNormalization or DepthwiseConv layer.
         pruning_schedule: a `PruningSchedule`; its sparsity is the share of the
             group's channels masked. Default `ConstantSparsity(0.5, 0)`.
-        peers: names of the Conv/Dense layers of the channel group whose
-            filter norms score the channels (the group's producers).
+        peers: names of the layers of the channel group whose variables
+            score the channels: the group's producers (Conv/Dense kernels)
+            or, for `"bn_gamma"`, its BatchNormalization layers (gammas).
         fixed: channel indices never masked (model outputs, skipped layers).
+        importance: `"l1"`, `"l2"` or `"bn_gamma"` (see the module docstring).
+        round_to: the kept channel count is rounded up to a multiple of this.
 
     Prefer `kd_keras.pruning.prune_filters_low_magnitude(model, schedule)`,
     which finds the groups, wraps every member and links the peers.
@@ -90,20 +127,27 @@ class FilterPruneLowMagnitude(layers.Wrapper):
         pruning_schedule: PruningSchedule | dict | None = None,
         peers: Sequence[str] = (),
         fixed: Sequence[int] = (),
+        importance: str = "l1",
+        round_to: int = 1,
         **kwargs,
     ):
+        check_gradual_importance(importance)
+        check_round_to(round_to)
         pruning_schedule = as_pruning_schedule(pruning_schedule)
         kwargs.setdefault("name", f"filter_prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule
         self.peers = [str(p) for p in peers]
         self.fixed = sorted(int(i) for i in fixed)
+        self.importance = importance
+        self.round_to = int(round_to)
         # A callable, not a list: Keras would track a list of variables as this
         # layer's own weights (and save them twice).
         self._peer_kernels: Callable[[], list] | None = None
 
     def link(self, peer_kernels: Callable[[], list]) -> None:
-        """Give the wrapper a function returning its peers' kernel variables."""
+        """Give the wrapper a function returning its peers' variables (the
+        kernels of Conv/Dense peers, the gammas of BatchNormalization ones)."""
         self._peer_kernels = peer_kernels
 
     def build(self, input_shape=None):
@@ -124,9 +168,16 @@ class FilterPruneLowMagnitude(layers.Wrapper):
     def _scores(self, mask):
         channels = mask.shape[0]
         score = ops.zeros((channels,), "float32")
-        for kernel in self._peer_kernels():
-            flat = ops.reshape(ops.cast(kernel.value, "float32"), (-1, channels))
-            score = score + ops.sum(ops.abs(flat), axis=0)
+        for variable in self._peer_kernels():
+            value = ops.cast(variable.value, "float32")
+            if len(value.shape) == 1:  # a BatchNormalization gamma
+                score = score + ops.abs(value)
+                continue
+            flat = ops.reshape(value, (-1, channels))
+            if self.importance == "l2":
+                score = score + ops.sqrt(ops.sum(ops.square(flat), axis=0))
+            else:  # "l1", and "bn_gamma" for a group with no BatchNormalization
+                score = score + ops.sum(ops.abs(flat), axis=0)
         score = ops.stop_gradient(score * mask)
         if self.fixed:
             keep = ops.scatter([[i] for i in self.fixed], ops.ones((len(self.fixed),)), (channels,))
@@ -144,7 +195,7 @@ class FilterPruneLowMagnitude(layers.Wrapper):
             should, sparsity = self.pruning_schedule(step)
             mask = ops.cond(
                 should,
-                lambda: impl.magnitude_mask(self._scores(mask), sparsity)[0],
+                lambda: impl.magnitude_mask(self._scores(mask), sparsity, self.round_to)[0],
                 lambda: mask,
             )
             self.channel_mask.assign(mask)
@@ -163,6 +214,8 @@ class FilterPruneLowMagnitude(layers.Wrapper):
                 "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
                 "peers": self.peers,
                 "fixed": self.fixed,
+                "importance": self.importance,
+                "round_to": self.round_to,
             }
         )
         return config

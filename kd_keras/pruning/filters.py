@@ -39,6 +39,12 @@ def as_functional(model):
     return model
 
 
+def check_round_to(round_to) -> None:
+    """`round_to` must be a positive integer (kept channels, a multiple of it)."""
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise FilterPruningError(f"round_to must be a positive integer, got {round_to!r}.")
+
+
 def _check_fraction(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise FilterPruningError(f"{where} must be a number in [0, 1), got {value!r}.")
@@ -160,8 +166,7 @@ def prune_filters(
     print(student.count_params(), "->", small.count_params())
     ```
     """
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise FilterPruningError(f"round_to must be a positive integer, got {round_to!r}.")
+    check_round_to(round_to)
     if not isinstance(model, keras.Model):
         raise FilterPruningError(
             f"prune_filters takes a Keras 3 Functional model, got {type(model).__name__}."

@@ -21,15 +21,18 @@ import numpy as np
 from keras import layers
 
 from kd_keras.pruning.dependency import ChannelGraph, FilterPruningError
-from kd_keras.pruning.filter_wrapper import FilterPruneLowMagnitude
-from kd_keras.pruning.filters import as_functional, rebuild
+from kd_keras.pruning.filter_wrapper import FilterPruneLowMagnitude, check_gradual_importance
+from kd_keras.pruning.filters import as_functional, check_round_to, rebuild
 from kd_keras.pruning.schedules import PruningSchedule
 
 
-def _plan(graph: ChannelGraph) -> dict[str, tuple[list[str], list[int]]]:
-    """Layer name -> (peers, fixed channel indices) for every layer to wrap."""
-    plan: dict[str, tuple[list[str], list[int]]] = {}
-    by_classes: dict[tuple[int, ...], tuple[list[str], list[int]]] = {}
+def _plan(graph: ChannelGraph, importance: str) -> dict[str, tuple[list[str], list[int]]]:
+    """Layer name -> (score peers, fixed channel indices) for every layer to wrap.
+
+    The peers are the group's producers (their kernels score the channels),
+    or for "bn_gamma" its BatchNormalization layers, when it has any."""
+    members: dict[tuple[int, ...], list[str]] = {}
+    groups: dict[tuple[int, ...], tuple[list[str], list[int]]] = {}
     for group in graph.groups():
         if all(group.fixed):
             continue
@@ -42,20 +45,38 @@ def _plan(graph: ChannelGraph) -> dict[str, tuple[list[str], list[int]]]:
                     "group (a Concatenate joins it). Use the one-shot "
                     "kd_keras.pruning.prune_filters for this model, or add the layer to `skip`."
                 )
-            plan[name] = (list(group.producers), fixed)
-        by_classes[tuple(group.classes)] = (list(group.producers), fixed)
+        key = tuple(group.classes)
+        groups[key] = (list(group.producers), fixed)
+        members[key] = list(group.producers)
     fixed_roots = graph.fixed_roots()
     for name, ids in graph.follower_ids.items():
-        roots = graph.roots(ids).tolist()
-        if tuple(roots) in by_classes:
-            plan[name] = by_classes[tuple(roots)]
+        roots = tuple(graph.roots(ids).tolist())
+        if roots in groups:
+            members[roots].append(name)
         elif not all(r in fixed_roots for r in roots):
             raise FilterPruningError(
                 f"Gradual filter pruning cannot follow '{name}': its channels come from "
                 "several channel groups (after a Concatenate). Use the one-shot "
                 "kd_keras.pruning.prune_filters for this model."
             )
+    plan: dict[str, tuple[list[str], list[int]]] = {}
+    for key, names in members.items():
+        peers, fixed = groups[key]
+        if importance == "bn_gamma":
+            gammas = [n for n in names if _has_gamma(graph.layers[n])]
+            peers = gammas or peers
+        for name in names:
+            plan[name] = (peers, fixed)
     return plan
+
+
+def _has_gamma(layer) -> bool:
+    return isinstance(layer, layers.BatchNormalization) and layer.scale
+
+
+def _score_variable(layer):
+    """What a peer contributes to its group's scores: a gamma or a kernel."""
+    return layer.gamma if _has_gamma(layer) else layer.kernel
 
 
 def link_filter_peers(model) -> None:
@@ -70,17 +91,31 @@ def link_filter_peers(model) -> None:
                 f"'{wrapper.name}' scores its filters with layers {missing}, which are not "
                 "wrapped in this model."
             )
-        wrapper.link(lambda names=tuple(wrapper.peers): [inner[n].kernel for n in names])
+        wrapper.link(lambda names=tuple(wrapper.peers): [_score_variable(inner[n]) for n in names])
 
 
-def prune_filters_low_magnitude(model, pruning_schedule: PruningSchedule, skip=None):
-    """Wrap a model for gradual filter pruning (whole channels, by L1 norm).
+def prune_filters_low_magnitude(
+    model,
+    pruning_schedule: PruningSchedule,
+    skip=None,
+    importance: str = "l1",
+    round_to: int = 1,
+):
+    """Wrap a model for gradual filter pruning (whole channels, least important first).
 
     Args:
         model: a Functional (or built Sequential) Keras 3 model.
         pruning_schedule: `PolynomialDecay` / `ConstantSparsity`; the sparsity
             is the share of each channel group masked at that step.
         skip: layer names whose output channels are kept.
+        importance: "l1" or "l2" (the filter norms of the group's Conv/Dense
+            kernels) or "bn_gamma" (|gamma| of its BatchNormalization layers),
+            the scores of the one-shot `prune_filters`, taken from the current
+            weights each time the mask is updated. "taylor" needs per-channel
+            gradients a layer cannot see while training: it is refused (use
+            the one-shot `prune_filters` for it).
+        round_to: each group keeps a multiple of this many channels (4 or 8
+            suit SIMD kernels), at most all of them.
 
     Returns:
         A Functional model sharing `model`'s layers (as `prune_low_magnitude`),
@@ -102,7 +137,7 @@ def prune_filters_low_magnitude(model, pruning_schedule: PruningSchedule, skip=N
 
     from kd_keras import pruning
     schedule = pruning.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=4, frequency=1)
-    masked = pruning.prune_filters_low_magnitude(student, schedule)
+    masked = pruning.prune_filters_low_magnitude(student, schedule, importance="l2", round_to=4)
     masked.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     masked.fit(x, y, epochs=2, callbacks=[pruning.UpdatePruningStep()], verbose=0)
     small = pruning.strip_filters(masked)
@@ -113,10 +148,12 @@ def prune_filters_low_magnitude(model, pruning_schedule: PruningSchedule, skip=N
             "pruning_schedule must be a kd_keras.pruning.PruningSchedule "
             f"(PolynomialDecay, ConstantSparsity), got {type(pruning_schedule).__name__}."
         )
+    check_gradual_importance(importance)
+    check_round_to(round_to)
     if isinstance(skip, str):
         skip = [skip]
     model = as_functional(model)
-    plan = _plan(ChannelGraph(model, skip=skip))
+    plan = _plan(ChannelGraph(model, skip=skip), importance)
     if not plan:
         raise FilterPruningError(
             f"No filter of '{model.name}' can be pruned: every channel reaches an output "
@@ -126,7 +163,14 @@ def prune_filters_low_magnitude(model, pruning_schedule: PruningSchedule, skip=N
     def wrap(layer):
         if isinstance(layer, keras.layers.Layer) and layer.name in plan:
             peers, fixed = plan[layer.name]
-            return FilterPruneLowMagnitude(layer, pruning_schedule, peers=peers, fixed=fixed)
+            return FilterPruneLowMagnitude(
+                layer,
+                pruning_schedule,
+                peers=peers,
+                fixed=fixed,
+                importance=importance,
+                round_to=round_to,
+            )
         return layer
 
     wrapped = keras.models.clone_model(model, clone_function=wrap)

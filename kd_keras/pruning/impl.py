@@ -23,12 +23,15 @@ import numpy as np
 from keras import ops
 
 
-def magnitude_mask(weights, sparsity):
+def magnitude_mask(weights, sparsity, round_to: int = 1):
     """Unstructured magnitude mask of `weights` at `sparsity`.
 
     Args:
         weights: a tensor of any shape.
         sparsity: scalar fraction of entries to zero, in [0, 1).
+        round_to: the kept count `k` is rounded up to a multiple of this
+            (at most the size): whole channels kept in multiples of 4 or 8
+            suit SIMD kernels once filters are removed.
 
     Returns:
         `(mask, threshold)`: a mask shaped and typed like `weights` (1 = keep)
@@ -46,6 +49,8 @@ def magnitude_mask(weights, sparsity):
     sparsity = ops.cast(sparsity, "float32")
     # TFMOT: k = max(round(float32(size) * (1 - sparsity)), 1), round half to even.
     k = ops.maximum(ops.round(ops.convert_to_tensor(size, "float32") * (1.0 - sparsity)), 1.0)
+    if round_to > 1:
+        k = ops.minimum(ops.ceil(k / round_to) * round_to, float(size))
     k = ops.cast(k, "int32")
     ascending = ops.sort(ops.reshape(abs_weights, (-1,)))
     threshold = ops.take(ascending, size - k)
