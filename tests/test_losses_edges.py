@@ -375,3 +375,82 @@ def test_build_config_with_an_unknown_side():
 def test_weight_round_trips_through_the_config():
     restored = LogitsMSE.from_config(LogitsMSE(weight=0.3).get_config())
     assert restored.weight == pytest.approx(0.3)
+
+
+# ------------------------------------------------- configs of every term
+
+
+def test_non_default_arguments_survive_the_config():
+    """Each term's own arguments, set away from their defaults, come back from
+    its config (a dropped key would silently fall back to the default)."""
+    r = np.random.default_rng(7)
+    t, s = f32(r.normal(size=(4, 3, 3, 5))), f32(r.normal(size=(4, 3, 3, 5)))
+    t_logits, s_logits = f32(r.normal(size=(4, 5)) * 2), f32(r.normal(size=(4, 5)))
+    labels = np.array([0, 3, 1, 4])
+    cases = [
+        (DKD(alpha=0.5, beta=3.0, temperature=2.5), {"alpha": 0.5, "beta": 3.0}, True),
+        (RKD(distance_weight=2.0, angle_weight=7.0), {"distance_weight": 2.0, "angle_weight": 7.0},
+         False),
+        (AttentionTransfer("t", "s", p=3.0, beta=10.0), {"p": 3.0, "beta": 10.0}, False),
+        (HintLoss("t", "s", projection="never"), {"projection": "never"}, False),
+    ]
+    for term, arguments, logits in cases:
+        restored = type(term).from_config(term.get_config())
+        for name, value in arguments.items():
+            assert getattr(restored, name) == value, (type(term).__name__, name)
+        teacher, student = (t_logits, s_logits) if logits else (t, s)
+        want = numpy(term([teacher], student, labels=labels))
+        got = numpy(restored([teacher], student, labels=labels))
+        assert float(got) == pytest.approx(float(want), rel=1e-6), type(term).__name__
+    dkd = DKD.from_config(DKD(temperature=2.5).get_config())
+    assert float(numpy(dkd.temperature)) == 2.5
+
+
+# -------------------------------------------------------------------- DKD
+
+
+def test_dkd_class_indices_of_every_label_form_and_clipping():
+    from kd_keras.losses.dkd import class_indices
+
+    logits = f32(np.zeros((4, 5)))
+    # Out-of-range (padding) indices are clipped into [0, classes - 1].
+    got = class_indices(np.array([-100, 2, 4, 9]), logits)
+    assert numpy(got).astype(int).tolist() == [0, 2, 4, 4]
+    soft = f32([[0.1, 0.6, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.05, 0.05]] * 2)
+    assert numpy(class_indices(soft, logits)).astype(int).tolist() == [1, 0, 1, 0]
+    column = np.array([[3], [1], [0], [2]])
+    assert numpy(class_indices(column, logits)).astype(int).tolist() == [3, 1, 0, 2]
+    # Two classes: a one-hot (batch, 2) label is argmaxed, not mistaken for a shape error.
+    two = f32(np.zeros((3, 2)))
+    assert numpy(class_indices(f32(np.eye(2)[[1, 0, 1]]), two)).astype(int).tolist() == [1, 0, 1]
+    # One class: a (batch, 1) label is a column of indices.
+    one = f32(np.zeros((2, 1)))
+    assert numpy(class_indices(np.array([[0], [0]]), one)).astype(int).tolist() == [0, 0]
+
+
+def test_dkd_two_classes_with_one_hot_labels_matches_mdistiller():
+    from tests.test_losses import ref_dkd
+
+    r = np.random.default_rng(8)
+    teacher, student = r.normal(size=(6, 2)) * 2, r.normal(size=(6, 2))
+    labels = r.integers(0, 2, size=6)
+    got = numpy(DKD(alpha=1.5, beta=0.5, temperature=2.0)(
+        [f32(teacher)], f32(student), labels=f32(np.eye(2)[labels])
+    ))
+    want = ref_dkd(teacher, student, labels, 1.5, 0.5, 2.0)
+    assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_dkd_errors_are_exact():
+    with pytest.raises(ValueError) as info:
+        DKD().compute(f32(np.zeros((2, 3))), f32(np.zeros((2, 3))))
+    assert str(info.value) == (
+        "DKD needs the true class: call it with labels=... (the Distiller does this, using "
+        "the teacher's argmax for unlabeled samples)."
+    )
+    with pytest.raises(ValueError) as info:
+        DKD().compute(f32(np.zeros((2, 3))), f32(np.zeros((2, 3))), labels=np.zeros((2, 3, 1)))
+    assert str(info.value) == (
+        "labels of shape (2, 3, 1) do not fit logits of shape (2, 3): pass class indices "
+        "of shape (2,) (or one-hot labels of shape (2, 3))."
+    )
