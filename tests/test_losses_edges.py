@@ -454,3 +454,46 @@ def test_dkd_errors_are_exact():
         "labels of shape (2, 3, 1) do not fit logits of shape (2, 3): pass class indices "
         "of shape (2,) (or one-hot labels of shape (2, 3))."
     )
+
+
+# ------------------------------------------- RKD, attention transfer, hint
+
+
+def test_rkd_weights_of_shape_batch_1_equal_batch_and_others_are_refused():
+    r = np.random.default_rng(9)
+    t, s = f32(r.normal(size=(5, 4))), f32(r.normal(size=(5, 3)))
+    w = f32([1.0, 0.5, 0.0, 2.0, 1.0])
+    term = RKD(distance_weight=3.0, angle_weight=2.0)
+    flat = float(numpy(term.compute(t, s, weights=w)))
+    assert float(numpy(term.compute(t, s, weights=w[:, None]))) == pytest.approx(flat, rel=1e-6)
+    with pytest.raises(ValueError) as info:
+        term.compute(t, s, weights=f32(np.ones((5, 2))))
+    assert str(info.value) == (
+        "RKD relates whole samples, so weights must have shape (batch,), got (5, 2). "
+        "Pool token features to one vector per sample first."
+    )
+
+
+def test_attention_transfer_rank_error_is_exact_for_either_side():
+    term = AttentionTransfer(teacher_layer="t", student_layer="s")
+    for teacher_shape, student_shape in (((2, 10), (2, 3, 3, 3)), ((2, 3, 3, 3), (2, 10))):
+        with pytest.raises(ValueError) as info:
+            term._check(teacher_shape, student_shape)
+        assert str(info.value) == (
+            "AttentionTransfer needs feature maps of shape (batch, H, W, C) or (batch, time, "
+            f"dim); got teacher {teacher_shape} and student {student_shape}. Set "
+            "teacher_layer and student_layer to convolutional layers."
+        )
+    term._check((2, 7, 3), (2, 7, 5))  # (batch, time, dim) is a feature map
+
+
+def test_hint_projected_width_mismatch_error_is_exact():
+    term = HintLoss(teacher_layer="t", student_layer="s")
+    term.build((None, 4, 6), (None, 4, 3))
+    with pytest.raises(ValueError) as info:
+        term.compute(f32(np.zeros((2, 4, 5))), f32(np.zeros((2, 4, 3))))
+    assert str(info.value) == (
+        "HintLoss: teacher features of shape (2, 4, 5) do not match the projected "
+        "student's (2, 4, 6). With several teachers of different widths, use one "
+        "HintLoss per teacher."
+    )
