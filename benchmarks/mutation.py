@@ -354,9 +354,11 @@ def rerun_survivors(name: str, module: Module, workdir: Path, log) -> dict:
     shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
     env = _mutmut_env()
     start = time.perf_counter()
-    if previous["survivors"]:
+    # Only the survivors: a mutant the earlier run did not reach stays unchecked.
+    survivors = [k for k in previous["survivors"] if previous["status"][k] in SURVIVED | NO_TESTS]
+    if survivors:
         proc = subprocess.run(
-            [*MUTMUT, "run", "--max-children", "1", *previous["survivors"]],
+            [*MUTMUT, "run", "--max-children", "1", *survivors],
             cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
         )
         if proc.returncode != 0:
@@ -382,7 +384,7 @@ def read_results(name: str, module: Module, dest: Path, env: dict | None = None)
     counts["other"] = len(statuses) - sum(counts.values())
     survivors = sorted(k for k, s in statuses.items() if s not in KILLED | TIMEOUT)
     diffs = []
-    for key in survivors:
+    for key in (k for k in survivors if statuses[k] != "not checked"):
         shown = subprocess.run(
             [*MUTMUT, "show", key], cwd=dest, env=env, capture_output=True, text=True, check=False
         )
@@ -394,6 +396,7 @@ def read_results(name: str, module: Module, dest: Path, env: dict | None = None)
         **counts,
         "score": (counts["killed"] + counts["timeout"]) / len(statuses) if statuses else 0.0,
         "survivors": survivors,
+        "status": {k: statuses[k] for k in survivors},
         "survivors_file": str(dest / "survivors.txt"),
     }
 
@@ -470,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
             for key in row.get("survivors", []):
-                print(f"    survived: {key}", flush=True)
+                print(f"    {row['status'][key]}: {key}", flush=True)
     print()
     print(format_table(rows))
     if args.json:

@@ -497,3 +497,39 @@ def test_hint_projected_width_mismatch_error_is_exact():
         "student's (2, 4, 6). With several teachers of different widths, use one "
         "HintLoss per teacher."
     )
+
+
+def test_hint_compute_checks_positions_itself_with_the_exact_message():
+    """`compute` called directly (as a custom term's code may) re-checks the
+    positions that `build` checked."""
+    term = HintLoss(teacher_layer="t", student_layer="s")
+    term.build((None, 4, 3), (None, 4, 3))
+    with pytest.raises(ValueError) as info:
+        term.compute(f32(np.zeros((2, 5, 3))), f32(np.zeros((2, 4, 3))))
+    assert str(info.value) == (
+        "HintLoss: teacher features of shape (2, 5, 3) and student features of shape "
+        "(2, 4, 3) do not cover the same positions (all axes between batch and channels "
+        "must match; channels may differ). Pick teacher_layer / student_layer at the same "
+        "spatial resolution, or resize one map (e.g. pooling) in the model before the "
+        "layer you name."
+    )
+    with pytest.raises(ValueError) as info:
+        term.build((None, 5, 3), (None, 4, 3))
+    assert str(info.value).startswith(
+        "HintLoss: teacher features of shape (None, 5, 3) and student features of shape "
+        "(None, 4, 3) do not cover"
+    )
+
+
+def test_hint_regressor_is_float32_under_mixed_precision_and_named():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        term = HintLoss(teacher_layer="t", student_layer="s")
+        term.build((None, 4, 6), (None, 4, 3))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert term.regressor.name == "regressor"
+    assert term.regressor.compute_dtype == "float32"
+    assert keras.backend.standardize_dtype(term.regressor.kernel.dtype) == "float32"
+    assert term.get_build_config() == {"teacher_shape": [None, 4, 6], "student_shape": [None, 4, 3]}
