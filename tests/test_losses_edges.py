@@ -533,3 +533,35 @@ def test_hint_regressor_is_float32_under_mixed_precision_and_named():
     assert term.regressor.compute_dtype == "float32"
     assert keras.backend.standardize_dtype(term.regressor.kernel.dtype) == "float32"
     assert term.get_build_config() == {"teacher_shape": [None, 4, 6], "student_shape": [None, 4, 3]}
+
+
+def test_attention_transfer_position_mismatch_message_and_build_config():
+    term = AttentionTransfer(teacher_layer="t", student_layer="s")
+    with pytest.raises(ValueError) as info:
+        term.build((None, 6, 6, 3), (None, 3, 3, 8))
+    assert str(info.value).startswith(
+        "AttentionTransfer: teacher features of shape (None, 6, 6, 3) and student features "
+        "of shape (None, 3, 3, 8) do not cover the same positions"
+    )
+    term.build((None, 3, 3, 5), (None, 3, 3, 8))
+    assert term.get_build_config() == {
+        "teacher_shape": [None, 3, 3, 5], "student_shape": [None, 3, 3, 8]
+    }
+
+
+def test_attention_transfer_fractional_token_weights_mask_and_weigh():
+    """A (batch, time) weight of 0.5 keeps the token in the map (it is > 0)
+    and weighs its squared difference by 0.5 in the mean."""
+    r = np.random.default_rng(10)
+    t, s = r.normal(size=(2, 4, 3)), r.normal(size=(2, 4, 5))
+    w = np.array([[1.0, 0.5, 0.0, 0.0], [0.5, 0.5, 1.0, 0.0]])
+
+    def at_map(x, keep):
+        m = (np.abs(x) ** 2).mean(-1) * keep
+        return m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+
+    keep = (w > 0).astype(float)
+    squared = (at_map(s, keep) - at_map(t, keep)) ** 2
+    expected = 500.0 * (squared * w).sum() / w.sum()
+    got = AttentionTransfer(teacher_layer="t", student_layer="s")([f32(t)], f32(s), weights=f32(w))
+    assert float(numpy(got)) == pytest.approx(expected, rel=1e-5)
