@@ -426,6 +426,21 @@ def test_dkd_class_indices_of_every_label_form_and_clipping():
     # One class: a (batch, 1) label is a column of indices.
     one = f32(np.zeros((2, 1)))
     assert numpy(class_indices(np.array([[0], [0]]), one)).astype(int).tolist() == [0, 0]
+    # Token logits (batch, time, classes) with time != classes: one-hot and
+    # column labels reduce along the last axis only, a time of 1 stays.
+    tokens = f32(np.zeros((2, 4, 3)))
+    indices = np.array([[0, 2, 1, 1], [2, 2, 0, 1]])
+    one_hot = f32(np.eye(3)[indices])
+    assert numpy(class_indices(one_hot, tokens)).astype(int).tolist() == indices.tolist()
+    assert numpy(class_indices(indices[..., None], tokens)).astype(int).tolist() == indices.tolist()
+    single = class_indices(np.array([[[2]], [[1]]]), f32(np.zeros((2, 1, 5))))
+    assert numpy(single).astype(int).tolist() == [[2], [1]]
+    with pytest.raises(ValueError) as info:
+        class_indices(np.zeros((2, 4, 3, 2)), tokens)
+    assert str(info.value) == (
+        "labels of shape (2, 4, 3, 2) do not fit logits of shape (2, 4, 3): pass class "
+        "indices of shape (2, 4) (or one-hot labels of shape (2, 4, 3))."
+    )
 
 
 def test_dkd_two_classes_with_one_hot_labels_matches_mdistiller():
