@@ -416,6 +416,7 @@ def test_dkd_class_indices_of_every_label_form_and_clipping():
     # Out-of-range (padding) indices are clipped into [0, classes - 1].
     got = class_indices(np.array([-100, 2, 4, 9]), logits)
     assert numpy(got).astype(int).tolist() == [0, 2, 4, 4]
+    assert keras.backend.standardize_dtype(got.dtype) == "int32"
     soft = f32([[0.1, 0.6, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.05, 0.05]] * 2)
     assert numpy(class_indices(soft, logits)).astype(int).tolist() == [1, 0, 1, 0]
     column = np.array([[3], [1], [0], [2]])
