@@ -101,6 +101,36 @@ _QUANTIZER_TESTS = _nodes(
     "test_quantizers_serialize",
     "test_qat_forward_equals_numpy_reference_of_quantized_dense",
 )
+_FAKE_QUANT_TESTS = (
+    *_nodes(
+        "tests/test_quantization.py",
+        "test_fake_quant_per_tensor_asymmetric_matches_numpy_with_nudging",
+    ),
+    *_nodes(
+        "tests/test_quantization_fake_quant.py",
+        "test_fake_quant_matches_numpy_values_and_straight_through_gradient",
+        "test_fake_quant_ops_equals_tensorflow_fake_quant_op",
+    ),
+    *_nodes(
+        "tests/test_quantization_edges.py",
+        "test_fake_quant_equals_tensorflow_op",
+        "test_per_channel_quantizer_equals_tensorflow_per_channel_op",
+    ),
+)
+_FILTER_TESTS = _nodes(
+    "tests/test_filter_pruning.py",
+    "test_l1_l2_scores_match_numpy",
+    "test_bn_gamma_scores_are_abs_gamma",
+    "test_taylor_scores_match_numpy_backprop",
+    "test_cnn_student_exact_and_counts",
+    "test_residual_concat_flatten_gap_exact",
+    "test_mobilenet_v3_small_ops_and_squeeze_excite_exact",
+    "test_bn_gamma_selection_exact",
+    "test_round_to_and_per_layer_fraction",
+    "test_bad_fraction_refused",
+    "test_bad_arguments_refused",
+    "test_unsupported_layers_named",
+)
 _FOLDING_TESTS = _nodes(
     "tests/test_quantization.py",
     "test_fold_batch_norms_equals_unfolded_model_in_float",
@@ -152,6 +182,26 @@ MODULES: dict[str, Module] = {
         _QUANTIZER_TESTS,
         ("tests/test_quantization_edges.py",),
     ),
+    "fake_quantize": Module(
+        "kd_keras/quantization/fake_quantize.py",
+        _FAKE_QUANT_TESTS,
+        ("tests/test_fake_quantize_edges.py",),
+    ),
+    "pruning/importance": Module(
+        "kd_keras/pruning/importance.py",
+        _FILTER_TESTS,
+        ("tests/test_filter_pruning_edges.py",),
+    ),
+    "pruning/dependency": Module(
+        "kd_keras/pruning/dependency.py",
+        _FILTER_TESTS,
+        ("tests/test_filter_pruning_edges.py",),
+    ),
+    "pruning/filters": Module(
+        "kd_keras/pruning/filters.py",
+        _FILTER_TESTS,
+        ("tests/test_filter_pruning_edges.py",),
+    ),
     "bn_folding": Module(
         "kd_keras/quantization/batch_norm_folding.py",
         _FOLDING_TESTS,
@@ -160,7 +210,7 @@ MODULES: dict[str, Module] = {
     ),
     "distiller": Module(
         "kd_keras/distiller.py",
-        ("tests/test_distiller.py", "tests/test_teacher_cache.py"),
+        ("tests/test_distiller.py", "tests/test_teacher_cache.py", "tests/test_frozen_teacher.py"),
         ("tests/test_distiller_edges.py",),
         functions=(
             "x_unpack_targets",
@@ -256,6 +306,15 @@ def _mutant_globs(module: Module) -> list[str]:
     return [f"{dotted}.{f}__mutmut_*" for f in module.functions]
 
 
+def _mutmut_env() -> dict:
+    env = dict(os.environ)
+    # The copy under test must be the one imported, not an editable install
+    # or the working tree.
+    env.pop("PYTHONPATH", None)
+    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    return env
+
+
 def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = False) -> dict:
     """Runs mutmut on one module in `workdir/name`; returns its row."""
     dest = workdir / name.replace("/", "_")
@@ -263,11 +322,7 @@ def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = F
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     _copy_tree(dest, module, baseline)
-    env = dict(os.environ)
-    # The copy under test must be the one imported, not an editable install
-    # or the working tree.
-    env.pop("PYTHONPATH", None)
-    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    env = _mutmut_env()
     start = time.perf_counter()
     proc = subprocess.run(
         [*MUTMUT, "run", "--max-children", "1", *_mutant_globs(module)],
@@ -280,6 +335,35 @@ def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = F
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         return {"module": name, "error": f"mutmut exited {proc.returncode}", "seconds": seconds}
+    return {**read_results(name, module, dest, env), "seconds": seconds}
+
+
+def rerun_survivors(name: str, module: Module, workdir: Path, log) -> dict:
+    """Re-runs, with mutmut, the survivors of an earlier run in `workdir/name`
+    against the current tests (copied in afresh); the mutants it killed stay
+    killed, since tests are only ever added. Returns the module's row."""
+    dest = workdir / name.replace("/", "_")
+    previous = read_results(name, module, dest)
+    if "error" in previous:
+        return previous
+    if (dest / "setup.cfg").read_text() != _config(module, baseline=False):
+        # mutmut resets every verdict when the test selection changes.
+        return {"module": name, "error": "test selection changed since that run: run afresh"}
+    shutil.rmtree(dest / "tests")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
+    env = _mutmut_env()
+    start = time.perf_counter()
+    # Only the survivors: a mutant the earlier run did not reach stays unchecked.
+    survivors = [k for k in previous["survivors"] if previous["status"][k] in SURVIVED | NO_TESTS]
+    if survivors:
+        proc = subprocess.run(
+            [*MUTMUT, "run", "--max-children", "1", *survivors],
+            cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+        )
+        if proc.returncode != 0:
+            return {"module": name, "error": f"mutmut exited {proc.returncode}"}
+    seconds = time.perf_counter() - start
     return {**read_results(name, module, dest, env), "seconds": seconds}
 
 
@@ -300,7 +384,7 @@ def read_results(name: str, module: Module, dest: Path, env: dict | None = None)
     counts["other"] = len(statuses) - sum(counts.values())
     survivors = sorted(k for k, s in statuses.items() if s not in KILLED | TIMEOUT)
     diffs = []
-    for key in survivors:
+    for key in (k for k in survivors if statuses[k] != "not checked"):
         shown = subprocess.run(
             [*MUTMUT, "show", key], cwd=dest, env=env, capture_output=True, text=True, check=False
         )
@@ -312,6 +396,7 @@ def read_results(name: str, module: Module, dest: Path, env: dict | None = None)
         **counts,
         "score": (counts["killed"] + counts["timeout"]) / len(statuses) if statuses else 0.0,
         "survivors": survivors,
+        "status": {k: statuses[k] for k in survivors},
         "survivors_file": str(dest / "survivors.txt"),
     }
 
@@ -351,14 +436,18 @@ def main(argv: list[str] | None = None) -> int:
         "--report-only", action="store_true",
         help="re-read the results already in --workdir instead of running mutmut",
     )
+    parser.add_argument(
+        "--rerun-survivors", action="store_true",
+        help="re-run the survivors of the earlier run in --workdir against the current tests",
+    )
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
     args = parser.parse_args(argv)
     if args.list:
         for name, m in MODULES.items():
             print(f"{name:28s} {m.path}  {' '.join(m.functions or ())}")
         return 0
-    if args.report_only and not args.workdir:
-        parser.error("--report-only needs the --workdir of an earlier run")
+    if (args.report_only or args.rerun_survivors) and not args.workdir:
+        parser.error("--report-only and --rerun-survivors need the --workdir of an earlier run")
     try:
         import mutmut
     except ImportError:
@@ -373,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.report_only:
                 dest = workdir / name.replace("/", "_")
                 row = read_results(name, MODULES[name], dest)
+            elif args.rerun_survivors:
+                log.write(f"\n===== {name} (survivors) =====\n")
+                log.flush()
+                row = rerun_survivors(name, MODULES[name], args.workdir, log)
             else:
                 log.write(f"\n===== {name} =====\n")
                 log.flush()
@@ -380,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
             for key in row.get("survivors", []):
-                print(f"    survived: {key}", flush=True)
+                print(f"    {row['status'][key]}: {key}", flush=True)
     print()
     print(format_table(rows))
     if args.json:

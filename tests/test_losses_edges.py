@@ -375,3 +375,209 @@ def test_build_config_with_an_unknown_side():
 def test_weight_round_trips_through_the_config():
     restored = LogitsMSE.from_config(LogitsMSE(weight=0.3).get_config())
     assert restored.weight == pytest.approx(0.3)
+
+
+# ------------------------------------------------- configs of every term
+
+
+def test_non_default_arguments_survive_the_config():
+    """Each term's own arguments, set away from their defaults, come back from
+    its config (a dropped key would silently fall back to the default)."""
+    r = np.random.default_rng(7)
+    t, s = f32(r.normal(size=(4, 3, 3, 5))), f32(r.normal(size=(4, 3, 3, 5)))
+    t_logits, s_logits = f32(r.normal(size=(4, 5)) * 2), f32(r.normal(size=(4, 5)))
+    labels = np.array([0, 3, 1, 4])
+    cases = [
+        (DKD(alpha=0.5, beta=3.0, temperature=2.5), {"alpha": 0.5, "beta": 3.0}, True),
+        (RKD(distance_weight=2.0, angle_weight=7.0), {"distance_weight": 2.0, "angle_weight": 7.0},
+         False),
+        (AttentionTransfer("t", "s", p=3.0, beta=10.0), {"p": 3.0, "beta": 10.0}, False),
+        (HintLoss("t", "s", projection="never"), {"projection": "never"}, False),
+    ]
+    for term, arguments, logits in cases:
+        restored = type(term).from_config(term.get_config())
+        for name, value in arguments.items():
+            assert getattr(restored, name) == value, (type(term).__name__, name)
+        teacher, student = (t_logits, s_logits) if logits else (t, s)
+        want = numpy(term([teacher], student, labels=labels))
+        got = numpy(restored([teacher], student, labels=labels))
+        assert float(got) == pytest.approx(float(want), rel=1e-6), type(term).__name__
+    dkd = DKD.from_config(DKD(temperature=2.5).get_config())
+    assert float(numpy(dkd.temperature)) == 2.5
+
+
+# -------------------------------------------------------------------- DKD
+
+
+def test_dkd_class_indices_of_every_label_form_and_clipping():
+    from kd_keras.losses.dkd import class_indices
+
+    logits = f32(np.zeros((4, 5)))
+    # Out-of-range (padding) indices are clipped into [0, classes - 1].
+    got = class_indices(np.array([-100, 2, 4, 9]), logits)
+    assert numpy(got).astype(int).tolist() == [0, 2, 4, 4]
+    assert keras.backend.standardize_dtype(got.dtype) == "int32"
+    soft = f32([[0.1, 0.6, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.05, 0.05]] * 2)
+    assert numpy(class_indices(soft, logits)).astype(int).tolist() == [1, 0, 1, 0]
+    column = np.array([[3], [1], [0], [2]])
+    assert numpy(class_indices(column, logits)).astype(int).tolist() == [3, 1, 0, 2]
+    # Two classes: a one-hot (batch, 2) label is argmaxed, not mistaken for a shape error.
+    two = f32(np.zeros((3, 2)))
+    assert numpy(class_indices(f32(np.eye(2)[[1, 0, 1]]), two)).astype(int).tolist() == [1, 0, 1]
+    # One class: a (batch, 1) label is a column of indices.
+    one = f32(np.zeros((2, 1)))
+    assert numpy(class_indices(np.array([[0], [0]]), one)).astype(int).tolist() == [0, 0]
+    # Token logits (batch, time, classes) with time != classes: one-hot and
+    # column labels reduce along the last axis only, a time of 1 stays.
+    tokens = f32(np.zeros((2, 4, 3)))
+    indices = np.array([[0, 2, 1, 1], [2, 2, 0, 1]])
+    one_hot = f32(np.eye(3)[indices])
+    assert numpy(class_indices(one_hot, tokens)).astype(int).tolist() == indices.tolist()
+    assert numpy(class_indices(indices[..., None], tokens)).astype(int).tolist() == indices.tolist()
+    single = class_indices(np.array([[[2]], [[1]]]), f32(np.zeros((2, 1, 5))))
+    assert numpy(single).astype(int).tolist() == [[2], [1]]
+    with pytest.raises(ValueError) as info:
+        class_indices(np.zeros((2, 4, 3, 2)), tokens)
+    assert str(info.value) == (
+        "labels of shape (2, 4, 3, 2) do not fit logits of shape (2, 4, 3): pass class "
+        "indices of shape (2, 4) (or one-hot labels of shape (2, 4, 3))."
+    )
+
+
+def test_dkd_two_classes_with_one_hot_labels_matches_mdistiller():
+    from tests.test_losses import ref_dkd
+
+    r = np.random.default_rng(8)
+    teacher, student = r.normal(size=(6, 2)) * 2, r.normal(size=(6, 2))
+    labels = r.integers(0, 2, size=6)
+    got = numpy(DKD(alpha=1.5, beta=0.5, temperature=2.0)(
+        [f32(teacher)], f32(student), labels=f32(np.eye(2)[labels])
+    ))
+    want = ref_dkd(teacher, student, labels, 1.5, 0.5, 2.0)
+    assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_dkd_errors_are_exact():
+    with pytest.raises(ValueError) as info:
+        DKD().compute(f32(np.zeros((2, 3))), f32(np.zeros((2, 3))))
+    assert str(info.value) == (
+        "DKD needs the true class: call it with labels=... (the Distiller does this, using "
+        "the teacher's argmax for unlabeled samples)."
+    )
+    with pytest.raises(ValueError) as info:
+        DKD().compute(f32(np.zeros((2, 3))), f32(np.zeros((2, 3))), labels=np.zeros((2, 3, 1)))
+    assert str(info.value) == (
+        "labels of shape (2, 3, 1) do not fit logits of shape (2, 3): pass class indices "
+        "of shape (2,) (or one-hot labels of shape (2, 3))."
+    )
+
+
+# ------------------------------------------- RKD, attention transfer, hint
+
+
+def test_rkd_weights_of_shape_batch_1_equal_batch_and_others_are_refused():
+    r = np.random.default_rng(9)
+    t, s = f32(r.normal(size=(5, 4))), f32(r.normal(size=(5, 3)))
+    w = f32([1.0, 0.5, 0.0, 2.0, 1.0])
+    term = RKD(distance_weight=3.0, angle_weight=2.0)
+    flat = float(numpy(term.compute(t, s, weights=w)))
+    assert float(numpy(term.compute(t, s, weights=w[:, None]))) == pytest.approx(flat, rel=1e-6)
+    with pytest.raises(ValueError) as info:
+        term.compute(t, s, weights=f32(np.ones((5, 2))))
+    assert str(info.value) == (
+        "RKD relates whole samples, so weights must have shape (batch,), got (5, 2). "
+        "Pool token features to one vector per sample first."
+    )
+
+
+def test_attention_transfer_rank_error_is_exact_for_either_side():
+    term = AttentionTransfer(teacher_layer="t", student_layer="s")
+    for teacher_shape, student_shape in (((2, 10), (2, 3, 3, 3)), ((2, 3, 3, 3), (2, 10))):
+        with pytest.raises(ValueError) as info:
+            term._check(teacher_shape, student_shape)
+        assert str(info.value) == (
+            "AttentionTransfer needs feature maps of shape (batch, H, W, C) or (batch, time, "
+            f"dim); got teacher {teacher_shape} and student {student_shape}. Set "
+            "teacher_layer and student_layer to convolutional layers."
+        )
+    term._check((2, 7, 3), (2, 7, 5))  # (batch, time, dim) is a feature map
+
+
+def test_hint_projected_width_mismatch_error_is_exact():
+    term = HintLoss(teacher_layer="t", student_layer="s")
+    term.build((None, 4, 6), (None, 4, 3))
+    with pytest.raises(ValueError) as info:
+        term.compute(f32(np.zeros((2, 4, 5))), f32(np.zeros((2, 4, 3))))
+    assert str(info.value) == (
+        "HintLoss: teacher features of shape (2, 4, 5) do not match the projected "
+        "student's (2, 4, 6). With several teachers of different widths, use one "
+        "HintLoss per teacher."
+    )
+
+
+def test_hint_compute_checks_positions_itself_with_the_exact_message():
+    """`compute` called directly (as a custom term's code may) re-checks the
+    positions that `build` checked."""
+    term = HintLoss(teacher_layer="t", student_layer="s")
+    term.build((None, 4, 3), (None, 4, 3))
+    with pytest.raises(ValueError) as info:
+        term.compute(f32(np.zeros((2, 5, 3))), f32(np.zeros((2, 4, 3))))
+    assert str(info.value) == (
+        "HintLoss: teacher features of shape (2, 5, 3) and student features of shape "
+        "(2, 4, 3) do not cover the same positions (all axes between batch and channels "
+        "must match; channels may differ). Pick teacher_layer / student_layer at the same "
+        "spatial resolution, or resize one map (e.g. pooling) in the model before the "
+        "layer you name."
+    )
+    with pytest.raises(ValueError) as info:
+        term.build((None, 5, 3), (None, 4, 3))
+    assert str(info.value).startswith(
+        "HintLoss: teacher features of shape (None, 5, 3) and student features of shape "
+        "(None, 4, 3) do not cover"
+    )
+
+
+def test_hint_regressor_is_float32_under_mixed_precision_and_named():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        term = HintLoss(teacher_layer="t", student_layer="s")
+        term.build((None, 4, 6), (None, 4, 3))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert term.regressor.name == "regressor"
+    assert term.regressor.compute_dtype == "float32"
+    assert keras.backend.standardize_dtype(term.regressor.kernel.dtype) == "float32"
+    assert term.get_build_config() == {"teacher_shape": [None, 4, 6], "student_shape": [None, 4, 3]}
+
+
+def test_attention_transfer_position_mismatch_message_and_build_config():
+    term = AttentionTransfer(teacher_layer="t", student_layer="s")
+    with pytest.raises(ValueError) as info:
+        term.build((None, 6, 6, 3), (None, 3, 3, 8))
+    assert str(info.value).startswith(
+        "AttentionTransfer: teacher features of shape (None, 6, 6, 3) and student features "
+        "of shape (None, 3, 3, 8) do not cover the same positions"
+    )
+    term.build((None, 3, 3, 5), (None, 3, 3, 8))
+    assert term.get_build_config() == {
+        "teacher_shape": [None, 3, 3, 5], "student_shape": [None, 3, 3, 8]
+    }
+
+
+def test_attention_transfer_fractional_token_weights_mask_and_weigh():
+    """A (batch, time) weight of 0.5 keeps the token in the map (it is > 0)
+    and weighs its squared difference by 0.5 in the mean."""
+    r = np.random.default_rng(10)
+    t, s = r.normal(size=(2, 4, 3)), r.normal(size=(2, 4, 5))
+    w = np.array([[1.0, 0.5, 0.0, 0.0], [0.5, 0.5, 1.0, 0.0]])
+
+    def at_map(x, keep):
+        m = (np.abs(x) ** 2).mean(-1) * keep
+        return m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+
+    keep = (w > 0).astype(float)
+    squared = (at_map(s, keep) - at_map(t, keep)) ** 2
+    expected = 500.0 * (squared * w).sum() / w.sum()
+    got = AttentionTransfer(teacher_layer="t", student_layer="s")([f32(t)], f32(s), weights=f32(w))
+    assert float(numpy(got)) == pytest.approx(expected, rel=1e-5)

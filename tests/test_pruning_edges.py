@@ -182,6 +182,28 @@ def test_repr_lists_the_arguments():
     }
 
 
+def test_as_pruning_schedule_default_dict_and_refusal():
+    from kd_keras.pruning.schedules import as_pruning_schedule
+
+    # None is TFMOT's default: 50 % from step 0, every 100 steps, forever.
+    default = as_pruning_schedule(None)
+    assert type(default) is pruning.ConstantSparsity
+    assert default.get_config() == {
+        "target_sparsity": 0.5, "begin_step": 0, "end_step": -1, "frequency": 100
+    }
+    schedule = pruning.PolynomialDecay(0.1, 0.7, 2, 12, power=2, frequency=5)
+    assert as_pruning_schedule(schedule) is schedule
+    restored = as_pruning_schedule(keras.saving.serialize_keras_object(schedule))
+    assert type(restored) is pruning.PolynomialDecay
+    assert restored.get_config() == schedule.get_config()
+    with pytest.raises(ValueError) as error:
+        as_pruning_schedule(0.5)
+    assert str(error.value) == (
+        "pruning_schedule must be a kd_keras.pruning.PruningSchedule "
+        "(ConstantSparsity, PolynomialDecay), got float."
+    )
+
+
 # ---------------------------------------------------------------- masks
 
 
