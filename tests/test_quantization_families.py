@@ -2,7 +2,8 @@
 
 Each family is built with `weights=None` at the smallest input it accepts,
 fine-tuned with QAT for 2 steps and converted with
-`convert(mode="qat", int8_io=True)`; every CONV_2D / DEPTHWISE_CONV_2D /
+`convert(mode="qat", int8_io=True)`; its predictions match the Keras QAT
+model's to a few int8 steps, and every CONV_2D / DEPTHWISE_CONV_2D /
 FULLY_CONNECTED / BATCH_MATMUL / TRANSPOSE_CONV op must read and write int8,
 and any op left in float is listed in the failure message. The families that
 are cheap to build run in every CI run, the large ones are marked slow.
@@ -14,12 +15,14 @@ import keras
 import numpy as np
 import pytest
 
-from kd_keras.quantization import convert, quantize_model, tflite_ops
+from kd_keras.quantization import convert, quantize_model, tflite_ops, tflite_predict
+from kd_keras.runtime import litert_interpreter
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TFLite conversion needs TensorFlow"
 )
 
+MAX_STEPS, MEAN_STEPS = 8, 3
 COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
 
 # (constructor name, smallest input side, extra arguments); slow ones last.
@@ -33,6 +36,14 @@ FAMILIES = [
     pytest.param("ResNet50", 32, {}, marks=pytest.mark.slow),
     pytest.param("VGG16", 32, {}, marks=pytest.mark.slow),
     pytest.param("ResNet50V2", 32, {}, marks=pytest.mark.slow),
+    # SeparableConv2D (lowered to depthwise + pointwise, BN folded).
+    pytest.param("NASNetMobile", 32, {}, marks=pytest.mark.slow),
+    pytest.param("Xception", 71, {}, marks=pytest.mark.slow),
+    # Average pools and concatenations under TFLite's same-scale constraint.
+    pytest.param("DenseNet121", 32, {}, marks=pytest.mark.slow),
+    pytest.param("InceptionV3", 75, {}, marks=pytest.mark.slow),
+    # CustomScaleLayer as int8 MUL + ADD.
+    pytest.param("InceptionResNetV2", 75, {}, marks=pytest.mark.slow),
 ]
 
 
@@ -54,7 +65,8 @@ def test_family_reaches_a_fully_int8_tflite(name, size, kwargs):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(4, size, size, 3)).astype("float32")
     y = rng.integers(0, 4, size=4)
-    qat.compile("adam", "sparse_categorical_crossentropy")
+    # Eagerly: tracing a graph of hundreds of layers costs more than 2 steps.
+    qat.compile("adam", "sparse_categorical_crossentropy", run_eagerly=True)
     qat.fit(x, y, batch_size=2, epochs=1, verbose=0)  # 2 steps
     model_bytes = convert(qat, mode="qat", int8_io=True)
     assert not float_ops(model_bytes), f"{name}: float ops {float_ops(model_bytes)}"
@@ -62,3 +74,11 @@ def test_family_reaches_a_fully_int8_tflite(name, size, kwargs):
     assert compute
     for op in compute:
         assert op["inputs"][:2] == ["int8", "int8"] and op["outputs"] == ["int8"], (name, op)
+    # The int8 file computes what the Keras QAT model computes (the softmax
+    # output in units of its int8 scale; rounding inside TFLite's kernels
+    # compounds over a deep network, so a few steps apart at most).
+    output = litert_interpreter(model_bytes, xnnpack=False).get_output_details()[0]
+    scale = output["quantization"][0]
+    keras_out = keras.ops.convert_to_numpy(qat.predict(x, verbose=0))
+    steps = np.abs(keras_out - tflite_predict(model_bytes, x)) / scale
+    assert steps.max() <= MAX_STEPS and steps.mean() <= MEAN_STEPS, (name, steps)

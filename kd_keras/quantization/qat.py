@@ -61,7 +61,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kd_keras.quantization import _kernels, graph, tfmot_bridge
+from kd_keras.quantization import _kernels, graph, lowering, tfmot_bridge
 from kd_keras.quantization.batch_norm_folding import (
     absorbed_names,
     clone_kernel_layer,
@@ -230,6 +230,10 @@ def quantize_model(
         model, keep=frozenset(item for item in skip_layers or () if isinstance(item, str))
     )
     skipped = _skip_predicate(model, skip_layers)
+    # SeparableConv2D -> depthwise + pointwise, scale layers -> MUL + ADD.
+    model = lowering.lower_composite_layers(
+        model, keep=lambda layer: skipped(layer) or quantize_config_of(layer) is not None
+    )
     # A layer with a QuantizeConfig neither absorbs nor is absorbed.
     keep = lambda layer: not skipped(layer) and quantize_config_of(layer) is None  # noqa: E731
     plan = plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)
@@ -338,6 +342,13 @@ def quantize_model(
         outputs = new(*args, **kwargs)
         return keras.tree.map_structure(lambda t: quantize_output(t, old), outputs)
 
+    def named_op(tensor, base):
+        # A raw op is auto-named ("add", "multiply") from a per-session
+        # counter, which can repeat a layer name of a model built in another
+        # session (loaded from a .keras file): name it after its layer.
+        tensor._keras_history.operation.name = unique_name(base)
+        return tensor
+
     def call_affine(old, inputs):
         """`Rescaling` / `Normalization` / a BatchNormalization that folds into
         no kernel, as `x * scale + offset`: an int8 MUL then ADD, each with its
@@ -351,12 +362,12 @@ def quantize_model(
             x = QuantizeLayer(
                 MovingAverageQuantizer(ema_decay=ema_decay),
                 name=unique_name(f"{old.name}_scale_quantize"),
-            )(ops.multiply(x, scale))
+            )(named_op(ops.multiply(x, scale), f"{old.name}_scale"))
         if np.any(offset != 0):
             x = QuantizeLayer(
                 MovingAverageQuantizer(ema_decay=ema_decay),
                 name=unique_name(f"{old.name}_offset_quantize"),
-            )(ops.add(x, offset))
+            )(named_op(ops.add(x, offset), f"{old.name}_offset"))
         quantized.add(id(x))
         return x
 

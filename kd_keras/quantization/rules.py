@@ -13,6 +13,10 @@ acts on the kind:
 * `"config"`: a layer annotated with a `QuantizeConfig` follows the config.
 * `"unsupported"`: anything else; `quantize_model` names it and refuses.
 
+Layers TFLite runs as several ops (`SeparableConv2D`, InceptionResNetV2's
+`CustomScaleLayer`) are first rewritten into those ops' layers by
+`lowering.lower_composite_layers`, and then follow the rules here.
+
 A new layer kind is one table entry here (or one predicate, when the rule
 depends on the layer's configuration) plus, where it needs a new graph
 operation, one branch in `quantize_model`. TFMOT keeps the same information
@@ -74,6 +78,11 @@ PASS_THROUGH_LAYERS = (
     _L.Cropping2D,
     _L.UpSampling1D,
     _L.UpSampling2D,
+    # TFLite's int8 AVERAGE_POOL_2D requires one scale in and out (the
+    # converter refuses a pool whose output has a range of its own); the
+    # int8 kernel rounds the mean onto its input's grid.
+    _L.AveragePooling1D,
+    _L.AveragePooling2D,
 )
 #: Layers that compute new values without a kernel: their output is quantized.
 OUTPUT_QUANTIZED_LAYERS = (
@@ -84,8 +93,6 @@ OUTPUT_QUANTIZED_LAYERS = (
     _L.Maximum,
     _L.Minimum,
     _L.Concatenate,
-    _L.AveragePooling1D,
-    _L.AveragePooling2D,
     _L.GlobalAveragePooling1D,
     _L.GlobalAveragePooling2D,
     _L.ReLU,
