@@ -65,6 +65,7 @@ from kd_keras.quantization.batch_norm_folding import (
     plan_fusions,
     rewrite,
 )
+from kd_keras.quantization.decompose import decompose_layers
 from kd_keras.quantization.quantize_annotate import (
     is_annotated,
     quantize_annotate_layer,
@@ -76,7 +77,12 @@ from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
 )
-from kd_keras.quantization.rules import affine_constants, is_affine_layer, layer_kind
+from kd_keras.quantization.rules import (
+    affine_constants,
+    builtin_quantize_config,
+    is_affine_layer,
+    layer_kind,
+)
 
 __all__ = ["is_quantized", "quantize_annotate_layer", "quantize_model", "quantizer_layers"]
 
@@ -195,9 +201,11 @@ def quantize_model(
     skipped = _skip_predicate(model, skip_layers)
     # A nested model named in skip_layers stays whole, in float; every other
     # nested model is inlined so its layers are folded and quantized too.
-    model = graph.inline_nested_models(
-        model, keep=frozenset(item for item in skip_layers or () if isinstance(item, str))
-    )
+    # Composite layers (SeparableConv1D, MultiHeadAttention) are split into
+    # the pieces TFLite runs, each quantized by its own rule.
+    keep_whole = frozenset(item for item in skip_layers or () if isinstance(item, str))
+    model = graph.inline_nested_models(model, keep=keep_whole)
+    model = decompose_layers(model, keep=keep_whole)
     skipped = _skip_predicate(model, skip_layers)
     # A layer with a QuantizeConfig neither absorbs nor is absorbed.
     keep = lambda layer: not skipped(layer) and quantize_config_of(layer) is None  # noqa: E731
@@ -215,9 +223,8 @@ def quantize_model(
     def make_layer(layer):
         kind = "skip" if skipped(layer) else layer_kind(layer)
         if kind == "config":
-            return QuantizeWrapper(
-                clone_layer(layer), quantize_config=quantize_config_of(layer), name=layer.name
-            )
+            config = quantize_config_of(layer) or builtin_quantize_config(layer)
+            return QuantizeWrapper(clone_layer(layer), quantize_config=config, name=layer.name)
         if kind == "kernel":
             kernel = ops.convert_to_numpy(layer.kernel)
             return QuantizeWrapper(
@@ -333,6 +340,10 @@ def quantize_model(
             and len(flat_inputs) == 1
         ):
             return call_affine(old, flat_inputs[0])
+        if layer_kind(old) == "island" and not skipped(old):
+            # Runs in float (TFLite dequantizes its int8 input); its output
+            # re-enters the int8 part through its own range.
+            return quantize_output(new(*args, **kwargs), old)
         if isinstance(new, QuantizeWrapper):
             args = keras.tree.map_structure(ensure_quantized, args)
             carries_range = True  # unless a QuantizeConfig leaves outputs float, below
