@@ -164,8 +164,8 @@ def decompose_layers(model: keras.Model, keep: frozenset = frozenset()) -> keras
     inputs = keras.Input((16, 8))
     outputs = keras.layers.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)
     flat = decompose_layers(keras.Model(inputs, outputs))
-    [layer.name for layer in flat.layers]
-    # ['input_layer', 'mha_query', 'mha_key', 'mha_value', 'mha_softmax', 'mha']
+    sorted(layer.name for layer in flat.layers)
+    # ['input_layer', 'mha', 'mha_key', 'mha_query', 'mha_softmax', 'mha_value']
     ```
     """
     targets = [op for op in model.operations if is_composite(op) and op.name not in keep]

@@ -7,9 +7,10 @@ fake-quantized weights and activations and converts, through
 
 How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 
-* `Conv1D` / `Conv2D` / `Conv3D` / `DepthwiseConv2D` get a per-channel
-  symmetric int8 weight quantizer (`Dense` a per-tensor one, as in TFMOT)
-  and an activation quantizer on their output.
+* `Conv1D` / `Conv2D` / `Conv3D` / `DepthwiseConv1D/2D` get a per-channel
+  symmetric int8 weight quantizer (`Dense`, `EinsumDense` and
+  `Conv2DTranspose` a per-tensor one, as in TFMOT) and an activation
+  quantizer on their output; `Embedding` an int8 table (`rules`).
 * A `BatchNormalization` that directly follows such a layer (and nothing
   else reads the layer's output) is **folded** into its kernel and bias with
   the BN's moving statistics when `quantize_model` is called, so the QAT
@@ -33,7 +34,10 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 * Nested Functional / Sequential models (a backbone inside a task model) are
   inlined first (`graph.inline_nested_models`), so their layers are folded
   and quantized like the outer ones; one named in `skip_layers` stays whole,
-  in float.
+  in float. `SeparableConv1D` and `MultiHeadAttention` are then split into
+  the layers and ops TFLite runs them as (`decompose.decompose_layers`).
+* `LayerNormalization` is a float island: it runs in float between its
+  input's range and an output range of its own (`rules.FLOAT_ISLAND_LAYERS`).
 * Raw `keras.ops` nodes (`x + 3.0`, `x * (1 / 6)`, `ops.relu6`, slicing)
   inside the quantized part run on int8 tensors: reshapes and slices carry
   their input's range, the others get their inputs and output quantized.
