@@ -185,6 +185,8 @@ def test_embedding_is_an_int8_table_read_with_int32_ids():
     assert interpreter.get_input_details()[0]["dtype"] == np.int32
     gathers = [op for op in tflite_ops(model_bytes) if op["op"] == "GATHER"]
     assert gathers and gathers[0]["inputs"] == ["int8", "int32"], gathers
+    # The rows keep the table's scale: no run-time requantization of it.
+    assert "QUANTIZE" not in [op["op"] for op in tflite_ops(model_bytes)]
     # Per tensor symmetric: the table the QAT model reads has <= 255 levels
     # on one grid.
     wrapper = qat.get_layer("emb")

@@ -28,6 +28,11 @@ class EmbeddingQuantizeConfig(QuantizeConfig):
     ```
     """
 
+    #: The gathered rows are table entries, on the table's int8 grid: the
+    #: QAT rewrite gives them no range of their own (`GATHER` keeps the
+    #: table's scale; another range would requantize the table at run time).
+    output_keeps_weight_range = True
+
     def get_weights_and_quantizers(self, layer):
         return [(layer.embeddings, PerChannelSymmetricQuantizer(axis=None))]
 

@@ -359,7 +359,12 @@ def quantize_model(
             )
         outputs = new(*args, **kwargs)
         if isinstance(new, QuantizeWrapper):
-            carries_range = new.quantizes_output  # known once built
+            # Known once built. An embedding lookup's rows keep the int8
+            # table's range: a range of their own would make TFLite
+            # requantize the whole table before each GATHER.
+            carries_range = new.quantizes_output or getattr(
+                new.quantize_config, "output_keeps_weight_range", False
+            )
         if carries_range:
             quantized.update(id(t) for t in keras.tree.flatten(outputs))
         return outputs
