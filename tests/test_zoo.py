@@ -267,8 +267,13 @@ def test_qat_fit_on_other_backends_converts_under_tensorflow(backend, name, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     qat = keras.saving.load_model(path)  # safe_mode on
     x, y_other = np.load(path + ".x.npy"), np.load(path + ".y.npy")
-    # Same weights, ranges and fake-quant formula: the same outputs here.
-    np.testing.assert_allclose(np.asarray(qat(x, training=False)), y_other, atol=1e-4)
+    # Same weights, ranges and fake-quant formula: the same outputs here, up
+    # to a rounding tie an intermediate sum in another order can flip (one
+    # step of the output's int8 grid, on a few values).
+    ranges = {v.path.split("/")[-1]: float(v) for v in qat.layers[-1].non_trainable_weights}
+    step = (ranges["output_max"] - ranges["output_min"]) / 255
+    diff = np.abs(np.asarray(qat(x, training=False)) - y_other)
+    assert diff.max() <= 1.01 * step and np.mean(diff > 1e-4) <= 0.05, (diff.max(), step)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model_bytes = convert(qat, mode="qat", int8_io=True)
