@@ -121,11 +121,11 @@ def applications(name, **kwargs):
 def keras_hub_resnet():
     keras_hub = pytest.importorskip("keras_hub")
     backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[8],
+        input_conv_filters=[64],
         input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[8, 16],
-        stackwise_num_blocks=[1, 1],
-        stackwise_num_strides=[1, 2],
+        stackwise_num_filters=[64],  # keras-hub requires 64 first
+        stackwise_num_blocks=[1],
+        stackwise_num_strides=[1],
         block_type="basic_block",
         image_shape=(16, 16, 3),
     )
