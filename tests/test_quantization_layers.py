@@ -77,7 +77,7 @@ def test_separable_conv_1d_decomposes_into_depthwise_and_pointwise():
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_multi_head_attention_decomposes_into_the_same_function(dropout):
     query, value = keras.Input((6, 8)), keras.Input((5, 4))
-    mha = L.MultiHeadAttention(2, 3, value_dim=5, dropout=dropout, name="mha")
+    mha = L.MultiHeadAttention(2, 3, dropout=dropout, name="mha")
     model = keras.Model([query, value], mha(query, value))
     rng = np.random.default_rng(2)
     for w in mha.weights:  # non-zero biases, so the folded query scale shows
