@@ -154,7 +154,10 @@ ZOO = [
     pytest.param(applications("MobileNetV3Small", include_preprocessing=True), pixels(32), set(),
                  id="mobilenet_v3_small", marks=pytest.mark.slow),
     pytest.param(applications("EfficientNetB0"), pixels(32), set(), id="efficientnet_b0",
-                 marks=pytest.mark.slow),
+                 marks=[pytest.mark.slow, pytest.mark.xfail(
+                     strict=True, raises=ValueError,
+                     reason="fully int8 with LiteRT parity, but its ONNX export fails: tf2onnx "
+                            "turns the Normalization layer's mean / variance into graph inputs")]),
 ]
 
 
