@@ -297,14 +297,14 @@ def test_qat_model_saves_and_loads(tmp_path):
 def test_unsupported_layer_is_named_with_the_skip_list_fix():
     inputs = keras.Input((6,), name="x")
     h = keras.layers.Dense(8, name="d1")(inputs)
-    h = keras.layers.LayerNormalization(name="norm")(h)
+    h = keras.layers.UnitNormalization(name="norm")(h)
     out = keras.layers.Dense(3, name="d2")(h)
     model = keras.Model(inputs, out)
-    fix = r"(?s)'norm' \(LayerNormalization\).*skip_layers=\['norm'\]"
+    fix = r"(?s)'norm' \(UnitNormalization\).*skip_layers=\['norm'\]"
     with pytest.raises(ValueError, match=fix):
         quantize_model(model)
     qat = quantize_model(model, skip_layers=["norm"])
-    assert type(qat.get_layer("norm")) is keras.layers.LayerNormalization
+    assert type(qat.get_layer("norm")) is keras.layers.UnitNormalization
     # The float layer's output re-enters the quantized part through a quantizer.
     assert isinstance(qat.get_layer("norm_quantize"), QuantizeLayer)
     with pytest.raises(ValueError, match="not in"):

@@ -20,7 +20,9 @@ from kd_keras.quantization.clustering import (
     strip_clustering,
 )
 from kd_keras.quantization.convert import (
+    FloatIslandNotice,
     convert,
+    float_islands,
     tflite_ops,
     tflite_predict,
     tflite_tensor_types,
@@ -52,7 +54,9 @@ __all__ = [
     "QuantizeLayer",
     "QuantizeWrapper",
     "Quantizer",
+    "FloatIslandNotice",
     "convert",
+    "float_islands",
     "fake_quant",
     "fake_quant_ops",
     "fold_batch_norms",

@@ -57,7 +57,7 @@ class _Graph:
 
 
 def _folds_into(layer, bn) -> bool:
-    if type(bn) is not keras.layers.BatchNormalization:
+    if type(bn) is not keras.layers.BatchNormalization or not _kernels.folds_batch_norm(layer):
         return False
     return normalizes_last_axis(bn, len(layer.output.shape))
 
@@ -102,7 +102,7 @@ def folded_weights(layer, batch_norm):
     kernel = np.asarray(ops.convert_to_numpy(layer.kernel), dtype="float64")
     bias = (
         np.asarray(ops.convert_to_numpy(layer.bias), dtype="float64")
-        if layer.use_bias
+        if _kernels.has_bias(layer)
         else np.zeros(kernel.shape[_kernels.channel_axis(layer)])
     )
     if batch_norm is None:
@@ -180,7 +180,7 @@ def rewrite(model, plan, make_layer, call_layer):
             fusion = plan.get(old.name)
             kernel, bias = folded_weights(old, fusion.batch_norm if fusion else None)
             target.kernel.assign(kernel.astype(target.kernel.dtype))
-            if target.use_bias:
+            if _kernels.has_bias(target):
                 target.bias.assign(bias.astype(target.bias.dtype))
             if isinstance(new_layer, QuantizeWrapper) and new_layer.preserve_sparsity:
                 new_layer.sparsity_mask.assign((kernel != 0).astype("float32"))

@@ -28,6 +28,7 @@ Modes:
 from __future__ import annotations
 
 import tempfile
+import warnings
 from typing import Any
 
 import keras
@@ -108,14 +109,14 @@ def _check_mode(model, mode, representative_data, int8_io):
     return qat
 
 
-def _has_float_layers(model) -> bool:
-    """True when a QAT model keeps some layers in float (skip_layers)."""
-    for layer in model.layers:
-        if isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
-            continue
-        if layer_kind(layer) != "pass":
-            return True
-    return False
+def float_layer_names(model) -> list[str]:
+    """The layers a QAT model runs in float: float islands (layers TFLite
+    has no int8 kernel for, such as `LayerNormalization`) and skipped ones."""
+    return [
+        layer.name
+        for layer in model.layers
+        if not isinstance(layer, (QuantizeWrapper, QuantizeLayer)) and layer_kind(layer) != "pass"
+    ]
 
 
 def _configure(tf, converter, mode, calibration, int8_io):
@@ -259,8 +260,8 @@ def convert(
                 f"TFLite conversion of {model.name!r} (mode={mode!r}) failed.{hint} "
                 f"Converter error: {str(err)[:2000]}"
             ) from err
-    if mode == "qat" and not tf_keras and not _has_float_layers(model):
-        _check_fully_int8(result, model.name)
+    if mode == "qat" and not tf_keras:
+        _check_float_ops(result, model)
     if strip_strings:
         from tensorflow.lite.tools import flatbuffer_utils
 
@@ -318,19 +319,85 @@ def _grouped(calibration, batch_size):
     return lambda: iter(groups)
 
 
-def _check_fully_int8(model_bytes, name):
-    """A QAT model without skipped layers must not compute anything in float."""
-    boundary = {"QUANTIZE", "DEQUANTIZE"}
-    float_ops = [
-        op["op"]
-        for op in tflite_ops(model_bytes)
-        if op["op"] not in boundary and "float32" in op["inputs"] + op["outputs"]
-    ]
-    if float_ops:
+class FloatIslandNotice(UserWarning):
+    """`convert` lists the ops a QAT model runs in float (its float islands)."""
+
+
+def float_islands(model_bytes: bytes, model: keras.Model) -> list[dict]:
+    """The float ops of a converted QAT model, each as `{"op": "RSQRT",
+    "layer": "layer_normalization"}`: ops that read or write float32 other
+    than the `QUANTIZE` / `DEQUANTIZE` at an island's edges. `layer` is the
+    float layer of `model` (a float island or a skipped layer) the op comes
+    from, or `None` when it comes from none: a quantized layer that lost its
+    range, which `convert` refuses.
+
+    Example:
+
+    ```python
+    qat = quantize_model(transformer)          # LayerNormalization stays float
+    for island in float_islands(convert(qat, mode="qat"), qat):
+        print(island["op"], island["layer"])   # NEG layer_normalization, ...
+    ```
+    """
+    import re
+
+    names = float_layer_names(model)
+    interpreter = litert_interpreter(model_bytes, xnnpack=False)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    islands = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        used = [tensors[int(i)] for i in [*op["inputs"], *op["outputs"]] if int(i) >= 0]
+        if not any(np.dtype(t["dtype"]) == np.float32 for t in used):
+            continue
+        # TensorFlow names an op after the layer's name scope, with `_1`,
+        # `_2` suffixes where a name repeats: "model_1/layer_norm_1/Rsqrt".
+        scopes = {
+            part
+            for i in op["outputs"]
+            for name in tensors[int(i)]["name"].split(";")
+            for part in name.split("/")
+        }
+        matches = [
+            layer
+            for layer in names
+            if any(re.fullmatch(re.escape(layer) + r"(_\d+)*", scope) for scope in scopes)
+        ]
+        islands.append(
+            {"op": op["op_name"], "layer": max(matches, key=len) if matches else None}
+        )
+    return islands
+
+
+def _check_float_ops(model_bytes, model):
+    """A QAT model computes in float only inside its float islands and
+    skipped layers; those are listed in a `FloatIslandNotice`."""
+    islands = float_islands(model_bytes, model)
+    stray = [island["op"] for island in islands if island["layer"] is None]
+    # Around a skipped layer or raw op the converter leaves float glue of
+    # its own (casts, shapes); only a model whose float layers are all
+    # islands must have none.
+    skipped = any(
+        layer_kind(model.get_layer(name)) != "island" for name in float_layer_names(model)
+    )
+    if stray and not skipped:
         raise RuntimeError(
-            f"The QAT model {name!r} converted with float ops left: {float_ops}. A layer "
+            f"The QAT model {model.name!r} converted with float ops left: {stray}. A layer "
             f"output is missing its activation quantizer; keep that layer in float with "
             f"quantize_model(model, skip_layers=[...]) or report the layer pattern."
+        )
+    if islands:
+        by_layer = {}
+        for island in islands:
+            by_layer.setdefault(island["layer"], []).append(island["op"])
+        listing = "; ".join(f"{layer}: {', '.join(ops)}" for layer, ops in by_layer.items())
+        warnings.warn(
+            f"convert: {model.name!r} runs {len(islands)} ops in float, between "
+            f"DEQUANTIZE and QUANTIZE (layers TFLite has no int8 kernel for, or "
+            f"skipped ones): {listing}. float_islands(model_bytes, model) lists them.",
+            FloatIslandNotice,
+            stacklevel=3,
         )
 
 

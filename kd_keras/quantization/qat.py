@@ -7,9 +7,10 @@ fake-quantized weights and activations and converts, through
 
 How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 
-* `Conv1D` / `Conv2D` / `Conv3D` / `DepthwiseConv2D` get a per-channel
-  symmetric int8 weight quantizer (`Dense` a per-tensor one, as in TFMOT)
-  and an activation quantizer on their output.
+* `Conv1D` / `Conv2D` / `Conv3D` / `DepthwiseConv1D/2D` get a per-channel
+  symmetric int8 weight quantizer (`Dense`, `EinsumDense` and
+  `Conv2DTranspose` a per-tensor one, as in TFMOT) and an activation
+  quantizer on their output; `Embedding` an int8 table (`rules`).
 * A `BatchNormalization` that directly follows such a layer (and nothing
   else reads the layer's output) is **folded** into it: the layer becomes a
   `FoldedBatchNormWrapper` that, in training, normalizes with the batch
@@ -37,7 +38,10 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 * Nested Functional / Sequential models (a backbone inside a task model) are
   inlined first (`graph.inline_nested_models`), so their layers are folded
   and quantized like the outer ones; one named in `skip_layers` stays whole,
-  in float.
+  in float. `SeparableConv1D` and `MultiHeadAttention` are then split into
+  the layers and ops TFLite runs them as (`decompose.decompose_layers`).
+* `LayerNormalization` is a float island: it runs in float between its
+  input's range and an output range of its own (`rules.FLOAT_ISLAND_LAYERS`).
 * Raw `keras.ops` nodes (`x + 3.0`, `x * (1 / 6)`, `ops.relu6`, slicing)
   inside the quantized part run on int8 tensors: reshapes and slices carry
   their input's range, the others get their inputs and output quantized.
@@ -69,6 +73,7 @@ from kd_keras.quantization.batch_norm_folding import (
     plan_fusions,
     rewrite,
 )
+from kd_keras.quantization.decompose import decompose_layers
 from kd_keras.quantization.folded_batch_norm_wrapper import (
     FoldedBatchNormWrapper,
     check_freeze_bn_delay,
@@ -84,7 +89,12 @@ from kd_keras.quantization.quantizers import (
     MovingAverageQuantizer,
     PerChannelSymmetricQuantizer,
 )
-from kd_keras.quantization.rules import affine_constants, is_affine_layer, layer_kind
+from kd_keras.quantization.rules import (
+    affine_constants,
+    builtin_quantize_config,
+    is_affine_layer,
+    layer_kind,
+)
 
 #: Training steps with batch statistics before a folded BatchNormalization
 #: freezes to its moving statistics. Freezing must wait until the moving
@@ -226,9 +236,11 @@ def quantize_model(
     skipped = _skip_predicate(model, skip_layers)
     # A nested model named in skip_layers stays whole, in float; every other
     # nested model is inlined so its layers are folded and quantized too.
-    model = graph.inline_nested_models(
-        model, keep=frozenset(item for item in skip_layers or () if isinstance(item, str))
-    )
+    # Composite layers (SeparableConv1D, MultiHeadAttention) are split into
+    # the pieces TFLite runs, each quantized by its own rule.
+    keep_whole = frozenset(item for item in skip_layers or () if isinstance(item, str))
+    model = graph.inline_nested_models(model, keep=keep_whole)
+    model = decompose_layers(model, keep=keep_whole)
     skipped = _skip_predicate(model, skip_layers)
     # SeparableConv2D -> depthwise + pointwise, scale layers -> MUL + ADD.
     model = lowering.lower_composite_layers(
@@ -250,9 +262,8 @@ def quantize_model(
     def make_layer(layer):
         kind = "skip" if skipped(layer) else layer_kind(layer)
         if kind == "config":
-            return QuantizeWrapper(
-                clone_layer(layer), quantize_config=quantize_config_of(layer), name=layer.name
-            )
+            config = quantize_config_of(layer) or builtin_quantize_config(layer)
+            return QuantizeWrapper(clone_layer(layer), quantize_config=config, name=layer.name)
         if kind == "kernel":
             kernel = ops.convert_to_numpy(layer.kernel)
             fusion = plan.get(layer.name)
@@ -384,6 +395,10 @@ def quantize_model(
             and len(flat_inputs) == 1
         ):
             return call_affine(old, flat_inputs[0])
+        if layer_kind(old) == "island" and not skipped(old):
+            # Runs in float (TFLite dequantizes its int8 input); its output
+            # re-enters the int8 part through its own range.
+            return quantize_output(new(*args, **kwargs), old)
         if isinstance(new, QuantizeWrapper):
             args = keras.tree.map_structure(ensure_quantized, args)
             carries_range = True  # unless a QuantizeConfig leaves outputs float, below
@@ -395,7 +410,12 @@ def quantize_model(
             )
         outputs = new(*args, **kwargs)
         if isinstance(new, QuantizeWrapper):
-            carries_range = new.quantizes_output  # known once built
+            # Known once built. An embedding lookup's rows keep the int8
+            # table's range: a range of their own would make TFLite
+            # requantize the whole table before each GATHER.
+            carries_range = new.quantizes_output or getattr(
+                new.quantize_config, "output_keeps_weight_range", False
+            )
         if carries_range:
             quantized.update(id(t) for t in keras.tree.flatten(outputs))
         return outputs

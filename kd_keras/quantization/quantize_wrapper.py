@@ -179,7 +179,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         kernel = self.layer.kernel
         if self.preserve_sparsity:
             kernel = ops.multiply(kernel, ops.cast(self.sparsity_mask, kernel.dtype))
-        return self.weight_quantizer(kernel, training=training)
+        return self.weight_quantizer(_kernels.op_kernel(self.layer, kernel), training=training)
 
     def call(self, inputs, training=None):
         training = bool(training)

@@ -10,7 +10,12 @@ acts on the kind:
   layers, `is_affine_layer`) get their output quantized.
 * `"pass"`: layers in `PASS_THROUGH_LAYERS` only move values, so their output
   carries their input's int8 range.
-* `"config"`: a layer annotated with a `QuantizeConfig` follows the config.
+* `"config"`: a layer annotated with a `QuantizeConfig` follows the config;
+  so does a layer with a built-in one (`builtin_quantize_config`: `Embedding`).
+* `"island"`: layers TFLite has no int8 kernel for (`FLOAT_ISLAND_LAYERS`,
+  `LayerNormalization`) run in float on their dequantized input, and their
+  output gets its own range: a float island between `DEQUANTIZE` and
+  `QUANTIZE` in the `.tflite`, listed by `convert` (`float_islands`).
 * `"unsupported"`: anything else; `quantize_model` names it and refuses.
 
 Layers TFLite runs as several ops (`SeparableConv2D`, InceptionResNetV2's
@@ -30,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from kd_keras.quantization import _kernels
+from kd_keras.quantization.embedding_config import EmbeddingQuantizeConfig, embedding_problem
 from kd_keras.quantization.quantize_annotate import quantize_config_of
 
 #: Activations a kernel layer computes in its own TFLite op (fused).
@@ -97,7 +103,22 @@ OUTPUT_QUANTIZED_LAYERS = (
     _L.GlobalAveragePooling2D,
     _L.ReLU,
     _L.LeakyReLU,
+    _L.Softmax,
 )
+#: Layers TFLite has no int8 kernel for. `LayerNormalization` converts into
+#: MEAN, SQUARED_DIFFERENCE, RSQRT, NEG, MUL and ADD; int8 versions of most
+#: exist, but the variance of a normalized row spans orders of magnitude that
+#: one int8 range cannot hold (its RSQRT would see zeros), and the converter's
+#: NEG has no int8 kernel: it stays float, as in the converter's own PTQ.
+FLOAT_ISLAND_LAYERS = (_L.LayerNormalization,)
+
+
+def builtin_quantize_config(layer):
+    """The `QuantizeConfig` kd_keras brings for `layer` (`Embedding`), else
+    `None`."""
+    if type(layer) is keras.layers.Embedding and embedding_problem(layer) is None:
+        return EmbeddingQuantizeConfig()
+    return None
 
 
 def fusable_activation(layer) -> str | None:
@@ -124,9 +145,12 @@ def normalizes_last_axis(bn, ndim) -> bool:
 
 
 def layer_kind(layer) -> str:
-    """"config", "kernel", "output", "pass" or "unsupported" for the quantization pass."""
-    if quantize_config_of(layer) is not None:
+    """"config", "kernel", "output", "pass", "island" or "unsupported" for the
+    quantization pass."""
+    if quantize_config_of(layer) is not None or builtin_quantize_config(layer) is not None:
         return "config"
+    if type(layer) in FLOAT_ISLAND_LAYERS:
+        return "island"
     if _kernels.is_kernel_layer(layer):
         return "unsupported" if _kernels.kernel_layer_problem(layer) else "kernel"
     if type(layer) in PASS_THROUGH_LAYERS:
@@ -142,8 +166,9 @@ def layer_kind(layer) -> str:
 
 def is_affine_layer(layer) -> bool:
     """A layer that computes `x * scale + offset` in inference: `Rescaling`,
-    a (non-inverting) `Normalization`, a channels-last `BatchNormalization`."""
-    if type(layer) is keras.layers.Rescaling:
+    a (non-inverting) `Normalization`, a channels-last `BatchNormalization`,
+    ConvNeXt's `LayerScale` (`x * gamma`)."""
+    if type(layer) is keras.layers.Rescaling or is_layer_scale(layer):
         return True
     if type(layer) is keras.layers.BatchNormalization:
         nodes = layer._inbound_nodes
@@ -151,8 +176,17 @@ def is_affine_layer(layer) -> bool:
     return type(layer) is keras.layers.Normalization and not layer.invert and layer.built
 
 
+def is_layer_scale(layer) -> bool:
+    """True for `keras.applications.ConvNeXt*`'s `LayerScale` (`x * gamma`
+    per channel; Keras does not export the class)."""
+    cls = type(layer)
+    return cls.__name__ == "LayerScale" and cls.__module__.endswith("applications.convnext")
+
+
 def affine_constants(layer):
     """`(scale, offset)` NumPy arrays with `layer(x) == x * scale + offset`."""
+    if is_layer_scale(layer):
+        return np.asarray(ops.convert_to_numpy(layer.gamma), "float64"), np.zeros(())
     if type(layer) is keras.layers.Rescaling:
         return np.asarray(layer.scale, "float64"), np.asarray(layer.offset, "float64")
     if type(layer) is keras.layers.BatchNormalization:
