@@ -140,7 +140,9 @@ def test_skipped_separable_conv_stays_whole_and_float():
     qat = quantize_model(model, skip_layers=["sep2"])
     names = {layer.name: type(layer).__name__ for layer in qat.layers}
     assert names["sep2"] == "SeparableConv2D" and "sep2_depthwise" not in names
-    assert names["sep1"] == names["sep1_depthwise"] == "QuantizeWrapper"
+    # The pointwise half absorbs the BN after it (trained with batch statistics).
+    assert names["sep1_depthwise"] == "QuantizeWrapper"
+    assert names["sep1"] == "FoldedBatchNormWrapper"
     qat = quantize_model(model, skip_layers=[L.SeparableConv2D])
     assert {type(qat.get_layer(f"sep{i}")).__name__ for i in range(1, 5)} == {"SeparableConv2D"}
 
@@ -148,7 +150,14 @@ def test_skipped_separable_conv_stays_whole_and_float():
 def fit_and_convert(model, n=64):
     x = images(model, n)
     y = np.random.default_rng(1).integers(0, 4, n)
-    qat = quantize_model(model)
+    # The BNs are folded once, with their moving statistics: after 4 steps of
+    # the batch-statistics fold the moving statistics are still near their
+    # initial values, so the ranges learned on batch statistics do not
+    # describe the inference fold, and the parity thresholds below (set on
+    # the inference fold) would measure that, not the rewrite. The
+    # batch-statistics fold converts to the same ops
+    # (test_quantization_batch_norm.py).
+    qat = quantize_model(model, freeze_bn_delay=0)
     qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     qat.fit(x, y, batch_size=16, epochs=1, verbose=0)
     return qat, x, convert(qat, mode="qat", int8_io=True)
