@@ -17,7 +17,7 @@ import pytest
 from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
 from kd_keras.quantization import convert, quantize_model, tflite_ops, tflite_predict
-from kd_keras.quantization.lowering import lower_composite_layers
+from kd_keras.quantization.decompose import decompose_layers as lower_composite_layers
 from kd_keras.runtime import litert_interpreter
 
 L = keras.layers

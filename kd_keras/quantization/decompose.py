@@ -1,17 +1,27 @@
-"""Composite layers rewritten as the layers TFLite runs them as.
+"""Composite layers rewritten as the layers TFLite runs them as, before QAT.
 
-TFLite has no fused separable convolution and no fused attention: a
-`SeparableConv1D` runs as `DEPTHWISE_CONV_2D` then `CONV_2D`, a
-`MultiHeadAttention` as four `FULLY_CONNECTED` projections around two
-`BATCH_MATMUL`s and a `SOFTMAX`. Each of those ops reads and writes int8
-with its own range, so QAT has to see the same pieces: `decompose_layers`
-replaces each composite layer of a Functional model by the standard layers
-and `keras.ops` calls that compute it (same weights, same function), and
-the QAT rewrite then quantizes every piece by its own rule.
+TFLite has no separable convolution, no "scale and add" op and no fused
+attention: the converter turns a `SeparableConv1D` / `SeparableConv2D`
+into `DEPTHWISE_CONV_2D` followed by a 1x1 `CONV_2D`, InceptionResNetV2's
+`CustomScaleLayer` (`x[0] + x[1] * scale`) into `MUL` then `ADD`, and a
+`MultiHeadAttention` into four `FULLY_CONNECTED` projections around two
+`BATCH_MATMUL`s and a `SOFTMAX`. For a fully int8 file each of those ops
+reads and writes int8 with its own range, which the one Keras layer does
+not have. So `decompose_layers` first rewrites the float Functional graph
+into the standard layers and `keras.ops` calls that compute each composite
+layer (same weights, same function, up to float summation order; TFMOT's
+`SeparableConvQuantize` transform does the same for `SeparableConv2D`), and
+the QAT rewrite then quantizes every piece by its usual rule:
 
-* `SeparableConv1D` -> `DepthwiseConv1D` (named `<name>_depthwise`, no
-  bias) -> `Conv1D` with kernel size 1 (named `<name>`, the bias and the
-  activation).
+* `SeparableConv1D` / `SeparableConv2D` -> `DepthwiseConv1D` /
+  `DepthwiseConv2D` (named `<name>_depthwise`, no bias, per-channel int8
+  kernel, its own activation range) -> `Conv1D` / `Conv2D` with kernel size
+  1 named `<name>` (the pointwise kernel per output channel, the bias, the
+  activation), so a `BatchNormalization` after it folds into the pointwise
+  kernel and a following ReLU fuses, as after any convolution.
+* `CustomScaleLayer`-style layers (`[a, b] -> a + b * scale`) -> a
+  `Rescaling(scale)` of `b` named `<name>_scale` (an int8 `MUL` by a
+  constant, with its own range) -> `Add` named `<name>` (an int8 `ADD`).
 * `MultiHeadAttention` -> `EinsumDense` query / key / value projections
   (`<name>_query`, ...; `1 / sqrt(key_dim)` folded into the query
   projection), `ops.einsum` for the scores, `Softmax`, `Dropout`,
@@ -19,17 +29,42 @@ the QAT rewrite then quantizes every piece by its own rule.
   `<name>`, so `get_layer(name).output` is still the attention output).
   Masks (an `attention_mask`, `use_causal_mask`, masked inputs), gates and
   sliding windows are not decomposed: such a layer is refused by name.
+
+A composite layer named in `skip_layers` (by name or class) or annotated
+with a `QuantizeConfig` stays whole; the pieces of the others carry its
+annotations (`quantize_annotate_layer`).
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Iterable
 
 import keras
 import numpy as np
 from keras import ops
 
+from kd_keras.quantization.graph import copy_annotations
+from kd_keras.quantization.quantize_annotate import quantize_config_of
+
+try:  # keras.applications.InceptionResNetV2's residual scaling layer
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+except ImportError:  # pragma: no cover - a Keras without that module
+    CustomScaleLayer = None
+
 _MHA = keras.layers.MultiHeadAttention
+L = keras.layers
+#: Separable convolution -> (its depthwise layer, its pointwise layer).
+_SEPARABLE_PARTS = {
+    L.SeparableConv1D: (L.DepthwiseConv1D, L.Conv1D),
+    L.SeparableConv2D: (L.DepthwiseConv2D, L.Conv2D),
+}
+
+
+def _is_scale_sum(layer) -> bool:
+    """True for a layer computing `inputs[0] + inputs[1] * layer.scale`
+    (InceptionResNetV2's `CustomScaleLayer`)."""
+    return CustomScaleLayer is not None and type(layer) is CustomScaleLayer
 
 
 def _attention_problem(layer, bound) -> str | None:
@@ -66,8 +101,21 @@ def decomposition_problem(layer) -> str | None:
 
 
 def is_composite(layer) -> bool:
-    """True for the layers `decompose_layers` rewrites."""
-    return isinstance(layer, (keras.layers.SeparableConv1D, _MHA))
+    """True for the layers `decompose_layers` rewrites (unless kept whole)."""
+    return type(layer) in _SEPARABLE_PARTS or isinstance(layer, _MHA) or _is_scale_sum(layer)
+
+
+def is_kept_whole(layer, keep: Iterable[str | type] = ()) -> bool:
+    """True for a layer `decompose_layers` leaves whole: named in `keep`
+    (layer names or classes, as `quantize_model`'s `skip_layers`) or
+    annotated with a `QuantizeConfig`, which says how to quantize it whole."""
+    names = {item for item in keep if isinstance(item, str)}
+    classes = tuple(item for item in keep if isinstance(item, type))
+    return (
+        layer.name in names
+        or isinstance(layer, classes)
+        or quantize_config_of(layer) is not None
+    )
 
 
 def _copy_einsum_dense(layer, name, input_shape):
@@ -85,37 +133,52 @@ def _copy_einsum_dense(layer, name, input_shape):
     return keras.layers.EinsumDense.from_config(config)
 
 
-def _separable_conv_1d(layer, unique, inputs):
+def _separable_parts(layer, name: str):
+    """`(depthwise, pointwise)` float layers computing the separable
+    convolution `layer` (1-D or 2-D) in sequence."""
+    depthwise_class, pointwise_class = _SEPARABLE_PARTS[type(layer)]
+    config = layer.get_config()
     common = {
-        "kernel_size": layer.kernel_size,
-        "strides": layer.strides,
-        "padding": layer.padding,
-        "data_format": layer.data_format,
-        "dilation_rate": layer.dilation_rate,
-        "dtype": layer.dtype_policy,
+        "data_format": config["data_format"],
+        "trainable": config["trainable"],
+        "dtype": config["dtype"],
     }
-    depthwise = keras.layers.DepthwiseConv1D(
-        depth_multiplier=layer.depth_multiplier,
+    depthwise = depthwise_class(
+        kernel_size=config["kernel_size"],
+        strides=config["strides"],
+        padding=config["padding"],
+        depth_multiplier=config["depth_multiplier"],
+        dilation_rate=config["dilation_rate"],
         use_bias=False,
-        name=unique(f"{layer.name}_depthwise"),
+        depthwise_initializer=config["depthwise_initializer"],
+        depthwise_regularizer=config["depthwise_regularizer"],
+        depthwise_constraint=config["depthwise_constraint"],
+        name=name,
         **common,
     )
-    pointwise = keras.layers.Conv1D(
-        layer.filters,
-        1,
-        data_format=layer.data_format,
-        activation=layer.activation,
-        use_bias=layer.use_bias,
-        dtype=layer.dtype_policy,
+    pointwise = pointwise_class(
+        filters=config["filters"],
+        kernel_size=1,
+        activation=config["activation"],
+        use_bias=config["use_bias"],
+        kernel_initializer=config["pointwise_initializer"],
+        bias_initializer=config["bias_initializer"],
+        kernel_regularizer=config["pointwise_regularizer"],
+        bias_regularizer=config["bias_regularizer"],
+        activity_regularizer=config["activity_regularizer"],
+        kernel_constraint=config["pointwise_constraint"],
+        bias_constraint=config["bias_constraint"],
         name=layer.name,
+        **common,
     )
-    x = depthwise(inputs)
-    y = pointwise(x)
+    return depthwise, pointwise
+
+
+def _copy_separable_weights(layer, depthwise, pointwise) -> None:
     depthwise.kernel.assign(layer.depthwise_kernel)
     pointwise.kernel.assign(layer.pointwise_kernel)
     if layer.use_bias:
         pointwise.bias.assign(layer.bias)
-    return y
 
 
 def _multi_head_attention(layer, unique, bound, training):
@@ -127,6 +190,7 @@ def _multi_head_attention(layer, unique, bound, training):
     for part, tensor in (("query", query), ("key", key), ("value", value)):
         dense = getattr(layer, f"_{part}_dense")
         clone = _copy_einsum_dense(dense, unique(f"{layer.name}_{part}"), tensor.shape)
+        copy_annotations(layer, clone)
         projections[part] = clone(tensor)
         weights = [np.asarray(ops.convert_to_numpy(w)) for w in dense.weights]
         if part == "query":
@@ -136,22 +200,25 @@ def _multi_head_attention(layer, unique, bound, training):
         clone.set_weights(weights)
     scores = ops.einsum(layer._dot_product_equation, projections["key"], projections["query"])
     softmax = keras.layers.Softmax(axis=layer._softmax.axis, name=unique(f"{layer.name}_softmax"))
-    probabilities = softmax(scores)
+    probabilities = copy_annotations(layer, softmax)(scores)
     if layer._dropout > 0.0:
         dropout = keras.layers.Dropout(layer._dropout, name=unique(f"{layer.name}_dropout"))
-        probabilities = dropout(probabilities, training=training)
+        probabilities = copy_annotations(layer, dropout)(probabilities, training=training)
     attended = ops.einsum(layer._combine_equation, probabilities, projections["value"])
     output = _copy_einsum_dense(layer._output_dense, layer.name, attended.shape)
-    result = output(attended)
+    result = copy_annotations(layer, output)(attended)
     output.set_weights(layer._output_dense.get_weights())
     return result
 
 
-def decompose_layers(model: keras.Model, keep: frozenset = frozenset()) -> keras.Model:
-    """A Functional copy of `model` with its composite layers decomposed
-    (see the module docstring); `model` itself when it has none. Layers
-    named in `keep` stay whole. Every other layer is cloned with its weights
-    (the user's model is left untouched; a shared layer stays shared).
+def decompose_layers(model: keras.Model, keep: Iterable[str | type] = ()) -> keras.Model:
+    """A float Functional copy of `model` with its composite layers
+    rewritten into the layers TFLite runs them as (see the module
+    docstring); `model` itself when there is nothing to rewrite. Layers
+    named in `keep` (names or classes, as `quantize_model`'s `skip_layers`)
+    or annotated with a `QuantizeConfig` stay whole. Every other layer is
+    cloned with its weights (the user's model is left untouched; a shared
+    layer stays shared).
 
     Raises:
         ValueError: naming a composite layer whose call cannot be decomposed
@@ -166,9 +233,16 @@ def decompose_layers(model: keras.Model, keep: frozenset = frozenset()) -> keras
     flat = decompose_layers(keras.Model(inputs, outputs))
     sorted(layer.name for layer in flat.layers)
     # ['input_layer', 'mha', 'mha_key', 'mha_query', 'mha_softmax', 'mha_value']
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.SeparableConv2D(8, 3, name="sep")(inputs)
+    flat = decompose_layers(keras.Model(inputs, x))
+    [type(layer).__name__ for layer in flat.layers]
+    # ['InputLayer', 'DepthwiseConv2D', 'Conv2D']
     ```
     """
-    targets = [op for op in model.operations if is_composite(op) and op.name not in keep]
+    keep = tuple(keep)
+    targets = [op for op in model.operations if is_composite(op) and not is_kept_whole(op, keep)]
     if not targets:
         return model
     problems = [(op, decomposition_problem(op)) for op in targets]
@@ -181,6 +255,7 @@ def decompose_layers(model: keras.Model, keep: frozenset = frozenset()) -> keras
             f"{lines}\nKeep them whole, in float, with quantize_model(model, "
             f"skip_layers={names!r})."
         )
+    targets = {id(op) for op in targets}
     used = {op.name for op in model.operations}
 
     def unique(base):
@@ -190,11 +265,14 @@ def decompose_layers(model: keras.Model, keep: frozenset = frozenset()) -> keras
         used.add(name)
         return name
 
+    # Inputs keep their names (int8_io and named inputs refer to them).
     inputs = [
         keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history.operation.name)
         for x in model.inputs
     ]
     tensors = {id(x): y for x, y in zip(model.inputs, inputs)}
+    # id(original) -> (original, its replacement layers); a shared layer's
+    # replacements are shared too.
     clones = {}
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
@@ -202,21 +280,37 @@ def decompose_layers(model: keras.Model, keep: frozenset = frozenset()) -> keras
                 continue
             args, kwargs = node.arguments.fill_in(tensors)
             op = node.operation
-            if is_composite(op) and op.name not in keep:
-                if isinstance(op, _MHA):
-                    bound = inspect.signature(_MHA.call).bind(None, *args, **kwargs)
-                    outputs = _multi_head_attention(op, unique, bound, kwargs.get("training"))
-                else:
-                    outputs = _separable_conv_1d(op, unique, args[0])
+            if id(op) in targets and isinstance(op, _MHA):
+                bound = inspect.signature(_MHA.call).bind(None, *args, **kwargs)
+                outputs = _multi_head_attention(op, unique, bound, kwargs.get("training"))
+            elif id(op) in targets and _is_scale_sum(op):
+                if id(op) not in clones:
+                    dtype = op.dtype_policy.name
+                    scale = L.Rescaling(op.scale, name=unique(f"{op.name}_scale"), dtype=dtype)
+                    add = L.Add(name=op.name, dtype=dtype)
+                    clones[id(op)] = (op, [copy_annotations(op, scale), copy_annotations(op, add)])
+                scale, add = clones[id(op)][1]
+                first, second = args[0]
+                outputs = add([first, scale(second)])
+            elif id(op) in targets:  # a separable convolution
+                if id(op) not in clones:
+                    parts = _separable_parts(op, unique(f"{op.name}_depthwise"))
+                    clones[id(op)] = (op, [copy_annotations(op, part) for part in parts])
+                depthwise, pointwise = clones[id(op)][1]
+                outputs = pointwise(depthwise(args[0]))
             else:
                 if id(op) not in clones:
-                    clones[id(op)] = (op, _clone(op))
-                outputs = clones[id(op)][1](*args, **kwargs)
+                    new = type(op).from_config(op.get_config())
+                    clones[id(op)] = (op, [copy_annotations(op, new)])
+                outputs = clones[id(op)][1][0](*args, **kwargs)
             for x, y in zip(node.outputs, keras.tree.flatten(outputs)):
                 tensors[id(x)] = y
+    # The replacements were built with fresh variables: copy the trained ones.
     for old, new in clones.values():
-        if isinstance(old, keras.layers.Layer) and old.weights:
-            new.set_weights(old.get_weights())
+        if type(old) in _SEPARABLE_PARTS and id(old) in targets:
+            _copy_separable_weights(old, *new)
+        elif isinstance(old, keras.layers.Layer) and old.weights:
+            new[0].set_weights(old.get_weights())
     return keras.Model(
         keras.tree.pack_sequence_as(model._inputs_struct, inputs),
         keras.tree.pack_sequence_as(
@@ -224,12 +318,3 @@ def decompose_layers(model: keras.Model, keep: frozenset = frozenset()) -> keras
         ),
         name=model.name,
     )
-
-
-def _clone(operation):
-    clone = type(operation).from_config(operation.get_config())
-    # quantize_annotate_layer marks sit outside get_config: keep them.
-    for name, value in vars(operation).items():
-        if name.startswith("_kd_keras_"):
-            setattr(clone, name, value)
-    return clone

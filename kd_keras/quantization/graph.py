@@ -77,13 +77,17 @@ def _clone(operation, used_names: set, outer: bool):
             i += 1
         config["name"] = f"{base}_{i}"
     used_names.add(config.get("name"))
-    clone = type(operation).from_config(config)
-    # Annotations (`quantize_annotate_layer` and its QuantizeConfig) are
-    # attributes outside get_config: carry them to the clone.
-    for name, value in vars(operation).items():
+    return copy_annotations(operation, type(operation).from_config(config))
+
+
+def copy_annotations(source, target):
+    """Carry `source`'s annotations (`quantize_annotate_layer` and its
+    QuantizeConfig, attributes outside get_config) over to `target`, a layer
+    that replaces it in a rewritten graph; returns `target`."""
+    for name, value in vars(source).items():
         if name.startswith(ANNOTATION_PREFIX):
-            setattr(clone, name, value)
-    return clone
+            setattr(target, name, value)
+    return target
 
 
 def inline_nested_models(model: keras.Model, keep: frozenset = frozenset()) -> keras.Model:

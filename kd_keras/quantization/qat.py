@@ -38,8 +38,9 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
 * Nested Functional / Sequential models (a backbone inside a task model) are
   inlined first (`graph.inline_nested_models`), so their layers are folded
   and quantized like the outer ones; one named in `skip_layers` stays whole,
-  in float. `SeparableConv1D` and `MultiHeadAttention` are then split into
-  the layers and ops TFLite runs them as (`decompose.decompose_layers`).
+  in float. `SeparableConv1D` / `SeparableConv2D`, InceptionResNetV2's
+  `CustomScaleLayer` and `MultiHeadAttention` are then split into the
+  layers and ops TFLite runs them as (`decompose.decompose_layers`).
 * `LayerNormalization` is a float island: it runs in float between its
   input's range and an output range of its own (`rules.FLOAT_ISLAND_LAYERS`).
 * Raw `keras.ops` nodes (`x + 3.0`, `x * (1 / 6)`, `ops.relu6`, slicing)
@@ -65,7 +66,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kd_keras.quantization import _kernels, graph, lowering, tfmot_bridge
+from kd_keras.quantization import _kernels, graph, tfmot_bridge
 from kd_keras.quantization.batch_norm_folding import (
     absorbed_names,
     clone_kernel_layer,
@@ -236,16 +237,13 @@ def quantize_model(
     skipped = _skip_predicate(model, skip_layers)
     # A nested model named in skip_layers stays whole, in float; every other
     # nested model is inlined so its layers are folded and quantized too.
-    # Composite layers (SeparableConv1D, MultiHeadAttention) are split into
-    # the pieces TFLite runs, each quantized by its own rule.
     keep_whole = frozenset(item for item in skip_layers or () if isinstance(item, str))
     model = graph.inline_nested_models(model, keep=keep_whole)
-    model = decompose_layers(model, keep=keep_whole)
+    # Composite layers (separable convolutions, scale-and-add layers,
+    # MultiHeadAttention) are split into the pieces TFLite runs, each
+    # quantized by its own rule; skipped or QuantizeConfig layers stay whole.
+    model = decompose_layers(model, keep=skip_layers or ())
     skipped = _skip_predicate(model, skip_layers)
-    # SeparableConv2D -> depthwise + pointwise, scale layers -> MUL + ADD.
-    model = lowering.lower_composite_layers(
-        model, keep=lambda layer: skipped(layer) or quantize_config_of(layer) is not None
-    )
     # A layer with a QuantizeConfig neither absorbs nor is absorbed.
     keep = lambda layer: not skipped(layer) and quantize_config_of(layer) is None  # noqa: E731
     plan = plan_fusions(model, fold_batch_norm=True, fuse_activation=True, keep=keep)

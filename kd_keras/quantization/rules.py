@@ -18,9 +18,10 @@ acts on the kind:
   `QUANTIZE` in the `.tflite`, listed by `convert` (`float_islands`).
 * `"unsupported"`: anything else; `quantize_model` names it and refuses.
 
-Layers TFLite runs as several ops (`SeparableConv2D`, InceptionResNetV2's
-`CustomScaleLayer`) are first rewritten into those ops' layers by
-`lowering.lower_composite_layers`, and then follow the rules here.
+Layers TFLite runs as several ops (`SeparableConv1D` / `SeparableConv2D`,
+InceptionResNetV2's `CustomScaleLayer`, `MultiHeadAttention`) are first
+rewritten into those ops' layers by `decompose.decompose_layers`, and then
+follow the rules here.
 
 A new layer kind is one table entry here (or one predicate, when the rule
 depends on the layer's configuration) plus, where it needs a new graph
