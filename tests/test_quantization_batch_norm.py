@@ -253,3 +253,25 @@ def test_converts_to_the_same_int8_file_as_the_moving_statistics_fold():
     assert [op["op"] for op in tflite_ops(batch)] == [op["op"] for op in tflite_ops(moving)]
     assert "float32" not in set(tflite_tensor_types(batch).values())
     np.testing.assert_array_equal(tflite_predict(batch, x), tflite_predict(moving, x))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="converts with TensorFlow")
+def test_a_keras_applications_family_with_the_batch_statistics_fold_is_fully_int8():
+    """The default fold on a whole network (52 folded Conv/BN pairs of
+    MobileNetV2, depthwise included) converts to a file with no float op;
+    the family sweep checks parity on the inference fold."""
+    from kd_keras.quantization import FoldedBatchNormWrapper, convert
+    from tests.test_quantization_families import float_ops
+
+    model = keras.applications.MobileNetV2(
+        weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=4
+    )
+    qat = quantize_model(model)
+    folded = [layer for layer in qat.layers if isinstance(layer, FoldedBatchNormWrapper)]
+    assert len(folded) == 52
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
+    qat.compile("adam", "sparse_categorical_crossentropy", run_eagerly=True)
+    qat.fit(x, rng.integers(0, 4, size=4), batch_size=2, epochs=1, verbose=0)
+    assert all(int(keras.ops.convert_to_numpy(w.bn_step)) == 2 for w in folded[:1])
+    assert not float_ops(convert(qat, mode="qat", int8_io=True))

@@ -61,7 +61,13 @@ def test_family_reaches_a_fully_int8_tflite(name, size, kwargs):
     model = getattr(keras.applications, name)(
         weights=None, input_shape=(size, size, 3), classes=4, **kwargs
     )
-    qat = quantize_model(model)
+    # The BNs are folded once with their moving statistics: after 2 steps of
+    # the batch-statistics fold (the default) the moving statistics are still
+    # near their initial values, so ranges learned on batch statistics do not
+    # describe the inference fold and the parity below would measure that,
+    # not the rewrite. test_quantization_batch_norm.py converts a whole
+    # family with the default fold.
+    qat = quantize_model(model, freeze_bn_delay=0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(4, size, size, 3)).astype("float32")
     y = rng.integers(0, 4, size=4)
