@@ -37,7 +37,7 @@ import keras
 import numpy as np
 
 import kd_keras
-from kd_keras.bench import evaluate_accuracy
+from kd_keras.bench import evaluate_accuracy, render
 from kd_keras.data import load_digits
 from kd_keras.defaults import DEMO_ALPHA, DEMO_TEMPERATURE
 from kd_keras.io import atomic_path, write_json
@@ -244,7 +244,8 @@ def format_rows(results: Sequence[Result]) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(results: Sequence[Result], title: str = "kd_keras demo") -> None:
-    """Prints the comparison table (with `rich` when it is installed)."""
+    """Prints the comparison table through `kd_keras.bench.render.print_table`
+    (with `rich` when it is installed)."""
     headers = ("model", "test accuracy (%)", "parameters", "train time (s)")
     rows = format_rows(results)
     by_name = {r.name: r for r in results}
@@ -256,27 +257,7 @@ def print_table(results: Sequence[Result], title: str = "kd_keras demo") -> None
         notes.append(
             f"distilled time includes caching teacher logits: {distilled.cache_seconds:.1f} s"
         )
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-        print(title)
-        print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        for note in notes:
-            print(note)
-        return
-    table = Table(title=title)
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    console = Console()
-    console.print(table)
-    for note in notes:
-        console.print(note)
+    render.print_table(headers, rows, title=title, notes=notes)
 
 
 def output_paths(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
