@@ -42,6 +42,7 @@ from kd_keras.data import load_digits
 from kd_keras.defaults import DEMO_ALPHA, DEMO_TEMPERATURE
 from kd_keras.io import atomic_path, write_json
 from kd_keras.models import cnn_student, cnn_teacher
+from kd_keras.pipeline import training
 
 # Defaults of `kd-keras demo`. They were chosen on a validation split carved
 # out of the digits *training* set (see README, "Demo"), never on the test set.
@@ -99,26 +100,24 @@ def train_supervised(
     validate: bool = True,
     verbose: int = 0,
 ) -> Result:
-    """Trains `model` (logits out) on the labels with cross-entropy.
+    """Trains `model` (logits out) on the labels with cross-entropy, through
+    the pipeline's `kd_keras.pipeline.training.train`.
 
     With `validate`, held-out accuracy is logged after every epoch (for the
     curves only: nothing is selected on it)."""
     (x_train, y_train), (x_test, y_test) = data
     if verbose:
         print(f"-- {name}")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    keras.utils.set_random_seed(seed)  # same shuffling for every student
     start = time.perf_counter()
-    history = model.fit(
+    history = training.train(
+        model,
         x_train,
         y_train,
         epochs=epochs,
         batch_size=batch_size,
+        learning_rate=learning_rate,
         validation_data=(x_test, y_test) if validate else None,
+        seed=seed,  # same shuffling for every student
         verbose=verbose,
     )
     seconds = time.perf_counter() - start
@@ -150,7 +149,8 @@ def train_distilled(
 
     The teacher's logits are computed once for the (fixed, in-memory)
     training set and travel with the labels, so each step runs the student
-    only; `fit` shuffles images, labels and logits together. The time to
+    only; `fit` shuffles images, labels and logits together (the pipeline's
+    `kd_keras.pipeline.training.train` with `teacher_logits`). The time to
     cache the training logits counts as training time.
     """
     (x_train, y_train), (x_test, y_test) = data
@@ -158,34 +158,33 @@ def train_distilled(
         print(f"-- {name}")
     cache = functools.partial(kd_keras.cache_teacher_outputs, teacher, verbose=0)
     start = time.perf_counter()
-    train_targets = {"labels": y_train, "teacher_logits": cache(x_train)}
+    train_logits = cache(x_train)
     cache_seconds = time.perf_counter() - start
     validation = None
     if validate:  # held-out curves only, like the other runs' validation
         validation = (x_test, {"labels": y_test, "teacher_logits": cache(x_test)})
 
-    distiller = kd_keras.Distiller(
-        student=student,
-        teacher=teacher,
-        losses=[kd_keras.losses.SoftTargetKD(temperature=temperature)],
-        alpha=alpha,
-    )
-    distiller.compile(optimizer=keras.optimizers.Adam(learning_rate), metrics=["accuracy"])
-    keras.utils.set_random_seed(seed)
     start = time.perf_counter()
-    history = distiller.fit(
+    history = training.train(
+        student,
         x_train,
-        train_targets,
+        y_train,
+        teacher=teacher,
+        teacher_logits=train_logits,
         epochs=epochs,
         batch_size=batch_size,
+        learning_rate=learning_rate,
+        temperature=temperature,
+        alpha=alpha,
         validation_data=validation,
+        seed=seed,
         verbose=verbose,
     )
     seconds = time.perf_counter() - start
     return Result(
         name=name,
-        test_accuracy=accuracy(distiller.student, x_test, y_test),
-        params=distiller.student.count_params(),
+        test_accuracy=accuracy(student, x_test, y_test),
+        params=student.count_params(),
         train_seconds=cache_seconds + seconds,
         history=_history(history),
         cache_seconds=cache_seconds,
