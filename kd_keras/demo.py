@@ -37,10 +37,10 @@ import keras
 import numpy as np
 
 import kd_keras
-from kd_keras.bench import evaluate_accuracy, render
+from kd_keras.bench import evaluate_accuracy, plot_history, render
 from kd_keras.data import load_digits
 from kd_keras.defaults import DEMO_ALPHA, DEMO_TEMPERATURE
-from kd_keras.io import atomic_path, write_json
+from kd_keras.io import write_json
 from kd_keras.models import cnn_student, cnn_teacher
 from kd_keras.pipeline import training
 
@@ -58,6 +58,9 @@ TEACHER_DENSE_UNITS = 128
 
 JSON_NAME = "demo.json"
 PNG_NAME = "demo_curves.png"
+#: The panels of `demo_curves.png`: every model's accuracy, then the
+#: distilled student's two loss terms.
+CURVES = ("accuracy", "student_loss", "soft_target_loss")
 
 Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -275,31 +278,6 @@ def output_paths(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path,
     return paths
 
 
-def _plot_curves(results: Sequence[Result], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
-        if "val_accuracy" in r.history:
-            epochs = range(1, len(r.history["val_accuracy"]) + 1)
-            left.plot(epochs, [100 * a for a in r.history["val_accuracy"]], label=r.name)
-    left.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="Held-out accuracy")
-    left.legend()
-    distilled = next((r for r in results if "student_loss" in r.history), None)
-    if distilled is not None:
-        for key, values in distilled.history.items():
-            if key.endswith("_loss") and not key.startswith("val_"):
-                right.plot(range(1, len(values) + 1), values, label=key)
-        right.set(xlabel="epoch", ylabel="loss", title=f"{distilled.name}: loss terms")
-        right.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
-
-
 def write_outputs(
     results: Sequence[Result],
     config: dict,
@@ -307,7 +285,8 @@ def write_outputs(
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Writes `demo.json` (config, versions, results with histories) and
-    `demo_curves.png` (training curves) into folder `out`, atomically."""
+    `demo_curves.png` (the `CURVES` of every run, by
+    `kd_keras.bench.plot_history`) into folder `out`, atomically."""
     json_path, png_path = output_paths(out, overwrite=overwrite)
     payload = {
         "config": config,
@@ -323,8 +302,15 @@ def write_outputs(
 
     # Atomic, as every file kd_keras writes: a crash never leaves half a file.
     write_json(json_path, payload, overwrite=True)
-    with atomic_path(png_path, overwrite=True) as tmp:
-        _plot_curves(results, str(tmp))
+    histories = {r.name: r.history for r in results}
+    logged = {k.removeprefix("val_") for h in histories.values() for k in h}
+    plot_history(
+        histories,
+        png_path,
+        overwrite=True,  # output_paths has checked
+        title="Training (solid) and held-out (dashed) curves",
+        metrics=[m for m in CURVES if m in logged],
+    )
     return json_path, png_path
 
 
