@@ -474,12 +474,17 @@ def plot_history(
     rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=120, squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
-        for run, logs in runs.items():
+        for i, (run, logs) in enumerate(runs.items()):
+            # One colour per run, so its training and held-out curves pair up.
+            color = f"C{i}" if run else None
             for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
                 if key in logs:
                     values = list(logs[key])
                     label = f"{run}: {key}" if run else key
-                    ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=label)
+                    ax.plot(
+                        range(1, len(values) + 1), values, style, markersize=3, label=label,
+                        color=color,
+                    )
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
