@@ -37,11 +37,12 @@ import keras
 import numpy as np
 
 import kd_keras
-from kd_keras.bench import evaluate_accuracy
+from kd_keras.bench import evaluate_accuracy, plot_history, render
 from kd_keras.data import load_digits
 from kd_keras.defaults import DEMO_ALPHA, DEMO_TEMPERATURE
-from kd_keras.io import atomic_path, write_json
+from kd_keras.io import write_json
 from kd_keras.models import cnn_student, cnn_teacher
+from kd_keras.pipeline import training
 
 # Defaults of `kd-keras demo`. They were chosen on a validation split carved
 # out of the digits *training* set (see README, "Demo"), never on the test set.
@@ -57,6 +58,9 @@ TEACHER_DENSE_UNITS = 128
 
 JSON_NAME = "demo.json"
 PNG_NAME = "demo_curves.png"
+#: The panels of `demo_curves.png`: every model's accuracy, then the
+#: distilled student's two loss terms.
+CURVES = ("accuracy", "student_loss", "soft_target_loss")
 
 Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -99,26 +103,24 @@ def train_supervised(
     validate: bool = True,
     verbose: int = 0,
 ) -> Result:
-    """Trains `model` (logits out) on the labels with cross-entropy.
+    """Trains `model` (logits out) on the labels with cross-entropy, through
+    the pipeline's `kd_keras.pipeline.training.train`.
 
     With `validate`, held-out accuracy is logged after every epoch (for the
     curves only: nothing is selected on it)."""
     (x_train, y_train), (x_test, y_test) = data
     if verbose:
         print(f"-- {name}")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    keras.utils.set_random_seed(seed)  # same shuffling for every student
     start = time.perf_counter()
-    history = model.fit(
+    history = training.train(
+        model,
         x_train,
         y_train,
         epochs=epochs,
         batch_size=batch_size,
+        learning_rate=learning_rate,
         validation_data=(x_test, y_test) if validate else None,
+        seed=seed,  # same shuffling for every student
         verbose=verbose,
     )
     seconds = time.perf_counter() - start
@@ -150,7 +152,8 @@ def train_distilled(
 
     The teacher's logits are computed once for the (fixed, in-memory)
     training set and travel with the labels, so each step runs the student
-    only; `fit` shuffles images, labels and logits together. The time to
+    only; `fit` shuffles images, labels and logits together (the pipeline's
+    `kd_keras.pipeline.training.train` with `teacher_logits`). The time to
     cache the training logits counts as training time.
     """
     (x_train, y_train), (x_test, y_test) = data
@@ -158,34 +161,33 @@ def train_distilled(
         print(f"-- {name}")
     cache = functools.partial(kd_keras.cache_teacher_outputs, teacher, verbose=0)
     start = time.perf_counter()
-    train_targets = {"labels": y_train, "teacher_logits": cache(x_train)}
+    train_logits = cache(x_train)
     cache_seconds = time.perf_counter() - start
     validation = None
     if validate:  # held-out curves only, like the other runs' validation
         validation = (x_test, {"labels": y_test, "teacher_logits": cache(x_test)})
 
-    distiller = kd_keras.Distiller(
-        student=student,
-        teacher=teacher,
-        losses=[kd_keras.losses.SoftTargetKD(temperature=temperature)],
-        alpha=alpha,
-    )
-    distiller.compile(optimizer=keras.optimizers.Adam(learning_rate), metrics=["accuracy"])
-    keras.utils.set_random_seed(seed)
     start = time.perf_counter()
-    history = distiller.fit(
+    history = training.train(
+        student,
         x_train,
-        train_targets,
+        y_train,
+        teacher=teacher,
+        teacher_logits=train_logits,
         epochs=epochs,
         batch_size=batch_size,
+        learning_rate=learning_rate,
+        temperature=temperature,
+        alpha=alpha,
         validation_data=validation,
+        seed=seed,
         verbose=verbose,
     )
     seconds = time.perf_counter() - start
     return Result(
         name=name,
-        test_accuracy=accuracy(distiller.student, x_test, y_test),
-        params=distiller.student.count_params(),
+        test_accuracy=accuracy(student, x_test, y_test),
+        params=student.count_params(),
         train_seconds=cache_seconds + seconds,
         history=_history(history),
         cache_seconds=cache_seconds,
@@ -244,7 +246,8 @@ def format_rows(results: Sequence[Result]) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(results: Sequence[Result], title: str = "kd_keras demo") -> None:
-    """Prints the comparison table (with `rich` when it is installed)."""
+    """Prints the comparison table through `kd_keras.bench.render.print_table`
+    (with `rich` when it is installed)."""
     headers = ("model", "test accuracy (%)", "parameters", "train time (s)")
     rows = format_rows(results)
     by_name = {r.name: r for r in results}
@@ -256,27 +259,7 @@ def print_table(results: Sequence[Result], title: str = "kd_keras demo") -> None
         notes.append(
             f"distilled time includes caching teacher logits: {distilled.cache_seconds:.1f} s"
         )
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-        print(title)
-        print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        for note in notes:
-            print(note)
-        return
-    table = Table(title=title)
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    console = Console()
-    console.print(table)
-    for note in notes:
-        console.print(note)
+    render.print_table(headers, rows, title=title, notes=notes)
 
 
 def output_paths(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
@@ -295,31 +278,6 @@ def output_paths(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path,
     return paths
 
 
-def _plot_curves(results: Sequence[Result], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
-        if "val_accuracy" in r.history:
-            epochs = range(1, len(r.history["val_accuracy"]) + 1)
-            left.plot(epochs, [100 * a for a in r.history["val_accuracy"]], label=r.name)
-    left.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="Held-out accuracy")
-    left.legend()
-    distilled = next((r for r in results if "student_loss" in r.history), None)
-    if distilled is not None:
-        for key, values in distilled.history.items():
-            if key.endswith("_loss") and not key.startswith("val_"):
-                right.plot(range(1, len(values) + 1), values, label=key)
-        right.set(xlabel="epoch", ylabel="loss", title=f"{distilled.name}: loss terms")
-        right.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
-
-
 def write_outputs(
     results: Sequence[Result],
     config: dict,
@@ -327,7 +285,8 @@ def write_outputs(
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Writes `demo.json` (config, versions, results with histories) and
-    `demo_curves.png` (training curves) into folder `out`, atomically."""
+    `demo_curves.png` (the `CURVES` of every run, by
+    `kd_keras.bench.plot_history`) into folder `out`, atomically."""
     json_path, png_path = output_paths(out, overwrite=overwrite)
     payload = {
         "config": config,
@@ -343,8 +302,15 @@ def write_outputs(
 
     # Atomic, as every file kd_keras writes: a crash never leaves half a file.
     write_json(json_path, payload, overwrite=True)
-    with atomic_path(png_path, overwrite=True) as tmp:
-        _plot_curves(results, str(tmp))
+    histories = {r.name: r.history for r in results}
+    logged = {k.removeprefix("val_") for h in histories.values() for k in h}
+    plot_history(
+        histories,
+        png_path,
+        overwrite=True,  # output_paths has checked
+        title="Training (solid) and held-out (dashed) curves",
+        metrics=[m for m in CURVES if m in logged],
+    )
     return json_path, png_path
 
 

@@ -331,3 +331,17 @@ def test_call_overhead_is_reported_separately(tmp_path):
     assert row["overhead_ms"] == pytest.approx(row["call_p50_ms"] - row["p50_ms"])
     assert "| call p50 ms | overhead ms |" in report.to_markdown()
     assert "invoke() alone" in report.to_markdown()
+
+
+def test_plot_history_compares_runs_on_chosen_metrics(tmp_path):
+    runs = {
+        "scratch": {"accuracy": [0.5, 0.7], "val_accuracy": [0.4, 0.6]},
+        "distilled": {"accuracy": [0.6, 0.8], "student_loss": [1.0, 0.5]},
+    }
+    path = bench.plot_history(
+        runs, tmp_path / "runs.png", metrics=["accuracy", "student_loss"]
+    )
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"\['soft_target_loss'\].*'student_loss'"):
+        bench.plot_history(runs, tmp_path / "y.png", metrics=["soft_target_loss"])
+    assert not (tmp_path / "y.png").exists()

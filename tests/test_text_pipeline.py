@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kd_keras import pruning, text
-from kd_keras.bench.ratio_report import render_ratio_report
+from kd_keras.bench.render import render_ratio_report
 from kd_keras.pipeline import (
     ConfigError,
     TextPipeline,

@@ -24,6 +24,7 @@ from kd_keras.bench.flops import (
 )
 from kd_keras.bench.latency import LatencyResult, measure_latency, percentile, summarize, sweep
 from kd_keras.bench.plots import pareto_front, plot_frontier, plot_history
+from kd_keras.bench.render import markdown_table, plain_table, ratio_cells, render_ratio_report
 from kd_keras.bench.report import ArtifactReport, BenchReport, benchmark
 from kd_keras.bench.size import SizeResult, file_size
 
@@ -43,11 +44,15 @@ __all__ = [
     "file_size",
     "fraction_of_peak",
     "macs_by_layer",
+    "markdown_table",
     "measure_latency",
     "pareto_front",
     "percentile",
+    "plain_table",
     "plot_frontier",
     "plot_history",
+    "ratio_cells",
+    "render_ratio_report",
     "summarize",
     "sweep",
 ]

@@ -432,8 +432,14 @@ def plot_history(
     path: str | os.PathLike,
     overwrite: bool = False,
     title: str = "Training curves",
+    metrics: Sequence[str] | None = None,
 ) -> Path:
     """Plots training curves from a `History` or a `{metric: [values]}` dict.
+
+    One panel per metric, holding its training and its `val_` curve. To
+    compare runs, pass `{run name: History or dict}`: each panel then holds
+    every run's curves, labelled by run. `metrics` chooses the panels and
+    their order (default: every metric logged, sorted).
 
     Example:
 
@@ -454,21 +460,31 @@ def plot_history(
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    logs: Mapping[str, Sequence[float]] = getattr(history, "history", history)
-    if not isinstance(logs, Mapping) or not logs:
+    runs = _runs(history)
+    logged = sorted({k[4:] if k.startswith("val_") else k for logs in runs.values() for k in logs})
+    if metrics is None:
+        metrics = logged
+    unknown = [m for m in metrics if m not in logged]
+    if unknown or not metrics:
         raise ValueError(
-            "history must be a keras History or a non-empty {metric: [values]} dict, "
-            f"got {type(history).__name__}."
+            f"metrics {unknown or list(metrics)} are not in the history; "
+            f"it logs {logged}."
         )
-    metrics = sorted({k[4:] if k.startswith("val_") else k for k in logs})
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=120, squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
-        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
-            if key in logs:
-                values = list(logs[key])
-                ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=key)
+        for i, (run, logs) in enumerate(runs.items()):
+            # One colour per run, so its training and held-out curves pair up.
+            color = f"C{i}" if run else None
+            for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+                if key in logs:
+                    values = list(logs[key])
+                    label = f"{run}: {key}" if run else key
+                    ax.plot(
+                        range(1, len(values) + 1), values, style, markersize=3, label=label,
+                        color=color,
+                    )
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -478,6 +494,21 @@ def plot_history(
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path, overwrite)
+
+
+def _runs(history: Any) -> dict[str, Mapping[str, Sequence[float]]]:
+    """`{run name: logs}` of one history (its run name empty) or of a
+    `{run name: History or dict}` mapping."""
+    logs = getattr(history, "history", history)
+    if not isinstance(logs, Mapping) or not logs:
+        raise ValueError(
+            "history must be a keras History, a non-empty {metric: [values]} dict, "
+            f"or a {{run name: History}} dict, got {type(history).__name__}."
+        )
+    runs = {name: getattr(run, "history", run) for name, run in logs.items()}
+    if all(isinstance(run, Mapping) and run for run in runs.values()):
+        return runs
+    return {"": logs}
 
 
 def _pyplot():

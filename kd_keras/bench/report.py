@@ -20,28 +20,10 @@ from typing import Any, Iterable, Mapping
 from kd_keras.bench import flops as flops_lib
 from kd_keras.bench.accuracy import evaluate_accuracy
 from kd_keras.bench.latency import LatencyResult, sweep
+from kd_keras.bench.render import bench_cells, markdown_table, print_table
 from kd_keras.bench.size import SizeResult, file_size
 from kd_keras.io import parity_report_path, write_text
 from kd_keras.runtime import runtime_of
-
-COLUMNS = (
-    ("model", "Model"),
-    ("runtime", "Runtime"),
-    ("config", "Config"),
-    ("size_kb", "Size KB"),
-    ("gzip_kb", "gzip KB"),
-    ("macs", "MACs"),
-    ("p50_ms", "p50 ms"),
-    ("p90_ms", "p90 ms"),
-    ("p99_ms", "p99 ms"),
-    ("mean_std_ms", "mean±std ms"),
-    ("call_p50_ms", "call p50 ms"),
-    ("overhead_ms", "overhead ms"),
-    ("init_ms", "init ms"),
-    ("memory_mb", "mem Δ MB"),
-    ("peak_pct", "% CPU peak"),
-    ("accuracy", "Accuracy"),
-)
 
 
 @dataclasses.dataclass
@@ -131,15 +113,15 @@ class BenchReport:
         return rows
 
     def formatted_rows(self) -> list[list[str]]:
-        return [[_fmt(key, row[key]) for key, _ in COLUMNS] for row in self.rows()]
+        """`rows()` as text cells, in the `bench` layout of `kd_keras.bench.render`."""
+        return bench_cells(self.rows())[1]
 
     def to_markdown(self, title: str = "Benchmark report") -> str:
         """The report as Markdown: table, machine, method notes, parity."""
-        header = [label for _, label in COLUMNS]
         lines = [f"# {title}", ""]
         if self.command:
             lines += ["Command:", "", "```", self.command, "```", ""]
-        lines += markdown_table(header, self.formatted_rows())
+        lines += markdown_table(*bench_cells(self.rows()))
         peaks = ", ".join(
             f"{t} thread(s): {g:.1f} GFLOP/s" for t, g in sorted(self.cpu_peak_gflops.items())
         )
@@ -192,26 +174,7 @@ class BenchReport:
 
     def print_table(self, console=None) -> None:
         """Prints the table with rich when available, else as plain text."""
-        header = [label for _, label in COLUMNS]
-        rows = self.formatted_rows()
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            print(plain_table(header, rows))
-            return
-        table = Table(title="kd_keras benchmark", show_lines=False)
-        for label in header:
-            table.add_column(
-                label, justify="left" if label in ("Model", "Runtime", "Config") else "right"
-            )
-        for row in rows:
-            table.add_row(*row)
-        if console is None:
-            console = Console()
-            if not console.is_terminal:  # a log file: do not squeeze to 80 columns
-                console = Console(width=200)
-        console.print(table)
+        print_table(*bench_cells(self.rows()), title="kd_keras benchmark", left=3, console=console)
 
     def save(
         self, folder: str | os.PathLike, overwrite: bool = False, plot: bool = True
@@ -344,53 +307,3 @@ def benchmark(
     if measure_peak:
         peaks = {t: flops_lib.cpu_peak_gflops(t) for t in sorted({1, *threads})}
     return BenchReport(reports, cpu_peak_gflops=peaks, command=command)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """The lines of a Markdown table: header, separator, one line per row.
-    Every report of kd_keras (the bench report, the text ratio report) is
-    written with it.
-
-    Example:
-
-    ```python
-    "\n".join(markdown_table(["model", "accuracy"], [["student", "0.97"]]))
-    ```
-    """
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def plain_table(header: list[str], rows: list[list[str]]) -> str:
-    """Fixed-width text table (the fallback when rich is not installed)."""
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join([line, "-" * len(line), *body])
-
-
-def _fmt(key: str, value) -> str:
-    if value is None:
-        return "–"
-    if key == "mean_std_ms":
-        return f"{value[0]:.3f}±{value[1]:.3f}"
-    if key == "macs":
-        return _si(value)
-    if key == "accuracy":
-        return f"{100 * value:.2f}%"
-    if key == "peak_pct":
-        return f"{value:.2f}"
-    if key in ("size_kb", "gzip_kb", "memory_mb"):
-        return f"{value:.1f}"
-    if key.endswith("_ms"):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def _si(count: int) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.2f}{unit}"
-    return str(count)

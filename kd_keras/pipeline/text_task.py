@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from kd_keras.bench.ratio_report import render_ratio_report
+from kd_keras.bench.render import render_ratio_report
 from kd_keras.io import atomic_path, write_json, write_text
 from kd_keras.pipeline.config import ConfigError
 from kd_keras.pipeline.data_sources import num_classes

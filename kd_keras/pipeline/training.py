@@ -14,6 +14,10 @@ teacher = build_model("cnn_teacher", x.shape[1:], 10)
 train(teacher, x, y, epochs=1, verbose=0)
 student = build_model("cnn_student", x.shape[1:], 10)
 history = train(student, x, y, teacher=teacher, epochs=1, verbose=0)
+
+# Offline distillation: the teacher runs once, before training.
+logits = kd_keras.cache_teacher_outputs(teacher, x, verbose=0)
+history = train(student, x, y, teacher=teacher, teacher_logits=logits, epochs=1, verbose=0)
 ```
 """
 
@@ -59,16 +63,28 @@ def train(
     losses: Sequence[Any] = ("soft_target",),
     callbacks: Sequence[Any] = (),
     verbose: int | None = None,
+    teacher_logits: np.ndarray | None = None,
+    validation_data: tuple | None = None,
+    seed: int | None = None,
 ):
     """Fits `model` on labels, or distils into it from `teacher` (the terms
     `losses`, as `kd_keras.losses.get_terms` reads them, soft targets by
     default, at `temperature` unless a term sets its own; label weight
     `alpha`); returns the `History`.
 
+    `teacher_logits` (from `kd_keras.cache_teacher_outputs(teacher, x)`)
+    distils from the teacher's cached outputs: they travel with the labels,
+    `fit` shuffles them together, and each step runs the student only.
+    `validation_data` goes to `fit` as it is (with cached logits, its targets
+    are `{"labels": y, "teacher_logits": logits}` too). `seed` is set right
+    before `fit`, so runs that share it shuffle their batches alike.
+
     Every step below trains through this function, so "distil while
     pruning" and "distillation-aware QAT" are the same code as distillation.
     """
-    if teacher is None:
+    if teacher_logits is not None:
+        y = {"labels": y, "teacher_logits": teacher_logits}
+    if teacher is None and teacher_logits is None:
         model.compile(
             optimizer=_optimizer(learning_rate), loss=_labels_loss(), metrics=["accuracy"]
         )
@@ -86,11 +102,16 @@ def train(
         target.compile(optimizer=_optimizer(learning_rate), metrics=["accuracy"])
         # Built before fit so BackupAndRestore can restore into its weights.
         target.build((None, *x.shape[1:]))
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(seed)
     return target.fit(
         x,
         y,
         epochs=epochs,
         batch_size=batch_size,
+        validation_data=validation_data,
         callbacks=list(callbacks),
         verbose=verbosity() if verbose is None else verbose,
     )
