@@ -35,3 +35,7 @@ DEFAULT_QAT_ALPHA = 0.2
 # the digits training set (README, "Demo"), never on the test set.
 DEMO_TEMPERATURE = 8.0
 DEMO_ALPHA = 0.1
+
+# Post-training quantization choices of `quantization.quantize_post_training`,
+# the pipeline's `quantize.modes` and `kd-keras quantize --modes`.
+PTQ_MODES = ("dynamic", "int8", "float16")

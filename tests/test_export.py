@@ -24,14 +24,6 @@ NEEDS_ONNX_EXPORT = pytest.mark.skipif(
 )
 
 
-def _has_quantization_convert():
-    try:
-        from kd_keras.quantization.convert import convert  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_digits()
@@ -116,9 +108,6 @@ def test_saved_model_parity(student, digits, tmp_path):
 
 
 @TF_ONLY
-@pytest.mark.skipif(
-    not _has_quantization_convert(), reason="kd_keras.quantization.convert not present"
-)
 def test_int8_top1_agreement(student, digits, tmp_path):
     (x_train, _), (x_test, _) = digits
     report = export.to_tflite(

@@ -34,6 +34,7 @@ from kd_keras.defaults import (  # noqa: F401
     DEFAULT_TEMPERATURE,
     DEMO_ALPHA,
     DEMO_TEMPERATURE,
+    PTQ_MODES,
 )
 
 # Soft-target defaults, shared with the library (a module with no imports).
@@ -48,7 +49,6 @@ DEMO_OUTPUTS = ("demo.json", "demo_curves.png")
 
 # `distill / prune / quantize`: kd_keras.pipeline.steps's names and defaults.
 BUILDERS = ("cnn_teacher", "cnn_student")
-PTQ_MODES = ("dynamic", "int8", "float16")
 LR_SCHEDULES = ("hold-cosine", "constant")
 
 # `export`: kd_keras.export.onnx.DEFAULT_OPSET; 9 is onnxruntime's oldest.

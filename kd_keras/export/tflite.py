@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import tempfile
 from pathlib import Path
 
 from kd_keras.export.base import publish, require_tensorflow_backend
 from kd_keras.export.parity import ParityReport
+from kd_keras.quantization.convert import convert
 
 QUANTIZATIONS = (None, "dynamic", "int8", "float16", "qat")
 
@@ -99,36 +97,8 @@ def to_tflite(
 def convert_to_flatbuffer(
     model, quantization=None, representative_data=None, **convert_kwargs
 ) -> bytes:
-    """The flatbuffer bytes, from `kd_keras.quantization.convert` when that
-    module is installed, else (float32 only) from Keras's LiteRT export."""
-    convert = _quantization_convert()
-    if convert is not None:
-        return convert(
-            model, mode=quantization, representative_data=representative_data, **convert_kwargs
-        )
-    if quantization is not None or convert_kwargs:
-        raise NotImplementedError(
-            f"quantization={quantization!r} needs kd_keras.quantization.convert, "
-            "which is not available in this install; export float32 "
-            "(quantization=None) or install the full kd_keras."
-        )
-    return _float_flatbuffer(model)
-
-
-def _quantization_convert():
-    try:
-        from kd_keras.quantization.convert import convert
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("kd_keras"):
-            return None
-        raise
-    return convert
-
-
-def _float_flatbuffer(model) -> bytes:
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / "model.tflite"
-        # Keras prints the traced signature; keep the user's terminal clean.
-        with contextlib.redirect_stdout(io.StringIO()):
-            model.export(str(target), format="litert", verbose=False)
-        return target.read_bytes()
+    """The flatbuffer bytes of `model` under `quantization` (one of
+    `QUANTIZATIONS`), from `kd_keras.quantization.convert`, the one converter."""
+    return convert(
+        model, mode=quantization, representative_data=representative_data, **convert_kwargs
+    )

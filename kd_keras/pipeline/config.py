@@ -84,6 +84,7 @@ from kd_keras.defaults import (
     DEFAULT_QAT_ALPHA,
     DEFAULT_QAT_TEMPERATURE,
     DEFAULT_TEMPERATURE,
+    PTQ_MODES,
 )
 from kd_keras.pipeline.checks import (
     int_at_least,
@@ -97,7 +98,6 @@ from kd_keras.pipeline.checks import (
 from kd_keras.pipeline.data_sources import DATASETS
 from kd_keras.pipeline.model_files import BUILDERS
 from kd_keras.pipeline.prune_step import parse_m_by_n
-from kd_keras.pipeline.quantize_step import PTQ_MODES
 
 # section -> key -> (check, description, default). A default of REQUIRED
 # must be given; None means optional.

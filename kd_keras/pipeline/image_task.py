@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kd_keras.defaults import PTQ_MODES
 from kd_keras.pipeline.data_sources import load_data, num_classes
 from kd_keras.pipeline.model_files import (
     build_model,
@@ -26,7 +27,7 @@ from kd_keras.pipeline.model_files import (
     preset_num_classes,
     save_model,
 )
-from kd_keras.pipeline.quantize_step import PTQ_MODES, export_tflite
+from kd_keras.pipeline.quantize_step import export_tflite
 from kd_keras.pipeline.runfolder import command_line
 from kd_keras.pipeline.task import Task
 from kd_keras.pipeline.training import train

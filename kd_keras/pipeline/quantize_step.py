@@ -21,8 +21,6 @@ import numpy as np
 
 from kd_keras.pipeline.training import train
 
-PTQ_MODES = ("dynamic", "int8", "float16")
-
 
 def quantize_aware_train(
     student,

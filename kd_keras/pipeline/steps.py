@@ -29,6 +29,7 @@ from kd_keras.defaults import (
     DEFAULT_QAT_ALPHA,
     DEFAULT_QAT_TEMPERATURE,
     DEFAULT_TEMPERATURE,
+    PTQ_MODES,
 )
 from kd_keras.pipeline.data_sources import (
     DATASETS,
@@ -46,7 +47,7 @@ from kd_keras.pipeline.model_files import (
     save_model,
 )
 from kd_keras.pipeline.prune_step import LR_SCHEDULES, parse_m_by_n, prune_student
-from kd_keras.pipeline.quantize_step import PTQ_MODES, export_tflite, quantize_aware_train
+from kd_keras.pipeline.quantize_step import export_tflite, quantize_aware_train
 from kd_keras.pipeline.training import distill_student, train, verbosity
 
 __all__ = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from kd_keras.defaults import PTQ_MODES
 from kd_keras.pipeline.checks import (
     int_at_least,
     is_bool,
@@ -34,7 +35,6 @@ from kd_keras.pipeline.config import (
     read_yaml,
     validate_section,
 )
-from kd_keras.pipeline.quantize_step import PTQ_MODES
 
 TEXT_TASK = "text"
 TEXT_DATASETS = ("bbc", "vader")

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import keras
 import numpy as np
 
-PTQ_MODES = ("dynamic", "int8", "float16")
+from kd_keras.defaults import PTQ_MODES
 
 
 def _input_specs(model):
