@@ -23,8 +23,11 @@ from kd_keras.pruning.wrapper import (
     NORMALIZATION_LAYERS,
     PRUNABLE_LAYER_TYPES,
     PruneLowMagnitude,
+    collect_pruned_layers,
     dense_reason,
+    has_own_rule,
     is_prunable,
+    nested_dense_layers,
     unsupported_layer_message,
 )
 from kd_keras.uncompile import uncompile
@@ -231,8 +234,11 @@ def prune_low_magnitude(
             Default: every layer of a prunable type (`PRUNABLE_LAYER_TYPES`:
             Dense, convolutions of every kind, EinsumDense, Embedding, LSTM,
             GRU, SimpleRNN, MultiHeadAttention; the class itself, a subclass
-            needs `get_prunable_weights()`) and every layer with
-            `get_prunable_weights()`; other layers pass through untouched,
+            needs `get_prunable_weights()`), every layer with
+            `get_prunable_weights()`, and every composite layer holding such
+            layers (a keras-hub TransformerEncoder: wrapped whole, the
+            kernels of its nested layers masked; select or skip it by its
+            own name); other layers pass through untouched,
             those with weights listed in one `PrunedCoverageWarning`. Naming
             a layer that cannot be pruned is an error.
         skip: for models, layers to leave unpruned (names, classes or layers).
@@ -303,10 +309,13 @@ def prune_low_magnitude(
 
 
 def _prune_model(model, select: _Selection, params: dict, left_dense: list):
-    def wrap(layer):
+    def wrap(layer, composites: bool = True):
         if isinstance(layer, keras.Model):
             return _prune_model(layer, select, params, left_dense)
-        if select(layer):
+        if select(layer) and (composites or has_own_rule(layer)):
+            if select.prunable is None:
+                # Weights inside a composite layer that no rule reaches.
+                left_dense.extend(nested_dense_layers(layer))
             wrapper = PruneLowMagnitude(layer, **params)
             if layer.built:
                 wrapper.build(None)
@@ -320,7 +329,12 @@ def _prune_model(model, select: _Selection, params: dict, left_dense: list):
 
     if _is_graph_model(model):
         return clone_graph(model, wrap)
-    _replace_in_place(model, wrap, set())
+    # In place: first each prunable layer reachable through attributes, as
+    # its own wrapper; then the composite layers still holding prunable
+    # layers out of reach (in private attributes), each wrapped whole.
+    _replace_in_place(model, lambda layer: wrap(layer, composites=False), set())
+    # Wrappers made by the first pass are not searched again.
+    _replace_in_place(model, wrap, {id(layer) for layer in collect_pruned_layers(model)})
     return model
 
 
