@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from kd_keras import pruning
+from kd_keras.pruning.wrapper import reduced_axes
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -204,3 +205,31 @@ def test_custom_composite_layer_is_pruned_and_unknown_weights_are_named():
     assert type(stripped.get_layer("block")) is Block
     np.testing.assert_allclose(np_(stripped(x)), np_(pruned(x)), atol=1e-6)
     assert np.mean(np_(stripped.get_layer("block")._up.kernel) == 0) == 0.5
+
+
+def np_m_by_n_mask(w, m, n, axis):
+    """Zero the m smallest |w| of every n consecutive weights along `axis`."""
+    a = np.moveaxis(np.abs(w), axis, -1)
+    groups = a.reshape(-1, n)
+    mask = np.ones_like(groups)
+    order = np.argsort(groups, axis=1, kind="stable")[:, :m]
+    np.put_along_axis(mask, order, 0, axis=1)
+    return np.moveaxis(mask.reshape(a.shape), -1, axis).astype(w.dtype)
+
+
+def test_m_by_n_runs_along_each_encoder_kernels_own_input_axis():
+    model = bert()
+    x, y = data()
+    pruned = quiet_prune(model, sparsity_m_by_n=(2, 4))
+    encoder = pruned.get_layer("bert_backbone").get_layer("prune_low_magnitude_transformer_layer_0")
+    # The query projection sums over the hidden axis (0), the attention
+    # output over the head axis (1), the feed-forward Dense kernels over 0.
+    axes = dict(zip([m.name for m in encoder.masks], reduced_axes(encoder.layer)))
+    assert axes["self_attention_layer_query_dense_kernel_mask"] == 0
+    assert axes["self_attention_layer_output_dense_kernel_mask"] == 1
+    kernels = [np_(v.value) for v in encoder.pruned_weights]
+    pruned.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(True))
+    pruned.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[pruning.UpdatePruningStep()])
+    for kernel, mask in zip(kernels, encoder.masks):
+        ref = np_m_by_n_mask(kernel, 2, 4, axes[mask.name])
+        np.testing.assert_array_equal(np_(mask.value), ref, err_msg=mask.name)
