@@ -233,3 +233,38 @@ def test_m_by_n_runs_along_each_encoder_kernels_own_input_axis():
     for kernel, mask in zip(kernels, encoder.masks):
         ref = np_m_by_n_mask(kernel, 2, 4, axes[mask.name])
         np.testing.assert_array_equal(np_(mask.value), ref, err_msg=mask.name)
+
+
+def test_subclassed_model_prunes_a_composite_attribute_in_place():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.block = Block(name="block")  # its Dense layers are private
+            self.head = keras.layers.Dense(2, name="head")
+
+        def call(self, x, training=None):
+            return self.head(self.block(x, training=training), training=training)
+
+    x = np.random.default_rng(0).normal(size=(32, 5)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 2, 32)
+    net = Net()
+    before = np_(net(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pruning.PrunedCoverageWarning)  # Scale's weight
+        same = pruning.prune_low_magnitude(
+            net, pruning_schedule=pruning.ConstantSparsity(0.5, 0, frequency=1)
+        )
+    assert same is net
+    assert isinstance(net.block, pruning.PruneLowMagnitude)
+    assert isinstance(net.head, pruning.PruneLowMagnitude)
+    np.testing.assert_allclose(np_(net(x)), before, rtol=0, atol=1e-6)
+    kernels = [np_(v.value) for v in net.block.pruned_weights]
+    net.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(True))
+    net.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[pruning.UpdatePruningStep()])
+    for kernel, mask in zip(kernels, net.block.masks):
+        np.testing.assert_array_equal(np_(mask.value), np_magnitude_mask(kernel, 0.5))
+    out = np_(net(x))
+    pruning.strip_pruning(net)
+    assert type(net.block) is Block
+    np.testing.assert_allclose(np_(net(x)), out, atol=1e-6)
+    assert np.mean(np_(net.block._down.kernel) == 0) == 0.5
