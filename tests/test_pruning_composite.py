@@ -268,3 +268,21 @@ def test_subclassed_model_prunes_a_composite_attribute_in_place():
     assert type(net.block) is Block
     np.testing.assert_allclose(np_(net(x)), out, atol=1e-6)
     assert np.mean(np_(net.block._down.kernel) == 0) == 0.5
+
+
+def test_layer_in_a_private_attribute_of_a_subclassed_model_is_named():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self._hidden = keras.layers.Dense(4, name="hidden")  # out of in-place reach
+            self.head = keras.layers.Dense(2, name="head")
+
+        def call(self, x, training=None):
+            return self.head(self._hidden(x), training=training)
+
+    net = Net()
+    net(np.zeros((1, 5), "float32"))
+    with pytest.warns(pruning.PrunedCoverageWarning, match="'hidden' \\(Dense\\): prunable, but"):
+        pruning.prune_low_magnitude(net)
+    assert isinstance(net.head, pruning.PruneLowMagnitude)
+    assert not isinstance(net._hidden, pruning.PruneLowMagnitude)

@@ -123,11 +123,19 @@ class PrunedCoverageWarning(UserWarning):
     """`prune_low_magnitude` left layers with weights dense (listed, with why)."""
 
 
+_OUT_OF_REACH = (
+    "prunable, but held where in-place pruning cannot replace it (a private "
+    "attribute, a dict or tuple of a subclassed model): keep it in a public "
+    "attribute or a list, or build the model as Functional"
+)
+
+
 def _warn_left_dense(layers: list) -> None:
     """One warning for the whole call: each layer left dense, grouped by reason."""
     groups: dict[str, list] = {}
     for layer in dict.fromkeys(layers):  # a shared layer once
-        groups.setdefault(dense_reason(layer), []).append(layer)
+        reason = _OUT_OF_REACH if is_prunable(layer) else dense_reason(layer)
+        groups.setdefault(reason, []).append(layer)
     if not groups:
         return
     lines = []
@@ -335,7 +343,29 @@ def _prune_model(model, select: _Selection, params: dict, left_dense: list):
     _replace_in_place(model, lambda layer: wrap(layer, composites=False), set())
     # Wrappers made by the first pass are not searched again.
     _replace_in_place(model, wrap, {id(layer) for layer in collect_pruned_layers(model)})
+    left_dense.extend(_out_of_reach(model, select))
     return model
+
+
+def _out_of_reach(model, select: _Selection) -> list:
+    """Selected layers of a subclassed model that in-place replacement did
+    not reach (outermost only: an encoder, not also its projections)."""
+    wrapped = {
+        id(sub)
+        for wrapper in collect_pruned_layers(model)
+        for sub in wrapper._flatten_layers(include_self=True, recursive=True)
+    }
+    missed = [
+        layer
+        for layer in _all_layers(model)
+        if id(layer) not in wrapped and not isinstance(layer, keras.Model) and select(layer)
+    ]
+    inner = {
+        id(sub)
+        for layer in missed
+        for sub in layer._flatten_layers(include_self=False, recursive=True)
+    }
+    return [layer for layer in missed if id(layer) not in inner]
 
 
 def _check_something_pruned(model, pruned):

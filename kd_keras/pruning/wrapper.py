@@ -123,6 +123,15 @@ def nested_prunable_layers(layer) -> list:
     a layer already wrapped for pruning is neither taken nor searched; a
     shared sub-layer is taken once. Nested models are not searched: they are
     pruned as models.
+
+    Example:
+
+    ```python
+    encoder = keras_hub.layers.TransformerEncoder(intermediate_dim=16, num_heads=2)
+    encoder.build((None, 8, 8))
+    [layer.name for layer in nested_prunable_layers(encoder)]
+    # ['self_attention_layer', 'feedforward_intermediate_dense', 'feedforward_output_dense']
+    ```
     """
     found, seen = [], set()
 
@@ -143,7 +152,12 @@ def nested_prunable_layers(layer) -> list:
 
 def nested_dense_layers(layer) -> list:
     """Leaf layers with trainable weights nested in a composite layer that
-    pruning does not reach (no rule for their type; normalization excluded)."""
+    pruning does not reach (no rule for their type; normalization excluded);
+    `prune_low_magnitude` names them in its `PrunedCoverageWarning`.
+
+    Example: `nested_dense_layers(encoder) == []` for a keras-hub
+    TransformerEncoder (its weights are kernels, biases and layer norms).
+    """
     left, seen = [], set()
 
     def walk(parent):
