@@ -295,10 +295,18 @@ def test_left_dense_layers_are_listed_once_in_one_warning():
     class CustomDense(keras.layers.Dense):  # a subclass: TFMOT does not guess its weights
         pass
 
+    class RawScale(keras.layers.Layer):  # its own weight, no rule for it
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.scale
+
     inp = keras.Input((8,))
     h = keras.layers.Dense(8, name="pruned")(inp)
     h = keras.layers.BatchNormalization(name="bn")(h)
-    h = LazyBlock(8, name="lazy")(h)
+    h = LazyBlock(8, name="lazy")(h)  # a composite: its Dense is pruned
+    h = RawScale(name="raw")(h)
     shared = CustomDense(8, name="custom")
     h = shared(shared(h))
     h = keras.layers.LayerNormalization(name="ln")(h)
@@ -309,11 +317,11 @@ def test_left_dense_layers_are_listed_once_in_one_warning():
     message = str(record[0].message)
     assert "left 2 layer(s)" in message
     assert message.count("'custom'") == 1  # called twice, listed once
-    assert "'lazy' (LazyBlock): no pruning rule" in message
+    assert "'raw' (RawScale): no pruning rule" in message and "'lazy'" not in message
     assert "'custom' (CustomDense): a subclass of Dense without get_prunable_weights()" in message
     # Nothing to prune there: no weights (Dropout), or scales and offsets.
     assert "dropout" not in message and "'bn'" not in message and "'ln'" not in message
-    assert [w.layer.name for w in wrappers(pruned)] == ["pruned"]
+    assert [w.layer.name for w in wrappers(pruned)] == ["pruned", "lazy"]
     # Choosing explicitly (prunable= / skip=) silences it.
     with warnings.catch_warnings():
         warnings.simplefilter("error", pruning.PrunedCoverageWarning)

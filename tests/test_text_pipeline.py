@@ -218,6 +218,9 @@ def test_text_student_is_pruned_and_quantized_from_yaml(setup):
     sparsity = json.loads((run / "prune" / "sparsity.json").read_text())
     names = [row["name"] for row in sparsity["layers"] if row["pruned"]]
     assert "logits" in names
+    # The encoder blocks (attention and feed-forward kernels) and the
+    # embedding tables are pruned too, not only the layers of the graph.
+    assert {"transformer_layer_0", "transformer_layer_1", "token_embedding"} <= set(names)
     by_name = {layer.name: layer for layer in pruned._flatten_layers(include_self=False)}
     kernels = [numpy_(by_name[n].weights[0]) for n in names]
     assert np.mean(np.concatenate([k.ravel() == 0 for k in kernels])) == pytest.approx(0.5, 0.02)

@@ -39,14 +39,20 @@ def parse_m_by_n(value) -> tuple[int, int]:
 def _m_by_n_layers(model, n: int) -> tuple[list[str], list[str]]:
     """(layers whose input axis splits into groups of n, prunable layers whose
     does not): the second are left dense rather than failing the run."""
-    from kd_keras.pruning.wrapper import is_prunable, prunable_weights, reduced_axis
+    from kd_keras.pruning.wrapper import is_prunable, prunable_weights, reduced_axes
 
     fits, left = [], []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if not is_prunable(layer) or not layer.built:
             continue
-        axis = reduced_axis(layer)
-        ok = axis is not None and all(w.shape[axis] % n == 0 for w in prunable_weights(layer))
+        # Each weight along its own axis: a composite layer's kernels differ
+        # (an EinsumDense projection, a Dense feed-forward).
+        pairs = [
+            (w, axis)
+            for w, axis in zip(prunable_weights(layer), reduced_axes(layer))
+            if axis is not None
+        ]
+        ok = bool(pairs) and all(w.shape[axis] % n == 0 for w, axis in pairs)
         (fits if ok else left).append(layer.name)
     return fits, left
 
@@ -150,4 +156,3 @@ def prune_student(
         **train_kwargs,
     )
     return pruned, pruning.strip_pruning(pruned), history
-

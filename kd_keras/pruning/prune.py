@@ -23,8 +23,11 @@ from kd_keras.pruning.wrapper import (
     NORMALIZATION_LAYERS,
     PRUNABLE_LAYER_TYPES,
     PruneLowMagnitude,
+    collect_pruned_layers,
     dense_reason,
+    has_own_rule,
     is_prunable,
+    nested_dense_layers,
     unsupported_layer_message,
 )
 from kd_keras.uncompile import uncompile
@@ -120,11 +123,19 @@ class PrunedCoverageWarning(UserWarning):
     """`prune_low_magnitude` left layers with weights dense (listed, with why)."""
 
 
+_OUT_OF_REACH = (
+    "prunable, but held where in-place pruning cannot replace it (a private "
+    "attribute, a dict or tuple of a subclassed model): keep it in a public "
+    "attribute or a list, or build the model as Functional"
+)
+
+
 def _warn_left_dense(layers: list) -> None:
     """One warning for the whole call: each layer left dense, grouped by reason."""
     groups: dict[str, list] = {}
     for layer in dict.fromkeys(layers):  # a shared layer once
-        groups.setdefault(dense_reason(layer), []).append(layer)
+        reason = _OUT_OF_REACH if is_prunable(layer) else dense_reason(layer)
+        groups.setdefault(reason, []).append(layer)
     if not groups:
         return
     lines = []
@@ -231,8 +242,11 @@ def prune_low_magnitude(
             Default: every layer of a prunable type (`PRUNABLE_LAYER_TYPES`:
             Dense, convolutions of every kind, EinsumDense, Embedding, LSTM,
             GRU, SimpleRNN, MultiHeadAttention; the class itself, a subclass
-            needs `get_prunable_weights()`) and every layer with
-            `get_prunable_weights()`; other layers pass through untouched,
+            needs `get_prunable_weights()`), every layer with
+            `get_prunable_weights()`, and every composite layer holding such
+            layers (a keras-hub TransformerEncoder: wrapped whole, the
+            kernels of its nested layers masked; select or skip it by its
+            own name); other layers pass through untouched,
             those with weights listed in one `PrunedCoverageWarning`. Naming
             a layer that cannot be pruned is an error.
         skip: for models, layers to leave unpruned (names, classes or layers).
@@ -303,10 +317,13 @@ def prune_low_magnitude(
 
 
 def _prune_model(model, select: _Selection, params: dict, left_dense: list):
-    def wrap(layer):
+    def wrap(layer, composites: bool = True):
         if isinstance(layer, keras.Model):
             return _prune_model(layer, select, params, left_dense)
-        if select(layer):
+        if select(layer) and (composites or has_own_rule(layer)):
+            if select.prunable is None:
+                # Weights inside a composite layer that no rule reaches.
+                left_dense.extend(nested_dense_layers(layer))
             wrapper = PruneLowMagnitude(layer, **params)
             if layer.built:
                 wrapper.build(None)
@@ -320,8 +337,35 @@ def _prune_model(model, select: _Selection, params: dict, left_dense: list):
 
     if _is_graph_model(model):
         return clone_graph(model, wrap)
-    _replace_in_place(model, wrap, set())
+    # In place: first each prunable layer reachable through attributes, as
+    # its own wrapper; then the composite layers still holding prunable
+    # layers out of reach (in private attributes), each wrapped whole.
+    _replace_in_place(model, lambda layer: wrap(layer, composites=False), set())
+    # Wrappers made by the first pass are not searched again.
+    _replace_in_place(model, wrap, {id(layer) for layer in collect_pruned_layers(model)})
+    left_dense.extend(_out_of_reach(model, select))
     return model
+
+
+def _out_of_reach(model, select: _Selection) -> list:
+    """Selected layers of a subclassed model that in-place replacement did
+    not reach (outermost only: an encoder, not also its projections)."""
+    wrapped = {
+        id(sub)
+        for wrapper in collect_pruned_layers(model)
+        for sub in wrapper._flatten_layers(include_self=True, recursive=True)
+    }
+    missed = [
+        layer
+        for layer in _all_layers(model)
+        if id(layer) not in wrapped and not isinstance(layer, keras.Model) and select(layer)
+    ]
+    inner = {
+        id(sub)
+        for layer in missed
+        for sub in layer._flatten_layers(include_self=False, recursive=True)
+    }
+    return [layer for layer in missed if id(layer) not in inner]
 
 
 def _check_something_pruned(model, pruned):

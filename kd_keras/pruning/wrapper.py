@@ -81,11 +81,25 @@ _REGISTRY: dict[type, tuple[tuple[str, object], ...]] = {
     ),
 }
 
+if hasattr(layers, "ReversibleEmbedding"):  # Keras >= 3.12
+    _REGISTRY[layers.ReversibleEmbedding] = (("embeddings", -1),)
+
 PRUNABLE_LAYER_TYPES = tuple(_REGISTRY)
+
+# Rules for layers of libraries kd_keras does not import (keras-hub), matched
+# on their registered name: an embedding table is pruned as Embedding's is.
+# A ReversibleEmbedding's `reverse` projection reads the same (masked) table.
+_NAMED_RULES: dict[str, tuple[tuple[str, object], ...]] = {
+    "keras_hub>ReversibleEmbedding": (("embeddings", -1),),
+    "keras_hub>PositionEmbedding": (("position_embeddings", -1),),
+}
 
 
 def _registry_entry(layer):
-    return _REGISTRY.get(type(layer))
+    entry = _REGISTRY.get(type(layer))
+    if entry is None:
+        entry = _NAMED_RULES.get(keras.saving.get_registered_name(type(layer)))
+    return entry
 
 
 def _attribute(obj, path: str):
@@ -94,27 +108,112 @@ def _attribute(obj, path: str):
     return obj
 
 
-def is_prunable(layer) -> bool:
-    """True for the built-in prunable types (exact class, as TFMOT) and for
-    layers defining `get_prunable_weights()` (TFMOT's `PrunableLayer` protocol)."""
+def has_own_rule(layer) -> bool:
+    """A layer pruned on its own: a registered type or `get_prunable_weights()`."""
     return hasattr(layer, "get_prunable_weights") or _registry_entry(layer) is not None
 
 
-def prunable_weights(layer) -> list:
-    """The variables of `layer` that pruning masks (its kernels)."""
+def nested_prunable_layers(layer) -> list:
+    """The prunable layers nested in a composite layer (a TransformerEncoder's
+    attention and feed-forward layers), in tracking order.
+
+    Found through Keras's own sub-layer tracking (`_layers`), so sub-layers
+    kept in private attributes are reached too. A prunable sub-layer is taken
+    whole (MultiHeadAttention with its four projections) and not searched;
+    a layer already wrapped for pruning is neither taken nor searched; a
+    shared sub-layer is taken once. Nested models are not searched: they are
+    pruned as models.
+
+    Example:
+
+    ```python
+    encoder = keras_hub.layers.TransformerEncoder(intermediate_dim=16, num_heads=2)
+    encoder.build((None, 8, 8))
+    [layer.name for layer in nested_prunable_layers(encoder)]
+    # ['self_attention_layer', 'feedforward_intermediate_dense', 'feedforward_output_dense']
+    ```
+    """
+    found, seen = [], set()
+
+    def walk(parent):
+        for sub in parent._layers:
+            if id(sub) in seen or isinstance(sub, (PruneLowMagnitude, keras.Model)):
+                continue
+            seen.add(id(sub))
+            if has_own_rule(sub):
+                found.append(sub)
+            else:
+                walk(sub)
+
+    if not isinstance(layer, keras.Model):
+        walk(layer)
+    return found
+
+
+def nested_dense_layers(layer) -> list:
+    """Leaf layers with trainable weights nested in a composite layer that
+    pruning does not reach (no rule for their type; normalization excluded);
+    `prune_low_magnitude` names them in its `PrunedCoverageWarning`.
+
+    Example: `nested_dense_layers(encoder) == []` for a keras-hub
+    TransformerEncoder (its weights are kernels, biases and layer norms).
+    """
+    left, seen = [], set()
+
+    def walk(parent):
+        for sub in parent._layers:
+            if id(sub) in seen or isinstance(sub, (PruneLowMagnitude, keras.Model)):
+                continue
+            seen.add(id(sub))
+            if has_own_rule(sub) or isinstance(sub, NORMALIZATION_LAYERS):
+                continue
+            if sub._layers:
+                walk(sub)
+            elif sub._trainable_variables:
+                left.append(sub)
+
+    walk(layer)
+    return left
+
+
+def is_prunable(layer) -> bool:
+    """True for the built-in prunable types (exact class, as TFMOT), for
+    layers defining `get_prunable_weights()` (TFMOT's `PrunableLayer`
+    protocol), and for composite layers holding prunable sub-layers
+    (`nested_prunable_layers`: a keras-hub TransformerEncoder)."""
+    return has_own_rule(layer) or bool(nested_prunable_layers(layer))
+
+
+def _targets(layer) -> list:
+    """The layers whose rules give `layer`'s pruned weights: itself, or its
+    nested prunable layers when it is a composite."""
+    return [layer] if has_own_rule(layer) else nested_prunable_layers(layer)
+
+
+def _own_weights(layer) -> list:
     if hasattr(layer, "get_prunable_weights"):
         return list(layer.get_prunable_weights())
     return [_attribute(layer, path) for path, _ in _registry_entry(layer)]
+
+
+def _own_axes(layer) -> list:
+    if hasattr(layer, "get_prunable_weights"):
+        axis = getattr(layer, "pruning_reduced_axis", 0)
+        return [axis] * len(_own_weights(layer))
+    return [axis(layer) if callable(axis) else axis for _, axis in _registry_entry(layer)]
+
+
+def prunable_weights(layer) -> list:
+    """The variables of `layer` that pruning masks (its kernels; a composite
+    layer's: those of its nested prunable layers)."""
+    return [w for target in _targets(layer) for w in _own_weights(target)]
 
 
 def reduced_axes(layer) -> list:
     """For each of `prunable_weights(layer)`, the axis m-by-n groups run along
     (None: the weight stays dense under m-by-n). A custom layer sets
     `pruning_reduced_axis` (default 0, a Dense-like `(in, out)` kernel)."""
-    if hasattr(layer, "get_prunable_weights"):
-        axis = getattr(layer, "pruning_reduced_axis", 0)
-        return [axis] * len(prunable_weights(layer))
-    return [axis(layer) if callable(axis) else axis for _, axis in _registry_entry(layer)]
+    return [axis for target in _targets(layer) for axis in _own_axes(target)]
 
 
 def reduced_axis(layer):
@@ -158,13 +257,20 @@ def unsupported_layer_message(layer) -> str:
     )
 
 
-def _weight_labels(layer) -> list[str]:
-    """Names for the masks: the weight's path in the registry (so the four
-    `kernel`s of MultiHeadAttention get distinct masks), else its own name."""
+def _own_labels(layer) -> list[str]:
     entry = None if hasattr(layer, "get_prunable_weights") else _registry_entry(layer)
     if entry is None:
-        return [w.name.split("/")[-1] for w in prunable_weights(layer)]
+        return [w.name.split("/")[-1] for w in _own_weights(layer)]
     return [path.replace(".", "_").lstrip("_").replace("cell_", "") for path, _ in entry]
+
+
+def _weight_labels(layer) -> list[str]:
+    """Names for the masks: the weight's path in the registry (so the four
+    `kernel`s of MultiHeadAttention get distinct masks), else its own name;
+    in a composite layer, prefixed with the sub-layer's name."""
+    if has_own_rule(layer):
+        return _own_labels(layer)
+    return [f"{target.name}_{label}" for target in _targets(layer) for label in _own_labels(target)]
 
 
 def _snake(name: str) -> str:
@@ -267,6 +373,11 @@ class PruneLowMagnitude(layers.Wrapper):
             # query_shape / value_shape), as a loaded `.keras` file rebuilds it.
             self.layer.build(**shapes)
         super().build(input_shape)
+        if input_shape is not None and not all(t.built for t in _targets(self.layer)):
+            # A composite layer that creates its sub-layers' weights in its
+            # first call (no build()), as a loaded `.keras` file rebuilds it:
+            # one symbolic call creates them.
+            self.layer(keras.KerasTensor(input_shape, dtype=self.layer.compute_dtype))
         self._validate_structure()
         self.masks, self.thresholds = [], []
         for weight, base in zip(prunable_weights(self.layer), _weight_labels(self.layer)):
@@ -379,6 +490,12 @@ class PruneLowMagnitude(layers.Wrapper):
         # The wrapped layer sees `weight * mask` in place of `weight`.
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             outputs = self.layer(inputs, *args, **kwargs)
+        # State the wrapped layer updated inside the scope (dropout seeds,
+        # moving statistics, masks of a wrapper nested in a composite layer)
+        # would be lost with the scope: write it back.
+        for v in self.layer.non_trainable_variables:
+            if id(v) not in pruned:
+                v.assign(scope.get_current_value(v))
         for loss in scope.losses:
             self.add_loss(loss)
         return outputs
