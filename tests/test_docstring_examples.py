@@ -88,9 +88,6 @@ MAIN_API = (
 #: is taken off this list); making one self-contained shrinks the list.
 FRAGMENTS = frozenset(
     {
-        "kd_keras.data.load_image_folder",
-        "kd_keras.data.load_vader_movies",
-        "kd_keras.data.read_image_folder",
         "kd_keras.pipeline.TextPipeline",
         "kd_keras.pipeline.load_text_config",
         "kd_keras.pipeline.run_text_pipeline",
