@@ -91,18 +91,6 @@ FRAGMENTS = frozenset(
         "kd_keras.pipeline.TextPipeline",
         "kd_keras.pipeline.load_text_config",
         "kd_keras.pipeline.run_text_pipeline",
-        "kd_keras.text.AttentionMapLoss",
-        "kd_keras.text.HiddenStateMSE",
-        "kd_keras.text.build_student",
-        "kd_keras.text.build_token_classifier",
-        "kd_keras.text.fine_tune",
-        "kd_keras.text.initialize_from_teacher",
-        "kd_keras.text.predict_logits",
-        "kd_keras.text.project_embeddings",
-        "kd_keras.text.record_attention",
-        "kd_keras.text.tinybert_losses",
-        "kd_keras.text.tokenize",
-        "kd_keras.text.with_augmented_copies",
     }
 )
 
