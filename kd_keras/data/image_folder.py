@@ -71,7 +71,19 @@ def read_image_folder(
     Example:
 
     ```python
-    x, y, classes = read_image_folder("flowers/", image_size=[64, 64], color_mode="rgb")
+    import os
+    from PIL import Image
+
+    # A tiny folder of two classes, one sub-folder each.
+    for name, value in [("cat", 40), ("dog", 200)]:
+        os.makedirs(f"pets/{name}", exist_ok=True)
+        for i in range(3):
+            pixels = np.full((12, 10, 3), value + i, dtype="uint8")
+            Image.fromarray(pixels).save(f"pets/{name}/{i}.png")
+
+    x, y, classes = read_image_folder("pets/", image_size=[8, 8], color_mode="rgb")
+    assert x.shape == (6, 8, 8, 3) and classes == ["cat", "dog"]
+    assert list(y) == [0, 0, 0, 1, 1, 1]
     ```
     """
     size = _check_args(image_size, color_mode)
@@ -127,7 +139,18 @@ def load_image_folder(
     Example:
 
     ```python
+    import os
+    from PIL import Image
+
+    # One sub-folder per class (no train/ and test/ here: the images are split).
+    for digit in range(2):
+        os.makedirs(f"digits_png/{digit}", exist_ok=True)
+        for i in range(4):
+            pixels = np.full((8, 8), 60 * digit + i, dtype="uint8")
+            Image.fromarray(pixels).save(f"digits_png/{digit}/{i}.png")
+
     (x_train, y_train), (x_test, y_test) = load_image_folder("digits_png/", image_size=[8, 8])
+    assert x_train.shape[1:] == (8, 8, 1) and len(x_train) + len(x_test) == 8
     ```
     """
     folder = Path(path)

@@ -93,14 +93,26 @@ def read_vader_movies(path: str | os.PathLike | None = None):
 def load_vader_movies(
     path: str | os.PathLike | None = None, test_fraction: float = 0.2, seed: int = 0
 ):
-    """`(x_train, y_train), (x_test, y_test)`: sentences and int32 labels
+    r"""`(x_train, y_train), (x_test, y_test)`: sentences and int32 labels
     (1 = positive mean rating, 0 = negative; neutral ones dropped), a
     stratified split fixed by `seed`.
 
     Example:
 
     ```python
-    (x_train, y_train), (x_test, y_test) = load_vader_movies("vaderSentiment-3.3.2.tar.gz")
+    # The loader takes the `vaderSentiment-3.3.2.tar.gz` source archive, the
+    # inner archive or the ground-truth file itself: `id<TAB>rating<TAB>text`.
+    rows = [(0.5 + i / 10, f"a fine film {i}") for i in range(5)]
+    rows += [(-1.5 - i / 10, f"a dull film {i}") for i in range(5)]
+    rows += [(0.0, "a film")]  # neutral: dropped
+    with open("movieReviewSnippets_GroundTruth.txt", "w") as f:
+        for i, (rating, text) in enumerate(rows):
+            f.write(f"{i}_1\t{rating}\t{text}\n")
+
+    (x_train, y_train), (x_test, y_test) = load_vader_movies(
+        "movieReviewSnippets_GroundTruth.txt", test_fraction=0.2
+    )
+    assert len(x_train) + len(x_test) == 10 and set(y_test) == {0, 1}
     ```
     """
     texts, ratings = read_vader_movies(path)

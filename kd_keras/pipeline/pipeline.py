@@ -111,9 +111,49 @@ class TextPipeline(Pipeline):
     Example:
 
     ```python
-    from kd_keras.pipeline import TextPipeline, load_text_config
+    import os
+    import keras_hub
 
-    results = TextPipeline(load_text_config("examples/vader.yaml")).run()
+    # A tiny teacher preset saved by keras-hub (a real run names a preset such as
+    # "bert_tiny_en_uncased", or leaves the default MiniLM-L6).
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = special + ["a", "good", "bad", "fine", "dull", "film"]
+    keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=2, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    ).save_to_preset("tiny_bert")
+
+    # A corpus in the BBC News layout: <class>/<n>.txt.
+    for label, words in [("neg", ["bad", "dull"]), ("pos", ["good", "fine"])]:
+        os.makedirs(f"reviews/{label}")
+        for i in range(8):
+            with open(f"reviews/{label}/{i}.txt", "w") as f:
+                f.write(f"a {words[i % 2]} film")
+
+    with open("text.yaml", "w") as f:
+        f.write(
+            '''
+    task: text
+    run_dir: runs/tiny
+    data: {name: bbc, path: reviews, test_fraction: 0.25}
+    teacher: {preset: tiny_bert, sequence_length: 8, epochs: 0}
+    student: {num_layers: 1, hidden_dim: 8, num_heads: 1}
+    general: {epochs: 0}
+    distill: {epochs: 1, batch_size: 4}
+    export: {enabled: false}
+    bench: {sequence_lengths: [8], runs: 3, warmup: 1}
+    '''
+        )
+
+    pipeline = TextPipeline(load_text_config("text.yaml"))
+    results = pipeline.run()  # a second run() skips every finished stage
+    x_train, x_test = pipeline.tokens  # the texts, tokenized once by the teacher
     ```
     """
 
@@ -141,7 +181,47 @@ def run_text_pipeline(
     Example:
 
     ```python
-    results = run_text_pipeline("examples/bbc_news.yaml", run_dir="runs/bbc")
+    import os
+    import keras_hub
+
+    # A tiny teacher preset saved by keras-hub (a real run names a preset such as
+    # "bert_tiny_en_uncased", or leaves the default MiniLM-L6).
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = special + ["a", "good", "bad", "fine", "dull", "film"]
+    keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=2, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    ).save_to_preset("tiny_bert")
+
+    # A corpus in the BBC News layout: <class>/<n>.txt.
+    for label, words in [("neg", ["bad", "dull"]), ("pos", ["good", "fine"])]:
+        os.makedirs(f"reviews/{label}")
+        for i in range(8):
+            with open(f"reviews/{label}/{i}.txt", "w") as f:
+                f.write(f"a {words[i % 2]} film")
+
+    with open("text.yaml", "w") as f:
+        f.write(
+            '''
+    task: text
+    run_dir: runs/tiny
+    data: {name: bbc, path: reviews, test_fraction: 0.25}
+    teacher: {preset: tiny_bert, sequence_length: 8, epochs: 0}
+    student: {num_layers: 1, hidden_dim: 8, num_heads: 1}
+    general: {epochs: 0}
+    distill: {epochs: 1, batch_size: 4}
+    export: {enabled: false}
+    bench: {sequence_lengths: [8], runs: 3, warmup: 1}
+    '''
+        )
+
+    results = run_text_pipeline("text.yaml", run_dir="runs/reviews")
     print(open(results["bench"]["markdown"]).read())
     ```
     """

@@ -192,8 +192,17 @@ def load_text_config(path: str | os.PathLike) -> dict[str, Any]:
     Example:
 
     ```python
-    config = load_text_config("examples/bbc_news.yaml")
-    config["distill"]["temperature"]  # 2.0
+    with open("text.yaml", "w") as f:
+        f.write(
+            '''
+    task: text
+    data: {name: vader, path: downloads/vaderSentiment-3.3.2.tar.gz}
+    student: {num_layers: 2, hidden_dim: 96}
+    '''
+        )
+    config = load_text_config("text.yaml")
+    assert config["distill"]["temperature"] == 2.0  # a default, filled in
+    assert config["student"]["num_heads"] == 2
     ```
     """
     return validate_text_config(read_yaml(path), source=str(path))

@@ -127,7 +127,14 @@ class ClusterWeights(keras.layers.Wrapper):
     Example:
 
     ```python
-    x = ClusterWeights(keras.layers.Dense(64), number_of_clusters=8)(x)
+    inputs = keras.Input((16,))
+    x = ClusterWeights(keras.layers.Dense(64), number_of_clusters=8)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(np.random.rand(32, 16), np.random.randint(0, 10, 32), epochs=1, verbose=0)
+
+    stripped = strip_clustering(model)  # plain Dense layers again
+    assert len(np.unique(stripped.layers[1].kernel.numpy())) <= 8
     ```
     """
 

@@ -334,9 +334,17 @@ def float_islands(model_bytes: bytes, model: keras.Model) -> list[dict]:
     Example:
 
     ```python
-    qat = quantize_model(transformer)          # LayerNormalization stays float
-    for island in float_islands(convert(qat, mode="qat"), qat):
-        print(island["op"], island["layer"])   # NEG layer_normalization, ...
+    inputs = keras.Input((8, 16))
+    x = keras.layers.Dense(16)(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+
+    qat = quantize_model(model)  # LayerNormalization stays float
+    qat(np.random.rand(4, 8, 16).astype("float32"), training=True)  # as fit would: ranges
+    islands = float_islands(convert(qat, mode="qat"), qat)
+    for island in islands:
+        print(island["op"], island["layer"])  # NEG norm, SQUARED_DIFFERENCE norm, ...
+    assert {island["layer"] for island in islands} == {"norm"}
     ```
     """
     import re

@@ -80,7 +80,12 @@ def fake_quant_ops(
     Example:
 
     ```python
+    # A DepthwiseConv2D kernel (3, 3, channels, 1), quantized per channel.
+    kernel = np.random.randn(3, 3, 4, 1).astype("float32")
+    m = np.abs(kernel).max(axis=(0, 1, 3))  # one symmetric range per channel
     kernel_q = fake_quant_ops(kernel, -m, m, narrow_range=True, axis=2)  # depthwise
+    step = m / 127.0  # int8 [-127, 127]
+    assert np.allclose(np.asarray(kernel_q), kernel, atol=float(step.max()))
     ```
     """
     x = ops.convert_to_tensor(x)

@@ -108,7 +108,16 @@ def representative_dataset(
     Example:
 
     ```python
-    converter.representative_dataset = representative_dataset(x_train, model, 200)
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    x_train = np.random.rand(64, 8).astype("float32")
+    model.export("saved_model", verbose=False)
+
+    converter = tf.lite.TFLiteConverter.from_saved_model("saved_model")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset(x_train, model, 16)
+    int8_flatbuffer = converter.convert()
     ```
     """
     if not isinstance(num_batches, int) or num_batches < 1:

@@ -157,6 +157,29 @@ def quantize_scope(*custom_objects) -> Iterator[None]:
     Example:
 
     ```python
+    class ScaledDense(keras.layers.Dense):  # a user's layer
+        def call(self, x):
+            return 2.0 * super().call(x)
+
+    class ScaledDenseConfig(QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return [(layer.kernel, PerChannelSymmetricQuantizer(axis=None))]
+        def get_activations_and_quantizers(self, layer):
+            return []
+        def set_quantize_weights(self, layer, quantize_weights):
+            layer.kernel = quantize_weights[0]
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+        def get_output_quantizers(self, layer):
+            return [MovingAverageQuantizer()]
+        def get_config(self):
+            return {}
+
+    inputs = keras.Input((8,))
+    x = quantize_annotate_layer(ScaledDense(16), ScaledDenseConfig())(inputs)
+    qat = quantize_model(keras.Model(inputs, keras.layers.Dense(4)(x)))
+    qat.save("qat.keras")
+
     with quantize_scope(ScaledDense, ScaledDenseConfig):
         qat = keras.models.load_model("qat.keras")
     ```

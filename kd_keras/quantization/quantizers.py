@@ -138,9 +138,25 @@ class MovingAverageQuantizer(Quantizer):
     Example:
 
     ```python
-    q = MovingAverageQuantizer()
-    weights = q.build((None, 16), "act", layer)  # inside layer.build
-    y = q(x, training=True, weights=weights)
+    class QuantizedReLU(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.quantizer = MovingAverageQuantizer(num_bits=8, ema_decay=0.9)
+
+        def build(self, input_shape):
+            # The range variables belong to the layer that owns the quantizer.
+            self.range = self.quantizer.build(input_shape, "act", self)
+
+        def call(self, x, training=False):
+            x = keras.ops.relu(x)
+            return self.quantizer(x, training=training, weights=self.range)
+
+    layer = QuantizedReLU()
+    x = np.linspace(-1.0, 3.0, 16).reshape(1, 16).astype("float32")
+    y = layer(x, training=True)  # the first batch sets the range to [0, 3]
+    assert np.allclose(layer.range["max"].numpy(), 3.0)
+    steps = np.asarray(y) / (3.0 / 255)  # on the 8-bit grid of [0, 3]
+    assert np.allclose(steps, np.round(steps), atol=1e-3)
     ```
     """
 

@@ -141,9 +141,29 @@ def record_attention(model: keras.layers.Layer, paths: Iterable[str]):
     Example:
 
     ```python
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT classifier built from config; a real one comes from a preset,
+    # `load_classifier("bert_tiny_en_uncased", num_classes=2)`.
+    classifier = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    inputs = tokenize(classifier, ["a good film", "bad plot"])
     with record_attention(classifier, ["transformer_layer_0"]) as attention:
         logits = classifier(inputs)
-    attention["transformer_layer_0"]  # rows sum to 1 over real tokens
+    probabilities = np.asarray(attention["transformer_layer_0"])  # (batch, heads, query, key)
+    assert probabilities.shape == (2, 2, 8, 8)
+    assert np.allclose(probabilities.sum(-1), 1.0, atol=1e-5)  # rows sum to 1 over real tokens
     ```
     """
     recorded: dict = {}

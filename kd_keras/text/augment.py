@@ -155,7 +155,31 @@ def with_augmented_copies(
     Example:
 
     ```python
-    x, y = with_augmented_copies(tokens, labels, table, continuation_mask(vocab))
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    texts = ["a good film", "a bad film", "good plot", "bad plot"]
+    labels = np.array([1, 0, 1, 0])
+
+    tokens = tokenize(teacher, texts)
+    # Each whole word's 2 nearest words in the teacher's embedding space.
+    table = word_neighbours(token_embedding_matrix(teacher), vocab, k=2)
+    x, y = with_augmented_copies(tokens, labels, table, continuation_mask(vocab), copies=3)
+    assert len(y) == len(x["token_ids"]) == 4 * len(texts)  # originals + 3 copies each
     ```
     """
     augmented = augment_tokens(tokens, neighbours, continuation, copies, rate, seed)

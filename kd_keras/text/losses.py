@@ -124,8 +124,35 @@ class HiddenStateMSE(_AttachedTerm, HintLoss):
     Example:
 
     ```python
-    term = HiddenStateMSE("transformer_layer_5", "transformer_layer_1")
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    texts = ["a good film", "a bad film", "good plot", "bad plot"]
+    labels = np.array([1, 0, 1, 0])
+
+    student = build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1)
+
+    # Student layer 1 (width 8) learns teacher layer 3 (width 16) through a
+    # learned projection.
+    term = HiddenStateMSE("transformer_layer_3", "transformer_layer_1")
     term.attach(teacher, student)
+    distiller = TextDistiller(student, teacher, losses=[term], alpha=0.0)
+    distiller.compile(optimizer="adam")
+    distiller.fit(tokenize(teacher, texts), epochs=1, batch_size=2, verbose=0)
     ```
     """
 
@@ -187,7 +214,32 @@ class AttentionMapLoss(_AttachedTerm, DistillationLoss):
     Example:
 
     ```python
-    term = AttentionMapLoss("transformer_layer_5", "transformer_layer_1").attach(teacher, student)
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    texts = ["a good film", "a bad film", "good plot", "bad plot"]
+    labels = np.array([1, 0, 1, 0])
+
+    student = build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1)
+
+    term = AttentionMapLoss("transformer_layer_3", "transformer_layer_1").attach(teacher, student)
+    distiller = TextDistiller(student, teacher, losses=[term], alpha=0.0)
+    distiller.compile(optimizer="adam")
+    distiller.fit(tokenize(teacher, texts), epochs=1, batch_size=2, verbose=0)
     ```
     """
 
@@ -277,8 +329,32 @@ def tinybert_losses(
     Example:
 
     ```python
-    terms = tinybert_losses(teacher, student)            # general distillation
-    kd_keras.Distiller(student, teacher, losses=terms, alpha=0.0)
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    texts = ["a good film", "a bad film", "good plot", "bad plot"]
+    labels = np.array([1, 0, 1, 0])
+
+    student = build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1)
+
+    terms = tinybert_losses(teacher, student)  # general distillation
+    distiller = TextDistiller(student, teacher, losses=terms, alpha=0.0)
+    distiller.compile(optimizer="adam")
+    distiller.fit(tokenize(teacher, texts), epochs=1, batch_size=2, verbose=0)
     ```
     """
     t_layers = backbone_of(teacher).transformer_layers

@@ -98,7 +98,27 @@ def initialize_from_teacher(
     Example:
 
     ```python
-    initialize_from_teacher(student, teacher)  # 6 -> 2 layers: [2, 5]
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    student = build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1)
+
+    layer_map = initialize_from_teacher(student, teacher)
+    assert layer_map == [1, 3]  # 4 -> 2 layers: every second one
     ```
     """
     s_backbone, t_backbone = backbone_of(student), backbone_of(teacher)
@@ -130,7 +150,27 @@ def project_embeddings(student: keras.Model, teacher: keras.Model) -> np.ndarray
     Example:
 
     ```python
-    basis = project_embeddings(student, teacher)  # 384 -> 96 columns
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    student = build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1)
+
+    basis = project_embeddings(student, teacher)  # 16 -> 8 columns
+    assert basis.shape == (16, 8)
     ```
     """
     s_backbone, t_backbone = backbone_of(student), backbone_of(teacher)
@@ -195,7 +235,27 @@ def build_student(
     Example:
 
     ```python
-    student = build_student(teacher, num_layers=2, hidden_dim=128, num_heads=2)
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    student = build_student(
+        teacher, num_layers=2, hidden_dim=8, num_heads=1, init_from_teacher="pca"
+    )
+    assert student.backbone.num_layers == 2 and student.num_classes == 2
     ```
     """
     if init_from_teacher not in (False, True, "truncate", "pca"):
@@ -253,7 +313,22 @@ def build_token_classifier(
     Example:
 
     ```python
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+        hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+    )
+
     tagger = build_token_classifier(backbone, num_classes=9)
+    tokens = {
+        "token_ids": np.array([[2, 5, 6, 8, 3, 0, 0, 0]]),
+        "segment_ids": np.zeros((1, 8), "int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0, 0]]),
+    }
+    assert tagger(tokens).shape == (1, 8, 9)  # one row of logits per token
     ```
     """
     backbone = backbone_of(backbone)

@@ -151,7 +151,29 @@ def fine_tune(
     Example:
 
     ```python
-    fine_tune(teacher, train_texts, train_labels, epochs=3)
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=2, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    train_texts = ["a good film", "a bad film", "good plot", "bad plot"]
+    train_labels = np.array([1, 0, 1, 0])
+    # Raw strings work too (the preprocessor runs inside `fit`); tokenizing
+    # once is faster when the texts are reused.
+    x_train = tokenize(teacher, train_texts)
+    history = fine_tune(teacher, x_train, train_labels, epochs=2, batch_size=2, verbose=0)
     ```
     """
     if epochs < 1:
@@ -219,6 +241,29 @@ def predict_logits(classifier: keras.Model, tokens: dict, batch_size: int = 256)
     Example:
 
     ```python
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    texts = ["a good film", "a bad film", "good plot", "bad plot"]
+    labels = np.array([1, 0, 1, 0])
+
+    student = build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1)
+
+    tokens = tokenize(student, texts)
     accuracy = (predict_logits(student, tokens).argmax(-1) == labels).mean()
     ```
     """
@@ -234,8 +279,31 @@ def tokenize(classifier_or_preprocessor, texts: Sequence[str], batch_size: int =
     Example:
 
     ```python
-    x_train = tokenize(teacher, train_texts)
-    distiller.fit(x_train, y_train)
+    import keras_hub
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"]
+
+    # A tiny BERT teacher built from config; a real one comes from a preset,
+    # `load_teacher("bert_tiny_en_uncased", num_classes=2)`.
+    teacher = keras_hub.models.BertTextClassifier(
+        keras_hub.models.BertBackbone(
+            vocabulary_size=len(vocab), num_layers=4, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        ),
+        num_classes=2,
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocab), sequence_length=8
+        ),
+    )
+
+    student = build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1)
+
+    train_texts = ["a good film", "a bad film", "good plot", "bad plot"]
+    y_train = np.array([1, 0, 1, 0])
+    x_train = tokenize(teacher, train_texts)  # token_ids, segment_ids, padding_mask
+    distiller = TextDistiller(student, teacher)
+    distiller.compile(optimizer="adam")
+    distiller.fit(x_train, y_train, epochs=1, batch_size=2, verbose=0)
     ```
     """
     preprocessor = getattr(classifier_or_preprocessor, "preprocessor", classifier_or_preprocessor)
