@@ -152,7 +152,9 @@ class FoldedBatchNormWrapper(QuantizeWrapper):
         kernel = ops.multiply(self._float_kernel(), ops.reshape(scale, self._scale_shape()))
         if self.weight_quantizer is None:
             return kernel
-        return self.weight_quantizer(kernel, training=training)
+        # In the shape TFLite's op reads (a Conv1D's as CONV_2D's), as
+        # QuantizeWrapper does, so the per-channel axis survives conversion.
+        return self.weight_quantizer(_kernels.op_kernel(self.layer, kernel), training=training)
 
     def folded_bias(self):
         """`beta + gamma * (b - mu) / sigma`: the bias of the inference fold."""
