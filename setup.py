@@ -11,8 +11,9 @@ EXTRAS = {
     "tfmot": ["tensorflow-model-optimization>=0.8", "tf_keras>=2.16"],
     "data": ["tensorflow-datasets", "importlib_resources", "scikit-learn", "matplotlib"],
     "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
-    # import-linter: `lint-imports` checks which way the package imports run.
-    "test": ["pytest", "ruff", "import-linter"],
+    # import-linter: `lint-imports` checks which way the package imports run;
+    # pytest-xdist: `.ci/test` runs the suite on two workers.
+    "test": ["pytest", "pytest-xdist", "ruff", "import-linter"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # Benchmark-only tool (`python -m benchmarks.mutation`), so not part of "all".

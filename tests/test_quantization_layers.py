@@ -279,7 +279,8 @@ def test_convnext_tiny_is_int8_but_for_its_layer_norm_islands():
     model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classes=4)
     qat = quantize_model(model)
     x = np.random.default_rng(10).uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
-    qat.compile("adam", "sparse_categorical_crossentropy")
+    # Eagerly: tracing a graph of hundreds of layers costs more than 2 steps.
+    qat.compile("adam", "sparse_categorical_crossentropy", run_eagerly=True)
     qat.fit(x, np.arange(4) % 4, batch_size=2, epochs=1, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -27,7 +27,6 @@ Modes:
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from typing import Any
 
@@ -135,6 +134,51 @@ def _configure(tf, converter, mode, calibration, int8_io):
         converter.inference_output_type = tf.int8
 
 
+def _frozen_inference_function(tf, model, batch_size):
+    """The model's inference call as a concrete function with its variables
+    frozen into constants, traced as `model.export` traces it (one argument
+    holding the model's input structure, named after its `keras.Input`s), so
+    the file gets the same signature (`serving_default`, input and output
+    names) as through a SavedModel.
+
+    Converting this is about 3x faster than exporting a SavedModel and
+    reading it back with `from_saved_model` (a 250-layer QAT DenseNet121:
+    24 s against 79 s), with the same ops: the round trip only lifts the
+    variables out again. Unfrozen, the converter would lower the function
+    to a SavedModel with its variables as resources, where a QAT model's
+    FakeQuant ops fail. Freezing flattens the outputs, so the frozen call is
+    wrapped to give them back their structure (a dict keeps its keys).
+    """
+    # TF's own converter freezes Keras models with this function.
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    try:
+        structure = model.input
+    except AttributeError:  # a Sequential never called: only `inputs` is set
+        structure = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+    def spec(tensor):
+        batch = tensor.shape[0] if batch_size is None else batch_size
+        return tf.TensorSpec((batch, *tensor.shape[1:]), tensor.dtype, name=tensor.name)
+
+    signature = [keras.tree.map_structure(spec, structure)]
+    traced = (
+        keras.export.ExportArchive()
+        .track_and_add_endpoint("serve", model, signature)
+        .get_concrete_function()
+    )
+    frozen = convert_variables_to_constants_v2(traced)
+
+    @tf.function(input_signature=signature, autograph=False)
+    def serve(*inputs):
+        outputs = frozen(*tf.nest.flatten(inputs))
+        return tf.nest.pack_sequence_as(traced.structured_outputs, outputs)
+
+    return serve.get_concrete_function()
+
+
 def convert(
     model: keras.Model,
     mode: str | None = None,
@@ -226,40 +270,35 @@ def convert(
     )
     if calibration is not None and batch_size not in (None, 1):
         calibration = _grouped(calibration, batch_size)
-    with tempfile.TemporaryDirectory(prefix="kd_keras_tflite_") as workdir:
-        if tf_keras:  # TFMOT's models convert the way TFMOT documents
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        else:
-            signature = None
-            if batch_size is not None:
-                signature = [
-                    tf.TensorSpec((batch_size, *t.shape[1:]), t.dtype, name=t.name)
-                    for t in model.inputs
-                ]
-            model.export(workdir, format="tf_saved_model", verbose=False, input_signature=signature)
-            converter = tf.lite.TFLiteConverter.from_saved_model(workdir)
-        _configure(tf, converter, mode, calibration, int8_io)
-        if sparse:
-            converter.optimizations = [
-                *converter.optimizations,
-                tf.lite.Optimize.EXPERIMENTAL_SPARSITY,
-            ]
-        if not per_channel_dense:
-            # The converter's switch for per-tensor Dense kernels (TF >= 2.14).
-            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-        try:
-            result = bytes(converter.convert())
-        except Exception as err:  # the converter's own messages are long MLIR dumps
-            hint = (
-                " Layers TFLite cannot run in int8 can be kept in float with "
-                "quantize_model(model, skip_layers=[...])."
-                if mode in ("int8", "qat")
-                else ""
-            )
-            raise RuntimeError(
-                f"TFLite conversion of {model.name!r} (mode={mode!r}) failed.{hint} "
-                f"Converter error: {str(err)[:2000]}"
-            ) from err
+    if tf_keras:  # TFMOT's models convert the way TFMOT documents
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    else:
+        # The module makes the converter keep the function's signature.
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [_frozen_inference_function(tf, model, batch_size)], tf.Module()
+        )
+    _configure(tf, converter, mode, calibration, int8_io)
+    if sparse:
+        converter.optimizations = [
+            *converter.optimizations,
+            tf.lite.Optimize.EXPERIMENTAL_SPARSITY,
+        ]
+    if not per_channel_dense:
+        # The converter's switch for per-tensor Dense kernels (TF >= 2.14).
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    try:
+        result = bytes(converter.convert())
+    except Exception as err:  # the converter's own messages are long MLIR dumps
+        hint = (
+            " Layers TFLite cannot run in int8 can be kept in float with "
+            "quantize_model(model, skip_layers=[...])."
+            if mode in ("int8", "qat")
+            else ""
+        )
+        raise RuntimeError(
+            f"TFLite conversion of {model.name!r} (mode={mode!r}) failed.{hint} "
+            f"Converter error: {str(err)[:2000]}"
+        ) from err
     if mode == "qat" and not tf_keras:
         _check_float_ops(result, model)
     if strip_strings:
