@@ -211,6 +211,7 @@ def test_residual_concat_flatten_gap_exact():
     assert count_macs(pruned) == expected
 
 
+@pytest.mark.jax_heavy
 def test_mobilenet_v2_exact():
     model = keras.applications.MobileNetV2(alpha=0.35, weights=None, input_shape=(32, 32, 3))
     _randomize(model)
@@ -222,6 +223,7 @@ def test_mobilenet_v2_exact():
     assert count_macs(pruned) < 0.5 * count_macs(model)
 
 
+@pytest.mark.jax_heavy
 def test_mobilenet_v3_small_ops_and_squeeze_excite_exact():
     model = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3))
     _randomize(model)

@@ -5,8 +5,11 @@ fine-tuned with QAT for 2 steps and converted with
 `convert(mode="qat", int8_io=True)`; its predictions match the Keras QAT
 model's to a few int8 steps, and every CONV_2D / DEPTHWISE_CONV_2D /
 FULLY_CONNECTED / BATCH_MATMUL / TRANSPOSE_CONV op must read and write int8,
-and any op left in float is listed in the failure message. The families that
-are cheap to build run in every CI run, the large ones are marked slow.
+and any op left in float is listed in the failure message. MobileNetV3Small
+(hard-swish, squeeze-excite, Rescaling) and EfficientNetB0 (swish,
+Normalization) run in every CI run; the other twelve are marked `heavy` (about
+10 minutes on 2 cores) and run with `KD_KERAS_HEAVY=1 bash .ci/test` or
+`python -m pytest -m heavy`.
 """
 
 from __future__ import annotations
@@ -25,25 +28,25 @@ pytestmark = pytest.mark.skipif(
 MAX_STEPS, MEAN_STEPS = 8, 3
 COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
 
-# (constructor name, smallest input side, extra arguments); slow ones last.
+# (constructor name, smallest input side, extra arguments); heavy ones last.
 FAMILIES = [
     ("MobileNetV3Small", 32, {"include_preprocessing": True}),
     ("EfficientNetB0", 32, {}),
-    pytest.param("MobileNetV2", 32, {"alpha": 0.35}, marks=pytest.mark.slow),
-    pytest.param("MobileNet", 32, {"alpha": 0.25}, marks=pytest.mark.slow),
-    pytest.param("MobileNetV3Large", 32, {"include_preprocessing": True}, marks=pytest.mark.slow),
-    pytest.param("EfficientNetV2B0", 32, {}, marks=pytest.mark.slow),
-    pytest.param("ResNet50", 32, {}, marks=pytest.mark.slow),
-    pytest.param("VGG16", 32, {}, marks=pytest.mark.slow),
-    pytest.param("ResNet50V2", 32, {}, marks=pytest.mark.slow),
+    pytest.param("MobileNetV2", 32, {"alpha": 0.35}, marks=pytest.mark.heavy),
+    pytest.param("MobileNet", 32, {"alpha": 0.25}, marks=pytest.mark.heavy),
+    pytest.param("MobileNetV3Large", 32, {"include_preprocessing": True}, marks=pytest.mark.heavy),
+    pytest.param("EfficientNetV2B0", 32, {}, marks=pytest.mark.heavy),
+    pytest.param("ResNet50", 32, {}, marks=pytest.mark.heavy),
+    pytest.param("VGG16", 32, {}, marks=pytest.mark.heavy),
+    pytest.param("ResNet50V2", 32, {}, marks=pytest.mark.heavy),
     # SeparableConv2D (lowered to depthwise + pointwise, BN folded).
-    pytest.param("NASNetMobile", 32, {}, marks=pytest.mark.slow),
-    pytest.param("Xception", 71, {}, marks=pytest.mark.slow),
+    pytest.param("NASNetMobile", 32, {}, marks=pytest.mark.heavy),
+    pytest.param("Xception", 71, {}, marks=pytest.mark.heavy),
     # Average pools and concatenations under TFLite's same-scale constraint.
-    pytest.param("DenseNet121", 32, {}, marks=pytest.mark.slow),
-    pytest.param("InceptionV3", 75, {}, marks=pytest.mark.slow),
+    pytest.param("DenseNet121", 32, {}, marks=pytest.mark.heavy),
+    pytest.param("InceptionV3", 75, {}, marks=pytest.mark.heavy),
     # CustomScaleLayer as int8 MUL + ADD.
-    pytest.param("InceptionResNetV2", 75, {}, marks=pytest.mark.slow),
+    pytest.param("InceptionResNetV2", 75, {}, marks=pytest.mark.heavy),
 ]
 
 

@@ -272,7 +272,7 @@ def test_qat_transformer_round_trips_through_keras_file(tmp_path):
 
 
 @needs_tf
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_convnext_tiny_is_int8_but_for_its_layer_norm_islands():
     from kd_keras.quantization import convert, float_islands, quantize_model, tflite_ops
 

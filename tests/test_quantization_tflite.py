@@ -398,3 +398,53 @@ def test_fixed_batch_of_a_model_with_free_height_and_width_is_refused():
         convert(model, batch_size=1)
     # Without a fixed batch the free shape is what the user asked for, and converts.
     assert len(convert(model)) > 0
+
+
+def test_convert_gives_the_file_the_saved_model_route_gives(tmp_path):
+    """`convert` converts the frozen inference function; TF's documented
+    route (`model.export` to a SavedModel, `from_saved_model`) is the
+    reference: same signature (input names, output keys), same ops, same
+    outputs, for a model with named float and int32 inputs and dict outputs,
+    with a free and with a fixed batch size."""
+    import tensorflow as tf
+
+    from kd_keras.runtime import litert_interpreter
+
+    image = keras.Input((6, 6, 2), name="image")
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    h = keras.layers.Flatten()(keras.layers.Conv2D(3, 3)(image))
+    h = keras.layers.Concatenate()([h, keras.layers.Flatten()(keras.layers.Embedding(9, 2)(ids))])
+    model = keras.Model(
+        {"image": image, "ids": ids},
+        {"logits": keras.layers.Dense(3)(h), "score": keras.layers.Dense(1)(h)},
+    )
+    rng = np.random.default_rng(0)
+    x = {
+        "image": rng.normal(size=(2, 6, 6, 2)).astype("float32"),
+        "ids": rng.integers(0, 9, (2, 4)).astype("int32"),
+    }
+
+    def described(model_bytes, batch):
+        interpreter = litert_interpreter(model_bytes)
+        shapes = {d["name"]: tuple(d["shape_signature"]) for d in interpreter.get_input_details()}
+        runner = interpreter.get_signature_runner()
+        outputs = runner(**{k: v[:batch] if batch else v for k, v in x.items()})
+        ops = [op["op"] for op in tflite_ops(model_bytes)]
+        return interpreter.get_signature_list(), sorted(shapes.items()), ops, outputs
+
+    for batch_size in (None, 1):
+        signature = None
+        if batch_size:
+            signature = [{
+                t.name: tf.TensorSpec((batch_size, *t.shape[1:]), t.dtype, name=t.name)
+                for t in model.inputs
+            }]
+        folder = tmp_path / f"saved_{batch_size}"
+        model.export(folder, format="tf_saved_model", verbose=False, input_signature=signature)
+        reference = described(tf.lite.TFLiteConverter.from_saved_model(str(folder)).convert(),
+                              batch_size)
+        got = described(convert(model, batch_size=batch_size), batch_size)
+        assert got[:3] == reference[:3]
+        assert got[0]["serving_default"]["outputs"] == ["logits", "score"]
+        for key in ("logits", "score"):
+            np.testing.assert_array_equal(got[3][key], reference[3][key])

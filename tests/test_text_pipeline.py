@@ -90,6 +90,7 @@ def write_yaml(folder, config, name="text.yaml"):
 # -- end to end ----------------------------------------------------------------
 
 
+@pytest.mark.jax_heavy
 def test_pipeline_runs_end_to_end_then_skips_every_stage(setup):
     config, folder = setup
     path = write_yaml(folder, config)
@@ -150,6 +151,7 @@ def test_pipeline_runs_end_to_end_then_skips_every_stage(setup):
     assert changed == [run / "config.json"]
 
 
+@pytest.mark.jax_heavy
 def test_general_stage_can_be_skipped_and_max_splits(setup):
     config, folder = setup
     config["general"] = {"epochs": 0}
@@ -166,6 +168,7 @@ def test_general_stage_can_be_skipped_and_max_splits(setup):
     assert sorted(y_test) == [0, 1, 2]
 
 
+@pytest.mark.jax_heavy
 def test_augmented_transfer_set_feeds_both_distillation_stages(setup):
     config, folder = setup
     vocabulary = VOCAB[:5] + [lettered(i) for i in range(95)]
@@ -193,6 +196,7 @@ def test_augmented_transfer_set_feeds_both_distillation_stages(setup):
     assert logits.shape == (4 * n, len(CLASSES))
 
 
+@pytest.mark.jax_heavy
 def test_text_student_is_pruned_and_quantized_from_yaml(setup):
     """`prune` and `quantize` sections of a text YAML run the same compression
     stages as images, in the one `Pipeline` (chosen by `task: text`)."""
@@ -389,6 +393,7 @@ def test_report_ratios_to_the_teacher():
 # -- TextDistiller .keras round trip -----------------------------------------------
 
 
+@pytest.mark.jax_heavy
 def test_text_distiller_round_trip_keeps_outputs_loss_terms_and_training(tmp_path):
     teacher = tiny_classifier()
     student = text.build_student(teacher, num_layers=2, hidden_dim=8, num_heads=1, dropout=0.0)

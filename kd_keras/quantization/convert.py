@@ -1,15 +1,16 @@
 """The one place where a Keras model becomes TFLite bytes, and readers of the
 result (tensor types, op list, predictions) used to verify it.
 
-`convert` exports the model with `model.export(format="tf_saved_model")`
-(inference call, free batch dimension) into a temporary folder and reads it
-with `tf.lite.TFLiteConverter.from_saved_model`: for Keras 3 models this path
-freezes the weights into constants and keeps the `FakeQuant*` ops of a QAT
-model visible to the converter. (`from_keras_model` does not accept Keras 3
-models; `from_concrete_functions` with the model as trackable keeps the
-variables as resources and fails on the FakeQuant ops.) The TensorFlow backend is
-required; models trained on JAX or torch are saved to `.keras` and reloaded
-under `KERAS_BACKEND=tensorflow` for conversion.
+`convert` traces the model's inference call as `model.export` does (Keras's
+input signature, free batch dimension), freezes its weights into constants and
+hands that function to `tf.lite.TFLiteConverter.from_concrete_functions`: the
+`FakeQuant*` ops of a QAT model stay visible to the converter, and the file
+gets the same `serving_default` signature a SavedModel export gives, about 3x
+sooner than writing a SavedModel and reading it back with `from_saved_model`.
+(`from_keras_model` does not accept Keras 3 models; an unfrozen concrete
+function keeps the variables as resources and fails on the FakeQuant ops.) The
+TensorFlow backend is required; models trained on JAX or torch are saved to
+`.keras` and reloaded under `KERAS_BACKEND=tensorflow` for conversion.
 
 Modes:
 
