@@ -5,7 +5,7 @@ result (tensor types, op list, predictions) used to verify it.
 input signature, free batch dimension), freezes its weights into constants and
 hands that function to `tf.lite.TFLiteConverter.from_concrete_functions`: the
 `FakeQuant*` ops of a QAT model stay visible to the converter, and the file
-gets the same `serving_default` signature a SavedModel export gives, about 3x
+gets the same `serving_default` signature a SavedModel export gives, 3-4x
 sooner than writing a SavedModel and reading it back with `from_saved_model`.
 (`from_keras_model` does not accept Keras 3 models; an unfrozen concrete
 function keeps the variables as resources and fails on the FakeQuant ops.) The
@@ -142,7 +142,7 @@ def _frozen_inference_function(tf, model, batch_size):
     the file gets the same signature (`serving_default`, input and output
     names) as through a SavedModel.
 
-    Converting this is about 3x faster than exporting a SavedModel and
+    Converting this is 3-4x faster than exporting a SavedModel and
     reading it back with `from_saved_model` (a 250-layer QAT DenseNet121:
     24 s against 79 s), with the same ops: the round trip only lifts the
     variables out again. Unfrozen, the converter would lower the function
