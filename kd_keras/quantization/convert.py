@@ -143,8 +143,8 @@ def _frozen_inference_function(tf, model, batch_size):
     names) as through a SavedModel.
 
     Converting this is 3-4x faster than exporting a SavedModel and
-    reading it back with `from_saved_model` (a 250-layer QAT DenseNet121:
-    24 s against 79 s), with the same ops: the round trip only lifts the
+    reading it back with `from_saved_model` (a 430-layer QAT DenseNet121:
+    15 s against 61 s), with the same ops: the round trip only lifts the
     variables out again. Unfrozen, the converter would lower the function
     to a SavedModel with its variables as resources, where a QAT model's
     FakeQuant ops fail. Freezing flattens the outputs, so the frozen call is
