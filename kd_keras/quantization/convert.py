@@ -149,6 +149,8 @@ def _frozen_inference_function(tf, model, batch_size):
     to a SavedModel with its variables as resources, where a QAT model's
     FakeQuant ops fail. Freezing flattens the outputs, so the frozen call is
     wrapped to give them back their structure (a dict keeps its keys).
+    Frozen weights live in one GraphDef, which protobuf caps at 2 GB: far
+    above the models TFLite targets, but a larger model fails here.
     """
     # TF's own converter freezes Keras models with this function.
     from tensorflow.python.framework.convert_to_constants import (
