@@ -278,12 +278,15 @@ def test_qat_fit_on_other_backends_converts_under_tensorflow(backend, name, tmp_
     qat = keras.saving.load_model(path)  # safe_mode on
     x, y_other = np.load(path + ".x.npy"), np.load(path + ".y.npy")
     # Same weights, ranges and fake-quant formula: the same outputs here, up
-    # to a rounding tie an intermediate sum in another order can flip (one
-    # step of the output's int8 grid, on a few values).
+    # to rounding ties an intermediate sum in another order can flip. A tie
+    # flipped in a hidden quantizer moves the output by whole steps of its
+    # int8 grid (two on another CPU), on a few values; a wrong formula or
+    # range would move most values, and off the grid.
     ranges = {v.path.split("/")[-1]: float(v) for v in qat.layers[-1].non_trainable_weights}
     step = (ranges["output_max"] - ranges["output_min"]) / 255
-    diff = np.abs(np.asarray(qat(x, training=False)) - y_other)
-    assert diff.max() <= 1.01 * step and np.mean(diff > 1e-4) <= 0.05, (diff.max(), step)
+    steps = np.abs(np.asarray(qat(x, training=False)) - y_other) / step
+    assert np.allclose(steps, np.round(steps), atol=1e-3), "outputs off the int8 grid"
+    assert steps.max() <= 4 and np.mean(steps > 0.5) <= 0.05, (steps.max(), np.mean(steps > 0.5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model_bytes = convert(qat, mode="qat", int8_io=True)
