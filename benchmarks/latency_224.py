@@ -3,14 +3,27 @@
 MobileNetV2 (α 1.0), MobileNetV3Small and EfficientNetB0 from
 `keras.applications`, built with `weights=None`: latency does not depend on
 the weights' values, so random weights time the same kernels a trained
-model runs. Each model is converted twice with `kd_keras.quantization.convert`,
-batch fixed at 1 (static shapes, what a phone app runs):
+model runs. Their BatchNormalization moving statistics are set from one
+training-mode pass over the calibration images (as a trained model's
+statistics match its activations): with the initial ones (mean 0, variance
+1) activations grow layer after layer, and the int8 file gets ranges no
+trained model has (MobileNetV3Small's then had 18 XNNPACK partitions even
+with hard-swish split, against 1). Each model is converted with
+`kd_keras.quantization.convert`, batch fixed at 1 (static shapes, what a
+phone app runs):
 
 - float32;
 - full int8 post-training quantization with int8 input and output, calibrated
   on `--calibration` random images in the range the model's first layer
   expects (MobileNetV2: [-1, 1]; V3 and EfficientNet rescale [0, 255]
-  themselves).
+  themselves). Hard-swish is written as int8 ADD / MUL / MUL, `convert`'s
+  default, which XNNPACK runs;
+- for models with hard-swish (MobileNetV3), the same int8 conversion with
+  TFLite's single `HARD_SWISH` op kept (`split_hard_swish=False`), which
+  XNNPACK does not run in int8;
+- with `--qat`, also `kd_keras.quantization.quantize_model` (ranges from
+  the calibration images in training mode, no training) converted with
+  `mode="qat"`, with and without `split_hard_swish`.
 
 All files are timed with `kd_keras.bench.measure_latency` — 1 thread, the
 default XNNPACK delegate, `invoke()` alone with the input set once before
@@ -22,6 +35,7 @@ float32 / int8 of the same run.
     python -m benchmarks.latency_224
     python -m benchmarks.latency_224 --models MobileNetV2 --rounds 3
     python -m benchmarks.latency_224 --models "MobileNetV3Small minimalistic"  # ReLU, no hard-swish
+    python -m benchmarks.latency_224 --models MobileNetV3Small MobileNetV3Large
     python -m benchmarks.latency_224 --save DIR   # keep the .tflite files
 """
 
@@ -36,7 +50,7 @@ import numpy as np
 
 from benchmarks.int8_latency_layers import cpu_name
 from kd_keras.bench import measure_latency
-from kd_keras.quantization import convert, tflite_ops
+from kd_keras.quantization import convert, quantize_model, tflite_ops
 from kd_keras.runtime import litert_interpreter
 
 # Given explicitly: MobileNetV3's default input is (None, None, 3), which
@@ -52,6 +66,10 @@ MODELS = {
         lambda: keras.applications.MobileNetV3Small(SHAPE, weights=None),
         (0, 255),
     ),
+    "MobileNetV3Large": (
+        lambda: keras.applications.MobileNetV3Large(SHAPE, weights=None),
+        (0, 255),
+    ),
     "MobileNetV3Small minimalistic": (
         lambda: keras.applications.MobileNetV3Small(SHAPE, weights=None, minimalistic=True),
         (0, 255),
@@ -63,24 +81,50 @@ MODELS = {
 }
 
 
-def build(name: str, calibration: int, seed: int) -> tuple[dict[str, bytes], np.ndarray, int]:
-    """`{"float32": bytes, "int8": bytes}`, one input image, the parameter count."""
+HARD_SWISH_KEPT = "int8, HARD_SWISH op"
+
+
+def set_batch_norm_statistics(model: keras.Model, images: np.ndarray) -> None:
+    """Moving statistics of every BatchNormalization = the batch statistics
+    of one training-mode pass over `images` (momentum 0 for that pass)."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+def build(
+    name: str, calibration: int, seed: int, qat: bool = False
+) -> tuple[dict[str, bytes], np.ndarray, int]:
+    """`{"float32": bytes, "int8": bytes}` (and `HARD_SWISH_KEPT` for a model
+    with hard-swish, and the QAT files with `qat`), one input image, the
+    parameter count."""
     make, (low, high) = MODELS[name]
     keras.utils.set_random_seed(seed)
     model = make()
     rng = np.random.default_rng(seed)
     images = rng.uniform(low, high, (calibration + 1, 224, 224, 3)).astype("float32")
-    files = {
-        "float32": convert(model, batch_size=1),
-        "int8": convert(
-            model,
-            mode="int8",
-            representative_data=images[1:],
-            num_calibration_batches=calibration,
-            int8_io=True,
-            batch_size=1,
-        ),
+    set_batch_norm_statistics(model, images[1:])
+    int8 = {
+        "mode": "int8",
+        "representative_data": images[1:],
+        "num_calibration_batches": calibration,
+        "int8_io": True,
+        "batch_size": 1,
     }
+    files = {"float32": convert(model, batch_size=1), "int8": convert(model, **int8)}
+    hard_swish = "HARD_SWISH" in {op["op"] for op in tflite_ops(files["float32"])}
+    if hard_swish:
+        files[HARD_SWISH_KEPT] = convert(model, split_hard_swish=False, **int8)
+    for split in ((True, False) if hard_swish else (True,)) if qat else ():
+        quantized = quantize_model(model, split_hard_swish=split)
+        for batch in np.array_split(images[1:], max(1, len(images[1:]) // 4)):
+            quantized(batch, training=True)  # activation ranges, no training
+        label = "QAT int8" if split else "QAT int8, HARD_SWISH op"
+        files[label] = convert(quantized, mode="qat", int8_io=True, batch_size=1)
     return files, images[:1], model.count_params()
 
 
@@ -102,10 +146,12 @@ def xnnpack_partitions(model_bytes: bytes) -> int:
     return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
 
 
-def single_op_models() -> dict[str, keras.Model]:
+def single_op_models() -> dict[str, tuple[keras.Model, bool]]:
     """One op each, at the shape where MobileNetV3Small spends most on it:
-    hard-swish on the stem's 112×112×16 output, and the squeeze-excite
-    multiply of a 28×28×96 map by its 1×1×96 hard-sigmoid gate."""
+    hard-swish on the stem's 112×112×16 output (as TFLite's `HARD_SWISH`,
+    and as `convert` writes it by default: ADD / MUL / MUL), and the
+    squeeze-excite multiply of a 28×28×96 map by its 1×1×96 hard-sigmoid
+    gate; with `convert`'s `split_hard_swish` for each."""
     x = keras.Input((112, 112, 16))
     hard_swish = keras.Model(x, keras.layers.Activation("hard_silu")(x))
     x = keras.Input((28, 28, 96))
@@ -113,8 +159,9 @@ def single_op_models() -> dict[str, keras.Model]:
     gate = keras.layers.Activation("hard_sigmoid")(gate)
     excite = keras.Model(x, keras.layers.Multiply()([x, gate]))
     return {
-        "HARD_SWISH 112×112×16": hard_swish,
-        "squeeze-excite MUL 28×28×96": excite,
+        "HARD_SWISH 112×112×16": (hard_swish, False),
+        "hard-swish as ADD, MUL, MUL 112×112×16": (hard_swish, True),
+        "squeeze-excite MUL 28×28×96": (excite, True),
     }
 
 
@@ -123,7 +170,7 @@ def op_profile(rounds: int, runs: int, seed: int) -> None:
     has no op profiler), with XNNPACK's partition count of each."""
     rng = np.random.default_rng(seed)
     rows = {}
-    for label, model in single_op_models().items():
+    for label, (model, split) in single_op_models().items():
         shape = (64, *model.input_shape[1:])
         data = rng.uniform(-4, 4, shape).astype("float32")
         files = {
@@ -135,6 +182,7 @@ def op_profile(rounds: int, runs: int, seed: int) -> None:
                 num_calibration_batches=64,
                 int8_io=True,
                 batch_size=1,
+                split_hard_swish=split,
             ),
         }
         times = {kind: [] for kind in files}
@@ -167,6 +215,7 @@ def main(argv=None) -> None:
     parser.add_argument("--calibration", type=int, default=16, help="random calibration images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="also write the .tflite files to this folder")
+    parser.add_argument("--qat", action="store_true", help="also time QAT (quantize_model) files")
     parser.add_argument(
         "--op-profile",
         action="store_true",
@@ -177,10 +226,10 @@ def main(argv=None) -> None:
         op_profile(args.rounds, 200, args.seed)
         return
 
-    files, inputs, params, convert_s = {}, {}, {}, {}
+    files, inputs, params, convert_s, partitions = {}, {}, {}, {}, {}
     for name in args.models:
         start = time.perf_counter()
-        pair, image, params[name] = build(name, args.calibration, args.seed)
+        pair, image, params[name] = build(name, args.calibration, args.seed, args.qat)
         convert_s[name] = time.perf_counter() - start
         for kind, model_bytes in pair.items():
             files[(name, kind)] = model_bytes
@@ -190,6 +239,7 @@ def main(argv=None) -> None:
                 (args.save / f"{name}.{kind}.tflite").write_bytes(model_bytes)
         left = float_ops(pair["int8"])
         parts = {kind: xnnpack_partitions(b) for kind, b in pair.items()}
+        partitions.update({(name, kind): n for kind, n in parts.items()})
         print(f"{name}: XNNPACK partitions {parts}")
         print(
             f"{name}: converted in {convert_s[name]:.0f} s; "
@@ -214,15 +264,28 @@ def main(argv=None) -> None:
         f"{timing_s:.0f} s\n"
     )
     print(
-        "| model | params | float32 KB | int8 KB | float32 p50 ms | int8 p50 ms | int8 speed-up |"
+        "| model | params | float32 KB | int8 KB | float32 p50 ms | int8 p50 ms | int8 speed-up "
+        "| int8 with HARD_SWISH op: p50 ms, speed-up |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         f, q = median[(name, "float32")], median[(name, "int8")]
+        kept = median.get((name, HARD_SWISH_KEPT))
+        kept_cell = f"{kept:.2f}, {f / kept:.2f}×" if kept else "no hard-swish"
         print(
             f"| {name} | {params[name]:,} | {len(files[(name, 'float32')]) / 1024:.0f} | "
-            f"{len(files[(name, 'int8')]) / 1024:.0f} | {f:.2f} | {q:.2f} | {f / q:.2f}× |"
+            f"{len(files[(name, 'int8')]) / 1024:.0f} | {f:.2f} | {q:.2f} | {f / q:.2f}× "
+            f"| {kept_cell} |"
         )
+    if args.qat:
+        print("\n| model | file | KB | p50 ms | speed-up vs float32 | XNNPACK partitions |")
+        print("|---|---|---|---|---|---|")
+        for (name, kind), model_bytes in files.items():
+            f = median[(name, "float32")]
+            print(
+                f"| {name} | {kind} | {len(model_bytes) / 1024:.0f} | {median[(name, kind)]:.2f} "
+                f"| {f / median[(name, kind)]:.2f}× | {partitions[(name, kind)]} |"
+            )
 
 
 if __name__ == "__main__":

@@ -30,12 +30,20 @@ Per student, from one float model trained `--epochs` epochs on the labels
   model), the same training; for MobileNetV3Small, TFMOT's error.
 
 Accuracy of every `.tflite` is measured in LiteRT on the test images.
+
+`--kd-seeds S ...` runs only the paired comparison of the last two rows:
+from the one float model, for each seed, QAT int8 on the labels and QAT
+int8 + distillation (`--alpha`, `--temperature`), both started with that
+seed (same initial shuffles and quantizer state), so each seed gives a
+paired difference "distillation - labels".
 `--time-epoch` trains each network for one epoch on the training subset and
 prints the wall time, to size the budget.
 
     python -m benchmarks.qat_fashion_mnist_32 --time-epoch
     python -m benchmarks.qat_fashion_mnist_32 --train 6000 --epochs 3 --teacher-epochs 3 \
         --students MobileNetV3Small   # one student per process: two run side by side
+    python -m benchmarks.qat_fashion_mnist_32 --train 6000 --epochs 3 --teacher-epochs 8 \
+        --students MobileNetV3Small --kd-seeds 0 1 2 --alpha 0.5
 """
 
 from __future__ import annotations
@@ -198,6 +206,44 @@ def student_rows(name, family, data, logits, args):
     return rows, times, note
 
 
+def paired_kd_rows(name, family, data, logits, args) -> list[tuple[int, float, float]]:
+    """`[(seed, QAT on labels accuracy, QAT + distillation accuracy)]` from
+    one float model, each pair started from the same seed."""
+    x, y, xt, yt = data
+    keras.utils.set_random_seed(args.seed)
+    model = application(family)
+    model.compile(keras.optimizers.Adam(1e-3), CE)
+    model.fit(x, y, epochs=args.epochs, batch_size=args.batch, verbose=2)
+    print(f"{name} float {tflite_accuracy(convert(model), xt, yt):.4f}", flush=True)
+    pairs = []
+    for seed in args.kd_seeds:
+        keras.utils.set_random_seed(seed)
+        qat = quantize_model(copy_of(model))
+        qat.compile(keras.optimizers.Adam(1e-4), CE)
+        qat.fit(x, y, epochs=args.qat_epochs, batch_size=args.batch, shuffle=True, verbose=2)
+        labels = tflite_accuracy(convert(qat, mode="qat", int8_io=True), xt, yt)
+        keras.utils.set_random_seed(seed)
+        distiller = kd_keras.Distiller(
+            quantize_model(copy_of(model)),
+            teacher=None,
+            losses=[kd_keras.losses.SoftTargetKD(temperature=args.temperature)],
+            alpha=args.alpha,
+        )
+        distiller.compile(optimizer=keras.optimizers.Adam(1e-4))
+        distiller.fit(
+            x,
+            {"labels": y, "teacher_logits": logits},
+            epochs=args.qat_epochs,
+            batch_size=args.batch,
+            shuffle=True,
+            verbose=2,
+        )
+        kd = tflite_accuracy(convert(distiller.student, mode="qat", int8_io=True), xt, yt)
+        pairs.append((seed, labels, kd))
+        print(f"{name} seed {seed}: QAT labels {labels:.4f}, QAT + KD {kd:.4f}", flush=True)
+    return pairs
+
+
 def time_epoch(data, args):
     x, y, _, _ = data
     for label, make in [
@@ -232,6 +278,11 @@ def main(argv=None) -> None:
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-epoch", action="store_true")
+    parser.add_argument(
+        "--kd-seeds", type=int, nargs="+", help="only QAT labels vs QAT + distillation, per seed"
+    )
+    parser.add_argument("--alpha", type=float, default=0.1, help="weight of the labels' loss")
+    parser.add_argument("--temperature", type=float, default=4.0)
     args = parser.parse_args(argv)
 
     (x, y), (xt, yt) = load_fashion_mnist()
@@ -253,6 +304,30 @@ def main(argv=None) -> None:
     teacher_s = time.perf_counter() - start
     teacher_accuracy = keras_accuracy(teacher, xt, yt)
     print(f"teacher {teacher_accuracy:.4f} in {teacher_s:.0f} s", flush=True)
+
+    if args.kd_seeds:
+        for name in args.students:
+            pairs = paired_kd_rows(name, STUDENTS[name], (x, y, xt, yt), logits, args)
+            print(
+                f"\n{name}: teacher {100 * teacher_accuracy:.2f} % ({args.teacher_epochs} epochs), "
+                f"T = {args.temperature:g}, alpha = {args.alpha:g}, {args.qat_epochs} QAT "
+                f"epoch(s) at 1e-4 from one {args.epochs}-epoch float model\n"
+            )
+            print("| seed | QAT int8, labels | QAT int8 + distillation | KD − labels (pt) |")
+            print("|---|---|---|---|")
+            for seed, labels, kd in pairs:
+                print(
+                    f"| {seed} | {100 * labels:.2f} % | {100 * kd:.2f} % | "
+                    f"{100 * (kd - labels):+.2f} |"
+                )
+            diffs = 100 * np.array([kd - labels for _, labels, kd in pairs])
+            labels_mean = 100 * np.mean([p[1] for p in pairs])
+            kd_mean = 100 * np.mean([p[2] for p in pairs])
+            print(
+                f"| mean | {labels_mean:.2f} % | {kd_mean:.2f} % | {diffs.mean():+.2f} "
+                f"± {diffs.std(ddof=1) if len(diffs) > 1 else 0:.2f} |"
+            )
+        return
 
     results = {}
     for name in args.students:

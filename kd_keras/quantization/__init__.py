@@ -27,6 +27,7 @@ from kd_keras.quantization.convert import (
     tflite_predict,
     tflite_tensor_types,
 )
+from kd_keras.quantization.decompose import split_hard_swish
 from kd_keras.quantization.fake_quantize import fake_quant, fake_quant_ops
 from kd_keras.quantization.folded_batch_norm_wrapper import FoldedBatchNormWrapper
 from kd_keras.quantization.ptq import quantize_post_training, representative_dataset
@@ -66,6 +67,7 @@ __all__ = [
     "quantize_post_training",
     "quantize_scope",
     "representative_dataset",
+    "split_hard_swish",
     "tflite_ops",
     "tflite_predict",
     "tflite_tensor_types",

@@ -34,7 +34,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kd_keras.quantization import tfmot_bridge
+from kd_keras.quantization import decompose, tfmot_bridge
 from kd_keras.quantization.ptq import representative_dataset
 from kd_keras.quantization.qat import is_quantized, quantizer_layers
 from kd_keras.quantization.quantize_layer import QuantizeLayer
@@ -192,6 +192,7 @@ def convert(
     strip_strings: bool = False,
     per_channel_dense: bool = True,
     sparse: bool = False,
+    split_hard_swish: bool = True,
 ) -> bytes:
     """Convert a Keras model to TFLite flatbuffer bytes.
 
@@ -231,6 +232,11 @@ def convert(
             TFLite's sparse format (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`):
             a smaller file. LiteRT densifies them when the model loads, so
             inference runs at the dense speed (see README, "Sparse weights").
+        split_hard_swish: for `mode="int8"`, write each hard-swish
+            `Activation` (MobileNetV3) as int8 `ADD` / `MUL` / `MUL`, which
+            XNNPACK runs, instead of one `HARD_SWISH`, which it does not
+            (`quantize_model` has the same option for QAT models). `False`
+            keeps `HARD_SWISH`.
 
     Returns:
         The `.tflite` model as `bytes`.
@@ -273,6 +279,8 @@ def convert(
     )
     if calibration is not None and batch_size not in (None, 1):
         calibration = _grouped(calibration, batch_size)
+    if mode == "int8" and split_hard_swish and not tf_keras:
+        model = decompose.split_hard_swish(model)
     if tf_keras:  # TFMOT's models convert the way TFMOT documents
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     else:

@@ -22,6 +22,16 @@ the QAT rewrite then quantizes every piece by its usual rule:
 * `CustomScaleLayer`-style layers (`[a, b] -> a + b * scale`) -> a
   `Rescaling(scale)` of `b` named `<name>_scale` (an int8 `MUL` by a
   constant, with its own range) -> `Add` named `<name>` (an int8 `ADD`).
+* `Activation("hard_silu")` / `Activation("hard_swish")` (MobileNetV3),
+  with `split_hard_swish` -> `Rescaling(1, offset=3)` named
+  `<name>_shift` -> `ReLU(6)` (`<name>_gate`) -> `Multiply` with the
+  input (`<name>_product`) -> `Rescaling(1/6)` named `<name>`:
+  `relu6(x + 3) * x / 6`, the same function. TFLite's int8 `HARD_SWISH`
+  is one op, but XNNPACK does not take it in int8 (ai-edge-litert 2.3):
+  each one runs on LiteRT's own kernel, 30-40x slower than XNNPACK's
+  int8 `ADD` (with the ReLU6 fused) and `MUL`s, and cuts the graph into
+  partitions. The product comes before the 1/6 so that the converter does
+  not match the pattern back into `HARD_SWISH`.
 * `MultiHeadAttention` -> `EinsumDense` query / key / value projections
   (`<name>_query`, ...; `1 / sqrt(key_dim)` folded into the query
   projection), `ops.einsum` for the scores, `Softmax`, `Dropout`,
@@ -87,6 +97,22 @@ def _attention_problem(layer, bound) -> str | None:
     return None
 
 
+def _is_hard_swish(layer) -> bool:
+    return type(layer) is L.Activation and keras.activations.serialize(
+        layer.activation
+    ) in ("hard_silu", "hard_swish")
+
+
+def _hard_swish_parts(layer, unique) -> list:
+    dtype = layer.dtype_policy.name
+    return [
+        L.Rescaling(1.0, offset=3.0, name=unique(f"{layer.name}_shift"), dtype=dtype),
+        L.ReLU(6.0, name=unique(f"{layer.name}_gate"), dtype=dtype),
+        L.Multiply(name=unique(f"{layer.name}_product"), dtype=dtype),
+        L.Rescaling(1.0 / 6.0, name=layer.name, dtype=dtype),
+    ]
+
+
 def decomposition_problem(layer) -> str | None:
     """Why `layer` (a composite layer in a Functional graph) cannot be
     decomposed, or `None` when it can (or is no composite layer)."""
@@ -100,9 +126,15 @@ def decomposition_problem(layer) -> str | None:
     return None
 
 
-def is_composite(layer) -> bool:
-    """True for the layers `decompose_layers` rewrites (unless kept whole)."""
-    return type(layer) in _SEPARABLE_PARTS or isinstance(layer, _MHA) or _is_scale_sum(layer)
+def is_composite(layer, split_hard_swish: bool = False) -> bool:
+    """True for the layers `decompose_layers` rewrites (unless kept whole);
+    hard-swish activations only with `split_hard_swish`."""
+    return (
+        type(layer) in _SEPARABLE_PARTS
+        or isinstance(layer, _MHA)
+        or _is_scale_sum(layer)
+        or (split_hard_swish and _is_hard_swish(layer))
+    )
 
 
 def is_kept_whole(layer, keep: Iterable[str | type] = ()) -> bool:
@@ -211,14 +243,17 @@ def _multi_head_attention(layer, unique, bound, training):
     return result
 
 
-def decompose_layers(model: keras.Model, keep: Iterable[str | type] = ()) -> keras.Model:
+def decompose_layers(
+    model: keras.Model, keep: Iterable[str | type] = (), split_hard_swish: bool = False
+) -> keras.Model:
     """A float Functional copy of `model` with its composite layers
     rewritten into the layers TFLite runs them as (see the module
     docstring); `model` itself when there is nothing to rewrite. Layers
     named in `keep` (names or classes, as `quantize_model`'s `skip_layers`)
     or annotated with a `QuantizeConfig` stay whole. Every other layer is
     cloned with its weights (the user's model is left untouched; a shared
-    layer stays shared).
+    layer stays shared). `split_hard_swish` also writes hard-swish
+    activations as `relu6(x + 3) * x / 6` in four layers.
 
     Raises:
         ValueError: naming a composite layer whose call cannot be decomposed
@@ -242,7 +277,11 @@ def decompose_layers(model: keras.Model, keep: Iterable[str | type] = ()) -> ker
     ```
     """
     keep = tuple(keep)
-    targets = [op for op in model.operations if is_composite(op) and not is_kept_whole(op, keep)]
+    targets = [
+        op
+        for op in model.operations
+        if is_composite(op, split_hard_swish) and not is_kept_whole(op, keep)
+    ]
     if not targets:
         return model
     problems = [(op, decomposition_problem(op)) for op in targets]
@@ -255,7 +294,38 @@ def decompose_layers(model: keras.Model, keep: Iterable[str | type] = ()) -> ker
             f"{lines}\nKeep them whole, in float, with quantize_model(model, "
             f"skip_layers={names!r})."
         )
-    targets = {id(op) for op in targets}
+    return _rewrite(model, {id(op) for op in targets})
+
+
+def split_hard_swish(model: keras.Model) -> keras.Model:
+    """A float Functional copy of `model` with every hard-swish `Activation`
+    written as `relu6(x + 3) * x / 6` in four layers (the same function),
+    and nothing else rewritten; `model` itself when it has none. For
+    post-training int8 conversion: XNNPACK runs the pieces in int8, not
+    `HARD_SWISH` (see the module docstring).
+
+    Example:
+
+    ```python
+    inputs = keras.Input((8, 8, 4))
+    outputs = keras.layers.Activation("hard_silu", name="act")(inputs)
+    model = keras.Model(inputs, outputs)
+    split = split_hard_swish(model)
+    [layer.name for layer in split.layers[1:]]
+    # ['act_shift', 'act_gate', 'act_product', 'act']
+    x = np.random.uniform(-5, 5, (2, 8, 8, 4)).astype("float32")
+    float(keras.ops.max(keras.ops.abs(split(x) - model(x)))) < 1e-6
+    # True
+    ```
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        return model  # a Sequential or subclassed model: nothing to rewrite in place
+    targets = {id(op) for op in model.operations if _is_hard_swish(op)}
+    return _rewrite(model, targets) if targets else model
+
+
+def _rewrite(model: keras.Model, targets: set) -> keras.Model:
+    """`model` with the operations whose ids are in `targets` decomposed."""
     used = {op.name for op in model.operations}
 
     def unique(base):
@@ -292,6 +362,12 @@ def decompose_layers(model: keras.Model, keep: Iterable[str | type] = ()) -> ker
                 scale, add = clones[id(op)][1]
                 first, second = args[0]
                 outputs = add([first, scale(second)])
+            elif id(op) in targets and _is_hard_swish(op):
+                if id(op) not in clones:
+                    parts = _hard_swish_parts(op, unique)
+                    clones[id(op)] = (op, [copy_annotations(op, part) for part in parts])
+                shift, gate, product, scale = clones[id(op)][1]
+                outputs = scale(product([gate(shift(args[0])), args[0]]))
             elif id(op) in targets:  # a separable convolution
                 if id(op) not in clones:
                     parts = _separable_parts(op, unique(f"{op.name}_depthwise"))

@@ -40,7 +40,9 @@ How the graph is rewritten (TFMOT's default 8-bit scheme, same TFLite graph):
   and quantized like the outer ones; one named in `skip_layers` stays whole,
   in float. `SeparableConv1D` / `SeparableConv2D`, InceptionResNetV2's
   `CustomScaleLayer` and `MultiHeadAttention` are then split into the
-  layers and ops TFLite runs them as (`decompose.decompose_layers`).
+  layers and ops TFLite runs them as (`decompose.decompose_layers`), and
+  so is hard-swish (`split_hard_swish`): as `relu6(x + 3) * x / 6`, int8
+  ops XNNPACK runs, where it does not run the int8 `HARD_SWISH`.
 * `LayerNormalization` is a float island: it runs in float between its
   input's range and an output range of its own (`rules.FLOAT_ISLAND_LAYERS`).
 * Raw `keras.ops` nodes (`x + 3.0`, `x * (1 / 6)`, `ops.relu6`, slicing)
@@ -176,6 +178,7 @@ def quantize_model(
     skip_layers: Iterable[str | type] | None = None,
     ema_decay: float = 0.999,
     freeze_bn_delay: int | None = DEFAULT_FREEZE_BN_DELAY,
+    split_hard_swish: bool = True,
 ) -> keras.Model:
     """Return a quantization-aware (int8) copy of a Sequential/Functional model.
 
@@ -199,6 +202,14 @@ def quantize_model(
             for BN momenta up to 0.999 to forget the statistics of the model
             before QAT. `None` never freezes; `0` folds the moving statistics
             in once, when `quantize_model` is called.
+        split_hard_swish: write each `Activation("hard_silu")` (MobileNetV3's
+            hard-swish) as `relu6(x + 3) * x / 6`, int8 `ADD` / `MUL` / `MUL`
+            ops, each with its own range. XNNPACK, LiteRT's CPU delegate, runs
+            those in int8 but not the single int8 `HARD_SWISH` op, which then
+            runs on LiteRT's slower builtin kernel between delegate
+            partitions (an int8 MobileNetV3Small is 4x slower than float
+            with it, at 224x224 on x86). `False` keeps `HARD_SWISH`, for
+            runtimes that accelerate it.
 
     Returns:
         A new Functional model; layer names are kept.
@@ -242,7 +253,7 @@ def quantize_model(
     # Composite layers (separable convolutions, scale-and-add layers,
     # MultiHeadAttention) are split into the pieces TFLite runs, each
     # quantized by its own rule; skipped or QuantizeConfig layers stay whole.
-    model = decompose_layers(model, keep=skip_layers or ())
+    model = decompose_layers(model, keep=skip_layers or (), split_hard_swish=split_hard_swish)
     skipped = _skip_predicate(model, skip_layers)
     # A layer with a QuantizeConfig neither absorbs nor is absorbed.
     keep = lambda layer: not skipped(layer) and quantize_config_of(layer) is None  # noqa: E731
