@@ -55,6 +55,13 @@ def test_split_hard_swish_is_the_same_function():
     assert model.get_layer("act").__class__ is keras.layers.Activation
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     assert split_hard_swish(plain) is plain
+    sequential = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(4), keras.layers.Activation("hard_silu")]
+    )
+    rows = np.random.default_rng(1).uniform(-5, 5, (3, 4)).astype("float32")
+    split = split_hard_swish(sequential)
+    assert [layer.name for layer in split.layers][-4:][0].endswith("_shift")
+    np.testing.assert_allclose(to_np(split(rows)), to_np(sequential(rows)), atol=1e-5)
 
 
 def test_qat_pieces_are_fake_quantized_float_ops():

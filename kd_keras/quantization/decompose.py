@@ -318,10 +318,14 @@ def split_hard_swish(model: keras.Model) -> keras.Model:
     # True
     ```
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
-        return model  # a Sequential or subclassed model: nothing to rewrite in place
+    if not any(_is_hard_swish(layer) for layer in getattr(model, "layers", ())):
+        return model
+    if isinstance(model, keras.Sequential) and model.inputs:
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    if not hasattr(model, "_nodes_by_depth"):
+        return model  # a subclassed model has no graph to rewrite
     targets = {id(op) for op in model.operations if _is_hard_swish(op)}
-    return _rewrite(model, targets) if targets else model
+    return _rewrite(model, targets)
 
 
 def _rewrite(model: keras.Model, targets: set) -> keras.Model:
