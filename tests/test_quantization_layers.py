@@ -92,13 +92,23 @@ def test_multi_head_attention_decomposes_into_the_same_function(dropout):
     np.testing.assert_allclose(numpy(flat([xq, xv])), numpy(model([xq, xv])), atol=1e-5)
 
 
-def test_masked_attention_is_refused_with_the_skip_fix():
+def test_masked_attention_stays_whole():
+    # Masked attention runs whole, in float (tests/test_quantization_masked_attention.py).
     inputs = keras.Input((6, 8))
     out = L.MultiHeadAttention(2, 4, name="causal")(inputs, inputs, use_causal_mask=True)
     model = keras.Model(inputs, out)
-    with pytest.raises(ValueError, match=r"(?s)'causal'.*attention mask.*skip_layers=\['causal'\]"):
+    assert decompose_layers(model) is model
+
+
+def test_attention_returning_scores_is_refused_with_the_skip_fix():
+    inputs = keras.Input((6, 8))
+    out, _ = L.MultiHeadAttention(2, 4, name="scores")(
+        inputs, inputs, return_attention_scores=True
+    )
+    model = keras.Model(inputs, out)
+    with pytest.raises(ValueError, match=r"(?s)'scores'.*return_attention_scores.*skip_layers"):
         decompose_layers(model)
-    assert decompose_layers(model, keep=frozenset({"causal"})) is model
+    assert decompose_layers(model, keep=frozenset({"scores"})) is model
 
 
 # --------------------------------------------------------------------------

@@ -37,8 +37,10 @@ the QAT rewrite then quantizes every piece by its usual rule:
   projection), `ops.einsum` for the scores, `Softmax`, `Dropout`,
   `ops.einsum` for the weighted values and the output `EinsumDense` (named
   `<name>`, so `get_layer(name).output` is still the attention output).
-  Masks (an `attention_mask`, `use_causal_mask`, masked inputs), gates and
-  sliding windows are not decomposed: such a layer is refused by name.
+  A masked attention (an `attention_mask`, `use_causal_mask`, masked
+  inputs) stays whole and runs in float (`is_masked_attention`); gates,
+  sliding windows and `return_attention_scores` are not decomposed: such a
+  layer is refused by name.
 
 A composite layer named in `skip_layers` (by name or class) or annotated
 with a `QuantizeConfig` stays whole; the pieces of the others carry its
@@ -85,16 +87,36 @@ def _attention_problem(layer, bound) -> str | None:
         return "uses a gate (use_gate=True)"
     if getattr(layer, "_sliding_window", None) is not None:
         return "uses a sliding window"
+    if bound.arguments.get("return_attention_scores"):
+        return "is called with return_attention_scores=True"
+    return None
+
+
+def _is_masked_call(bound) -> bool:
     arguments = bound.arguments
     if arguments.get("attention_mask") is not None or arguments.get("use_causal_mask"):
-        return "is called with an attention mask (attention_mask / use_causal_mask)"
-    if arguments.get("return_attention_scores"):
-        return "is called with return_attention_scores=True"
-    for name in ("query", "value", "key"):
-        tensor = arguments.get(name)
-        if tensor is not None and getattr(tensor, "_keras_mask", None) is not None:
-            return f"receives a masked {name} (Embedding(mask_zero=True) upstream)"
-    return None
+        return True
+    return any(
+        getattr(arguments.get(name), "_keras_mask", None) is not None
+        for name in ("query", "value", "key")
+    )
+
+
+def is_masked_attention(layer) -> bool:
+    """True for a `MultiHeadAttention` called with a mask (`attention_mask`,
+    `use_causal_mask`, or inputs masked upstream, e.g. by
+    `Embedding(mask_zero=True)`). Keras masks the scores with
+    `where(mask, scores, -1e9)`; TFLite's int8 `SELECT_V2` would clamp that
+    constant to the scores' int8 range, leaving masked positions a real
+    share of the attention, so such a layer stays whole and runs in float:
+    a float island (`rules.layer_kind`)."""
+    if type(layer) is not _MHA:
+        return False
+    for node in layer._inbound_nodes:
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        if _is_masked_call(inspect.signature(_MHA.call).bind(None, *args, **kwargs)):
+            return True
+    return False
 
 
 def _is_hard_swish(layer) -> bool:
@@ -280,7 +302,9 @@ def decompose_layers(
     targets = [
         op
         for op in model.operations
-        if is_composite(op, split_hard_swish) and not is_kept_whole(op, keep)
+        if is_composite(op, split_hard_swish)
+        and not is_kept_whole(op, keep)
+        and not is_masked_attention(op)
     ]
     if not targets:
         return model

@@ -63,6 +63,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.weight_quantizer = deserialize_quantizer(weight_quantizer)
         self.output_quantizer = deserialize_quantizer(output_quantizer)
         self.preserve_sparsity = bool(preserve_sparsity)
+        # Keras masks (Embedding(mask_zero=True)) pass through as they do in
+        # the float model, so a masked attention or pooling downstream sees them.
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))
         if isinstance(quantize_config, dict):
             quantize_config = keras.saving.deserialize_keras_object(quantize_config)
         self.quantize_config = quantize_config
@@ -202,6 +205,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
         config = super().get_config()

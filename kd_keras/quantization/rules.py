@@ -36,6 +36,7 @@ import numpy as np
 from keras import ops
 
 from kd_keras.quantization import _kernels
+from kd_keras.quantization.decompose import is_masked_attention
 from kd_keras.quantization.embedding_config import EmbeddingQuantizeConfig, embedding_problem
 from kd_keras.quantization.quantize_annotate import quantize_config_of
 
@@ -111,6 +112,7 @@ OUTPUT_QUANTIZED_LAYERS = (
 #: exist, but the variance of a normalized row spans orders of magnitude that
 #: one int8 range cannot hold (its RSQRT would see zeros), and the converter's
 #: NEG has no int8 kernel: it stays float, as in the converter's own PTQ.
+#: A masked `MultiHeadAttention` is one too (`decompose.is_masked_attention`).
 FLOAT_ISLAND_LAYERS = (_L.LayerNormalization,)
 
 
@@ -150,7 +152,7 @@ def layer_kind(layer) -> str:
     quantization pass."""
     if quantize_config_of(layer) is not None or builtin_quantize_config(layer) is not None:
         return "config"
-    if type(layer) in FLOAT_ISLAND_LAYERS:
+    if type(layer) in FLOAT_ISLAND_LAYERS or is_masked_attention(layer):
         return "island"
     if _kernels.is_kernel_layer(layer):
         return "unsupported" if _kernels.kernel_layer_problem(layer) else "kernel"
