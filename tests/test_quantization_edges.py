@@ -157,6 +157,60 @@ def test_quantizer_base_and_deserialization():
     assert again == q and again is not q
 
 
+def np_fake_quant(x, lo, hi, num_bits=8):
+    """TensorFlow's FakeQuantWithMinMaxVars (wide range) in float64: the
+    range nudged so that 0 is on the grid, then round half up."""
+    x = np.asarray(x, np.float64)
+    q_max = 2**num_bits - 1
+    scale = (hi - lo) / q_max
+    zero_point = np.clip(np.floor(-lo / scale + 0.5), 0, q_max)
+    nudged_lo, nudged_hi = -zero_point * scale, (q_max - zero_point) * scale
+    steps = np.floor((np.clip(x, nudged_lo, nudged_hi) - nudged_lo) / scale + 0.5)
+    return steps * scale + nudged_lo
+
+
+def test_moving_average_quantizer_called_without_training_is_inference():
+    """`training` defaults to False: the stored range quantizes, unchanged."""
+    q, host = MovingAverageQuantizer(), keras.layers.Layer()
+    weights = q.build((None, 4), "act", host)
+    x = np.array([[-7.0, -1.0, 0.3, 5.0]], "float32")
+    np.testing.assert_allclose(to_np(q(x, weights=weights)), np_fake_quant(x, -6.0, 6.0), atol=ATOL)
+    assert [float(to_np(weights[k])) for k in ("min", "max", "initialized")] == [-6.0, 6.0, 0.0]
+
+
+def test_moving_average_quantizer_with_4_bits_matches_numpy_in_training_and_inference():
+    q, host = MovingAverageQuantizer(num_bits=4), keras.layers.Layer()
+    weights = q.build((None, 32), "act", host)
+    x = np.random.default_rng(3).uniform(0.0, 3.0, size=(2, 32)).astype("float32")
+    x[0, 0], x[1, 0] = 0.0, 3.0  # the batch range is [0, 3]: 15 steps of 0.2
+    want = np_fake_quant(x, 0.0, 3.0, num_bits=4)
+    np.testing.assert_allclose(to_np(q(x, training=True, weights=weights)), want, atol=ATOL)
+    np.testing.assert_allclose(to_np(q(x, training=False, weights=weights)), want, atol=ATOL)
+    assert len(np.unique(np.round(want / 0.2))) > 8  # more than a few levels were checked
+
+
+def test_moving_average_range_stays_float32_under_mixed_precision():
+    """Under mixed_float16 the layer computes in float16, but the range
+    variables are read and updated in float32 (no autocast): a 0.999 moving
+    average moves them by less than float16 can resolve near 2.5."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = QuantizeLayer(MovingAverageQuantizer())
+        layer.build((None, 4))
+        layer(np.array([[-2.5, 0.5, 3.75, 1.0]], "float32"), training=True)
+        out = layer(np.array([[-1.0, 0.5, 2.0, 1.0]], "float32"), training=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    weights = {w.name: w for w in layer.weights}
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in layer.weights)
+    lo, hi = 0.999 * -2.5 + 0.001 * -1.0, 0.999 * 3.75 + 0.001 * 2.0
+    assert float(to_np(weights["range_min"])) == pytest.approx(lo, rel=1e-6)
+    assert float(to_np(weights["range_max"])) == pytest.approx(hi, rel=1e-6)
+    want = np_fake_quant([[-1.0, 0.5, 2.0, 1.0]], lo, hi)
+    np.testing.assert_allclose(to_np(out).astype("float64"), want, atol=2e-3)
+
+
 # ---------------------------------------------------------------- BN folding
 
 
