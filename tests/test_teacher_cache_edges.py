@@ -264,3 +264,25 @@ def test_numpy_inputs_run_in_batches_of_256_with_a_progress_bar_by_default(capsy
     cached = kd_keras.cache_teacher_outputs(keras.Model(inputs, batch), x, teacher_outputs="logits")
     np.testing.assert_array_equal(cached[:, 0], [256.0] * 256 + [44.0] * 44)
     assert "2/2" in capsys.readouterr().out
+
+
+def test_bad_teacher_outputs_message_is_exact():
+    with pytest.raises(ValueError) as info:
+        kd_keras.cache_teacher_outputs(mlp(8, name="t"), data(4)[0], teacher_outputs="softmax")
+    assert str(info.value) == (
+        "teacher_outputs must be 'auto', 'logits' or 'probabilities', got 'softmax'."
+    )
+
+
+def test_dataset_of_two_input_tuples_feeds_both_inputs_to_the_teacher():
+    """`((a, b), y)` batches: the teacher sees the pair `(a, b)`, not `a` as
+    the inputs and `b` as labels."""
+    a_in, b_in = keras.Input((6,)), keras.Input((3,))
+    merged = keras.layers.Concatenate()([a_in, b_in])
+    teacher = keras.Model([a_in, b_in], keras.layers.Dense(4)(merged))
+    x, y = data(10)
+    b = np.random.default_rng(1).normal(size=(10, 3)).astype("float32")
+    ds = tf().data.Dataset.from_tensor_slices(((x, b), y)).batch(5)
+    cached = kd_keras.cache_teacher_outputs(teacher, ds, verbose=0)
+    logits = np.concatenate([target["teacher_logits"].numpy() for _, target in cached])
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(teacher([x, b])), atol=1e-5)
