@@ -254,7 +254,7 @@ def test_auto_detects_probabilities_by_their_values_without_a_softmax_layer():
     np.testing.assert_allclose(cached, np.tile(expected, (5, 1)), rtol=1e-6)
 
 
-def test_numpy_inputs_run_in_batches_of_256_with_a_progress_bar_by_default(capsys):
+def test_numpy_inputs_run_in_batches_of_256_with_a_progress_bar_unless_verbose_0(capsys):
     """Each output row is the size of the batch it was predicted in."""
     inputs = keras.Input((6,))
     batch = keras.layers.Lambda(
@@ -264,6 +264,8 @@ def test_numpy_inputs_run_in_batches_of_256_with_a_progress_bar_by_default(capsy
     cached = kd_keras.cache_teacher_outputs(keras.Model(inputs, batch), x, teacher_outputs="logits")
     np.testing.assert_array_equal(cached[:, 0], [256.0] * 256 + [44.0] * 44)
     assert "2/2" in capsys.readouterr().out
+    kd_keras.cache_teacher_outputs(keras.Model(inputs, batch), x[:8], verbose=0)
+    assert capsys.readouterr().out == ""
 
 
 def test_bad_teacher_outputs_message_is_exact():
