@@ -193,21 +193,25 @@ def test_moving_average_range_stays_float32_under_mixed_precision():
     """Under mixed_float16 the layer computes in float16, but the range
     variables are read and updated in float32 (no autocast): a 0.999 moving
     average moves them by less than float16 can resolve near 2.5."""
+    batches = [[-2.5, 0.5, 3.75, 1.0], [-1.0, 0.5, 2.0, 1.0], [-3.0, 0.5, 1.0, 1.0]]
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
         layer = QuantizeLayer(MovingAverageQuantizer())
         layer.build((None, 4))
-        layer(np.array([[-2.5, 0.5, 3.75, 1.0]], "float32"), training=True)
-        out = layer(np.array([[-1.0, 0.5, 2.0, 1.0]], "float32"), training=True)
+        for batch in batches:
+            layer(np.array([batch], "float32"), training=True)
+        out = layer(np.array([batches[1]], "float32"), training=False)
     finally:
         keras.config.set_dtype_policy(previous)
+    lo, hi = min(batches[0]), max(batches[0])
+    for batch in batches[1:]:
+        lo, hi = 0.999 * lo + 0.001 * min(batch), 0.999 * hi + 0.001 * max(batch)
     weights = {w.name: w for w in layer.weights}
     assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in layer.weights)
-    lo, hi = 0.999 * -2.5 + 0.001 * -1.0, 0.999 * 3.75 + 0.001 * 2.0
     assert float(to_np(weights["range_min"])) == pytest.approx(lo, rel=1e-6)
     assert float(to_np(weights["range_max"])) == pytest.approx(hi, rel=1e-6)
-    want = np_fake_quant([[-1.0, 0.5, 2.0, 1.0]], lo, hi)
+    want = np_fake_quant([batches[1]], lo, hi)
     np.testing.assert_allclose(to_np(out).astype("float64"), want, atol=2e-3)
 
 
