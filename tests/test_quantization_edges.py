@@ -306,3 +306,63 @@ def test_a_bn_subclass_is_not_folded():
     model = randomize_bn(keras.Model(inputs, h), seed=9)
     folded = fold_batch_norms(model)
     assert type(folded.get_layer("bn")) is MyBN
+
+
+def test_folding_keeps_the_kernel_layers_own_bias():
+    """A conv with its own (non-zero) bias before the BN: the folded bias is
+    `beta + (bias - mean) * gamma / sqrt(var + eps)`, in float64 NumPy."""
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, bias_initializer="random_normal", name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=10)
+    x = np.random.default_rng(11).normal(size=(2, 6, 6, 2)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    conv, bn = model.get_layer("conv"), model.get_layer("bn")
+    gamma, beta, mean, var = (to_np(w).astype("float64") for w in bn.weights)
+    bias = to_np(conv.bias).astype("float64")
+    assert np.abs(bias).min() > 0
+    want = beta + (bias - mean) * gamma / np.sqrt(var + bn.epsilon)
+    np.testing.assert_allclose(to_np(folded.get_layer("conv").bias), want, rtol=1e-6)
+
+
+def test_a_bn_after_einsum_dense_is_kept_and_relu_is_not_fused():
+    """Only BNs are folded (a ReLU stays a ReLU layer), and never into an
+    EinsumDense, whose bias covers only its `bias_axes`."""
+    inputs = keras.Input((4,))
+    h = keras.layers.EinsumDense("ab,bc->ac", output_shape=3, bias_axes="c", name="ed")(inputs)
+    h = keras.layers.BatchNormalization(name="bn_ed")(h)
+    h = keras.layers.Dense(5, name="d")(h)
+    h = keras.layers.BatchNormalization(name="bn_d")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=12)
+    x = np.random.default_rng(13).normal(size=(3, 4)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn_ed")) is keras.layers.BatchNormalization
+    assert type(folded.get_layer("bn_d")) is keras.layers.Identity
+    assert type(folded.get_layer("relu")) is keras.layers.ReLU
+    assert folded.get_layer("d").get_config()["activation"] == "linear"
+
+
+def test_folding_keeps_the_call_arguments_of_other_layers():
+    """`use_causal_mask=True` given to an Attention layer after the folded
+    BN is still passed to its copy."""
+    inputs = keras.Input((5, 4))
+    h = keras.layers.Dense(4, name="d")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Attention(name="attention")([h, h], use_causal_mask=True)
+    model = randomize_bn(keras.Model(inputs, h), seed=14)
+    x = np.random.default_rng(15).normal(size=(2, 5, 4)).astype("float32")
+    assert_folded_equals_model(model, x)
+
+
+def test_fold_batch_norms_names_itself_for_a_subclassed_model():
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError) as info:
+        fold_batch_norms(Subclassed(name="sub"))
+    assert str(info.value) == (
+        "fold_batch_norms rewrites Sequential and Functional models; 'sub' is a subclassed "
+        "model (Subclassed). Rebuild it with the Functional API (keras.Model(inputs, outputs))."
+    )
