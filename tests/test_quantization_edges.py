@@ -366,3 +366,16 @@ def test_fold_batch_norms_names_itself_for_a_subclassed_model():
         "fold_batch_norms rewrites Sequential and Functional models; 'sub' is a subclassed "
         "model (Subclassed). Rebuild it with the Functional API (keras.Model(inputs, outputs))."
     )
+
+
+def test_folding_into_a_conv_transpose_without_bias():
+    """Conv2DTranspose keeps its output channels on the kernel's axis -2: the
+    folded bias has one entry per output channel (5), not per input (3)."""
+    inputs = keras.Input((4, 4, 3))
+    h = keras.layers.Conv2DTranspose(5, 3, use_bias=False, name="deconv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=16)
+    x = np.random.default_rng(17).normal(size=(2, 4, 4, 3)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn")) is keras.layers.Identity
+    assert folded.get_layer("deconv").bias.shape == (5,)
