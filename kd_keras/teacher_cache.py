@@ -101,8 +101,10 @@ def cache_teacher_outputs(
     inputs = x
     if is_dataset:
         _check_deterministic(x, assume_deterministic)
+        # Each element as a 1-tuple: `predict` reads a bare tuple element as
+        # `(x, y)`, which would split a multi-input `x = (a, b)`.
         inputs = x.map(
-            lambda *e: keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0]
+            lambda *e: (keras.utils.unpack_x_y_sample_weight(e if len(e) > 1 else e[0])[0],)
         )
     logits = [
         _logits_of(

@@ -12,6 +12,7 @@ from keras import ops
 
 from kd_keras import losses
 from kd_keras.losses import DKD, RKD, AttentionTransfer, HintLoss, LogitsMSE, SoftTargetKD, base
+from kd_keras.losses.rkd import pairwise_distances
 
 ATOL = 1e-5
 
@@ -268,6 +269,73 @@ def test_registry_errors_are_exact():
             "mapping such as {'dkd': {'beta': 4.0}}, or a config written by "
             "kd_keras.losses.serialize."
         )
+
+
+def test_registry_messages_for_a_class_name_match_and_for_no_match():
+    known = (
+        "Known names: ['attention_transfer', 'dkd', 'hint', 'logits_mse', 'rkd', "
+        "'soft_target'] (class names such as 'SoftTargetKD' work too)."
+    )
+    with pytest.raises(ValueError) as info:
+        losses.get("SoftTargetKDD")
+    assert str(info.value) == (
+        f"Unknown distillation loss 'SoftTargetKDD'; did you mean 'SoftTargetKD'? {known}"
+    )
+    with pytest.raises(ValueError) as info:
+        losses.get("zzzz")
+    assert str(info.value) == f"Unknown distillation loss 'zzzz'. {known}"
+
+
+def test_registry_reads_a_keras_config_without_its_config_entry():
+    restored = losses.get({"class_name": "DKD"})
+    assert type(restored) is DKD and (restored.alpha, restored.beta) == (1.0, 8.0)
+
+
+def test_get_terms_takes_a_bare_entry_terms_and_configs_as_they_are():
+    (term,) = losses.get_terms("dkd")
+    assert type(term) is DKD and term.beta == 8.0
+    (term,) = losses.get_terms({"rkd": {"angle_weight": 0.5}})
+    assert type(term) is RKD and (term.distance_weight, term.angle_weight) == (25.0, 0.5)
+    given = DKD(beta=3.0)
+    assert losses.get_terms(given)[0] is given
+    (term,) = losses.get_terms([{"class_name": "DKD"}])
+    assert type(term) is DKD and term.beta == 8.0
+    (term,) = losses.get_terms([{"logits_mse": None}])
+    assert type(term) is LogitsMSE
+
+
+def test_get_terms_gives_the_temperature_only_to_terms_that_take_one():
+    terms = losses.get_terms(
+        [
+            "rkd",
+            "logits_mse",
+            {"soft_target": None},
+            {"dkd": {"temperature": 5.0}},
+            DKD(temperature=7.0),
+            losses.serialize(SoftTargetKD(temperature=6.0)),
+        ],
+        temperature=2.0,
+    )
+    assert [type(t) for t in terms] == [RKD, LogitsMSE, SoftTargetKD, DKD, DKD, SoftTargetKD]
+    temperatures = [float(numpy(t.temperature)) for t in terms[2:]]
+    assert temperatures == [2.0, 5.0, 7.0, 6.0]
+
+
+def test_get_terms_unknown_argument_messages_are_exact():
+    with pytest.raises(ValueError) as info:
+        losses.get_terms([{"rkd": {"angle_wieght": 1.0}}])
+    assert str(info.value) == (
+        "RKD takes no argument 'angle_wieght'; did you mean 'angle_weight'? Its arguments: "
+        "distance_weight, angle_weight, teacher_layer, student_layer, weight, name."
+    )
+    with pytest.raises(ValueError) as info:
+        losses.get_terms(["logits_mse", {"soft_target": {"zzz": 1}}], temperature=2.0)
+    assert str(info.value) == (
+        "SoftTargetKD takes no argument 'zzz'. Its arguments: temperature, "
+        "teacher_temperatures, weight, name, teacher_layer, student_layer."
+    )
+    with pytest.raises(ValueError, match=r"^Cannot make a distillation loss from \{'dkd': 2\}"):
+        losses.get_terms([{"dkd": 2}])
 
 
 # ------------------------------------------------------------------- hint
@@ -581,3 +649,62 @@ def test_attention_transfer_fractional_token_weights_mask_and_weigh():
     expected = 500.0 * (squared * w).sum() / w.sum()
     got = AttentionTransfer(teacher_layer="t", student_layer="s")([f32(t)], f32(s), weights=f32(w))
     assert float(numpy(got)) == pytest.approx(expected, rel=1e-5)
+
+
+def np_rkd(teacher, student, distance_weight, angle_weight):
+    """Park et al.'s RKD in float64 (unweighted): Huber (δ = 1) of the
+    mean-normalized distances and of the triplet angles' cosines."""
+
+    def huber(x):
+        x = np.abs(x)
+        return np.where(x < 1.0, 0.5 * x**2, x - 0.5)
+
+    def psi_distance(e):
+        d = np.linalg.norm(e[:, None] - e[None], axis=-1)
+        return d / (d.sum() / (len(e) * (len(e) - 1)))
+
+    def psi_angle(e):
+        diff = e[None] - e[:, None]  # diff[i, j] = e_j - e_i
+        norm = np.linalg.norm(diff, axis=-1, keepdims=True)
+        unit = np.where(norm > 0, diff / np.where(norm > 0, norm, 1.0), 0.0)
+        return np.einsum("ijd,ikd->ijk", unit, unit)
+
+    t = np.asarray(teacher, np.float64).reshape(len(teacher), -1)
+    s = np.asarray(student, np.float64).reshape(len(student), -1)
+    return distance_weight * huber(psi_distance(s) - psi_distance(t)).mean() + (
+        angle_weight * huber(psi_angle(s) - psi_angle(t)).mean()
+    )
+
+
+def test_pairwise_distances_match_numpy_with_an_exact_zero_diagonal():
+    """Off the origin, the expanded `|a|² + |b|² − 2ab` leaves a rounding
+    residue on the diagonal, which must still come out as exactly 0."""
+    e = np.random.default_rng(11).normal(size=(6, 5)) + 3.0
+    got = numpy(pairwise_distances(f32(e)))
+    expected = np.linalg.norm(e[:, None] - e[None], axis=-1)
+    np.testing.assert_array_equal(np.diag(got), np.zeros(6))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("distance_weight", "angle_weight"), [(1.0, 0.5), (0.5, 0.25)])
+def test_rkd_term_weights_below_one_match_numpy(distance_weight, angle_weight):
+    r = np.random.default_rng(12)
+    t, s = r.normal(size=(5, 6)), r.normal(size=(5, 3))
+    got = RKD(distance_weight, angle_weight)([f32(t)], f32(s))
+    expected = np_rkd(t, s, distance_weight, angle_weight)
+    assert expected > 0 and float(numpy(got)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_rkd_under_float64_floatx_computes_in_float32_and_matches_numpy():
+    """`keras.config.set_floatx("float64")` (a user's global setting) makes
+    Keras' default dtype float64; RKD still computes in float32 throughout."""
+    r = np.random.default_rng(13)
+    t, s = r.normal(size=(5, 4)), r.normal(size=(5, 3))
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        got = RKD(2.0, 3.0).compute(t, s)
+    finally:
+        keras.config.set_floatx(previous)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    assert float(numpy(got)) == pytest.approx(np_rkd(t, s, 2.0, 3.0), rel=1e-5)

@@ -157,6 +157,64 @@ def test_quantizer_base_and_deserialization():
     assert again == q and again is not q
 
 
+def np_fake_quant(x, lo, hi, num_bits=8):
+    """TensorFlow's FakeQuantWithMinMaxVars (wide range) in float64: the
+    range nudged so that 0 is on the grid, then round half up."""
+    x = np.asarray(x, np.float64)
+    q_max = 2**num_bits - 1
+    scale = (hi - lo) / q_max
+    zero_point = np.clip(np.floor(-lo / scale + 0.5), 0, q_max)
+    nudged_lo, nudged_hi = -zero_point * scale, (q_max - zero_point) * scale
+    steps = np.floor((np.clip(x, nudged_lo, nudged_hi) - nudged_lo) / scale + 0.5)
+    return steps * scale + nudged_lo
+
+
+def test_moving_average_quantizer_called_without_training_is_inference():
+    """`training` defaults to False: the stored range quantizes, unchanged."""
+    q, host = MovingAverageQuantizer(), keras.layers.Layer()
+    weights = q.build((None, 4), "act", host)
+    x = np.array([[-7.0, -1.0, 0.3, 5.0]], "float32")
+    np.testing.assert_allclose(to_np(q(x, weights=weights)), np_fake_quant(x, -6.0, 6.0), atol=ATOL)
+    assert [float(to_np(weights[k])) for k in ("min", "max", "initialized")] == [-6.0, 6.0, 0.0]
+
+
+def test_moving_average_quantizer_with_4_bits_matches_numpy_in_training_and_inference():
+    q, host = MovingAverageQuantizer(num_bits=4), keras.layers.Layer()
+    weights = q.build((None, 32), "act", host)
+    x = np.random.default_rng(3).uniform(0.0, 3.0, size=(2, 32)).astype("float32")
+    x[0, 0], x[1, 0] = 0.0, 3.0  # the batch range is [0, 3]: 15 steps of 0.2
+    want = np_fake_quant(x, 0.0, 3.0, num_bits=4)
+    np.testing.assert_allclose(to_np(q(x, training=True, weights=weights)), want, atol=ATOL)
+    np.testing.assert_allclose(to_np(q(x, training=False, weights=weights)), want, atol=ATOL)
+    assert len(np.unique(np.round(want / 0.2))) > 8  # more than a few levels were checked
+
+
+def test_moving_average_range_stays_float32_under_mixed_precision():
+    """Under mixed_float16 the layer computes in float16, but the range
+    variables are read and updated in float32 (no autocast): a 0.999 moving
+    average moves them by less than float16 can resolve near 2.5."""
+    batches = [[-2.5, 0.5, 3.75, 1.0], [-1.0, 0.5, 2.0, 1.0], [-3.0, 0.5, 1.0, 1.0]]
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = QuantizeLayer(MovingAverageQuantizer())
+        layer.build((None, 4))
+        for batch in batches:
+            layer(np.array([batch], "float32"), training=True)
+        out = layer(np.array([batches[1]], "float32"), training=False)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    lo, hi = min(batches[0]), max(batches[0])
+    for batch in batches[1:]:
+        lo, hi = 0.999 * lo + 0.001 * min(batch), 0.999 * hi + 0.001 * max(batch)
+    weights = {w.name: w for w in layer.weights}
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in layer.weights)
+    assert float(to_np(weights["range_min"])) == pytest.approx(lo, rel=1e-6)
+    assert float(to_np(weights["range_max"])) == pytest.approx(hi, rel=1e-6)
+    want = np_fake_quant([batches[1]], lo, hi)
+    np.testing.assert_allclose(to_np(out).astype("float64"), want, atol=2e-3)
+
+
 # ---------------------------------------------------------------- BN folding
 
 
@@ -248,3 +306,76 @@ def test_a_bn_subclass_is_not_folded():
     model = randomize_bn(keras.Model(inputs, h), seed=9)
     folded = fold_batch_norms(model)
     assert type(folded.get_layer("bn")) is MyBN
+
+
+def test_folding_keeps_the_kernel_layers_own_bias():
+    """A conv with its own (non-zero) bias before the BN: the folded bias is
+    `beta + (bias - mean) * gamma / sqrt(var + eps)`, in float64 NumPy."""
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, bias_initializer="random_normal", name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=10)
+    x = np.random.default_rng(11).normal(size=(2, 6, 6, 2)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    conv, bn = model.get_layer("conv"), model.get_layer("bn")
+    gamma, beta, mean, var = (to_np(w).astype("float64") for w in bn.weights)
+    bias = to_np(conv.bias).astype("float64")
+    assert np.abs(bias).min() > 0
+    want = beta + (bias - mean) * gamma / np.sqrt(var + bn.epsilon)
+    np.testing.assert_allclose(to_np(folded.get_layer("conv").bias), want, rtol=1e-6)
+
+
+def test_a_bn_after_einsum_dense_is_kept_and_relu_is_not_fused():
+    """Only BNs are folded (a ReLU stays a ReLU layer), and never into an
+    EinsumDense, whose bias covers only its `bias_axes`."""
+    inputs = keras.Input((4,))
+    h = keras.layers.EinsumDense("ab,bc->ac", output_shape=3, bias_axes="c", name="ed")(inputs)
+    h = keras.layers.BatchNormalization(name="bn_ed")(h)
+    h = keras.layers.Dense(5, name="d")(h)
+    h = keras.layers.BatchNormalization(name="bn_d")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=12)
+    x = np.random.default_rng(13).normal(size=(3, 4)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn_ed")) is keras.layers.BatchNormalization
+    assert type(folded.get_layer("bn_d")) is keras.layers.Identity
+    assert type(folded.get_layer("relu")) is keras.layers.ReLU
+    assert folded.get_layer("d").get_config()["activation"] == "linear"
+
+
+def test_folding_keeps_the_call_arguments_of_other_layers():
+    """`use_causal_mask=True` given to an Attention layer after the folded
+    BN is still passed to its copy."""
+    inputs = keras.Input((5, 4))
+    h = keras.layers.Dense(4, name="d")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Attention(name="attention")([h, h], use_causal_mask=True)
+    model = randomize_bn(keras.Model(inputs, h), seed=14)
+    x = np.random.default_rng(15).normal(size=(2, 5, 4)).astype("float32")
+    assert_folded_equals_model(model, x)
+
+
+def test_fold_batch_norms_names_itself_for_a_subclassed_model():
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError) as info:
+        fold_batch_norms(Subclassed(name="sub"))
+    assert str(info.value) == (
+        "fold_batch_norms rewrites Sequential and Functional models; 'sub' is a subclassed "
+        "model (Subclassed). Rebuild it with the Functional API (keras.Model(inputs, outputs))."
+    )
+
+
+def test_folding_into_a_conv_transpose_without_bias():
+    """Conv2DTranspose keeps its output channels on the kernel's axis -2: the
+    folded bias has one entry per output channel (5), not per input (3)."""
+    inputs = keras.Input((4, 4, 3))
+    h = keras.layers.Conv2DTranspose(5, 3, use_bias=False, name="deconv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = randomize_bn(keras.Model(inputs, h), seed=16)
+    x = np.random.default_rng(17).normal(size=(2, 4, 4, 3)).astype("float32")
+    folded = assert_folded_equals_model(model, x)
+    assert type(folded.get_layer("bn")) is keras.layers.Identity
+    assert folded.get_layer("deconv").bias.shape == (5,)

@@ -205,3 +205,86 @@ def test_each_kind_of_random_op_is_named():
     )
     # Deterministic parallel maps are fine.
     assert found(base.map(lambda v: v, num_parallel_calls=2, deterministic=True)) == []
+
+
+def test_assume_deterministic_vouches_for_python_ops_only():
+    """A generator source is vouched for; a shuffle or a random map next to
+    it is still refused, and named without the Python op."""
+    t = tf()
+    x, y = data(10)
+    source = t.data.Dataset.from_generator(
+        lambda: iter(zip(x, y)),
+        output_signature=(t.TensorSpec((6,), "float32"), t.TensorSpec((), "int32")),
+    )
+    noisy = source.map(lambda a, b: (a + t.random.normal((6,)), b))
+    for ds in (source.shuffle(10).batch(5), noisy.batch(5)):
+        random_ops = kd_keras.random_ops_in_dataset(ds)
+        assert any("PyFunc" in op for op in random_ops)
+        with pytest.raises(ValueError) as info:
+            kd_keras.cache_teacher_outputs(mlp(8, name="t"), ds, assume_deterministic=True)
+        named = [op for op in random_ops if "PyFunc" not in op]
+        assert named and str(info.value).startswith(f"The dataset has random operations {named} (")
+
+
+def test_teacher_output_picks_the_logits_of_a_two_output_teacher():
+    """By name or position, the cache holds exactly that output of the
+    teacher's own `predict`; softmax probabilities in the other head are not
+    what it reads."""
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    probabilities = keras.layers.Dense(3, activation="softmax", name="probs")(hidden)
+    logits = keras.layers.Dense(4, name="logits")(hidden)
+    teacher = keras.Model(inputs, [probabilities, logits])
+    x, _ = data(12)
+    want = teacher.predict(x, verbose=0)[1]
+    for choice in ("logits", 1):
+        got = kd_keras.cache_teacher_outputs(teacher, x, verbose=0, teacher_output=choice)
+        assert got.shape == (12, 4)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match=r"has 2 outputs \['probs', 'logits'\]"):
+        kd_keras.cache_teacher_outputs(teacher, x, verbose=0)
+
+
+def test_auto_detects_probabilities_by_their_values_without_a_softmax_layer():
+    """The relu teacher's rows are in [0, 1] and sum to 1: "auto" stores their
+    floored log, as "probabilities" does."""
+    x, _ = data(5)
+    cached = kd_keras.cache_teacher_outputs(probability_model(), x, verbose=0)
+    expected = np.log(np.array([1e-30, 0.5, 0.25, 0.25], np.float32))
+    np.testing.assert_allclose(cached, np.tile(expected, (5, 1)), rtol=1e-6)
+
+
+def test_numpy_inputs_run_in_batches_of_256_with_a_progress_bar_unless_verbose_0(capsys):
+    """Each output row is the size of the batch it was predicted in."""
+    inputs = keras.Input((6,))
+    batch = keras.layers.Lambda(
+        lambda v: keras.ops.zeros_like(v[:, :2]) + keras.ops.cast(keras.ops.shape(v)[0], v.dtype)
+    )(inputs)
+    x, _ = data(300)
+    cached = kd_keras.cache_teacher_outputs(keras.Model(inputs, batch), x, teacher_outputs="logits")
+    np.testing.assert_array_equal(cached[:, 0], [256.0] * 256 + [44.0] * 44)
+    assert "2/2" in capsys.readouterr().out
+    kd_keras.cache_teacher_outputs(keras.Model(inputs, batch), x[:8], verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_bad_teacher_outputs_message_is_exact():
+    with pytest.raises(ValueError) as info:
+        kd_keras.cache_teacher_outputs(mlp(8, name="t"), data(4)[0], teacher_outputs="softmax")
+    assert str(info.value) == (
+        "teacher_outputs must be 'auto', 'logits' or 'probabilities', got 'softmax'."
+    )
+
+
+def test_dataset_of_two_input_tuples_feeds_both_inputs_to_the_teacher():
+    """`((a, b), y)` batches: the teacher sees the pair `(a, b)`, not `a` as
+    the inputs and `b` as labels."""
+    a_in, b_in = keras.Input((6,)), keras.Input((3,))
+    merged = keras.layers.Concatenate()([a_in, b_in])
+    teacher = keras.Model([a_in, b_in], keras.layers.Dense(4)(merged))
+    x, y = data(10)
+    b = np.random.default_rng(1).normal(size=(10, 3)).astype("float32")
+    ds = tf().data.Dataset.from_tensor_slices(((x, b), y)).batch(5)
+    cached = kd_keras.cache_teacher_outputs(teacher, ds, verbose=0)
+    logits = np.concatenate([target["teacher_logits"].numpy() for _, target in cached])
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(teacher([x, b])), atol=1e-5)
