@@ -50,6 +50,27 @@ def test_polynomial_decay_clamps_and_uses_power_3_by_default():
     assert [should(schedule, s) for s in (3, 4, 14, 15)] == [False, True, True, False]
 
 
+def test_default_frequency_is_tfmots_100():
+    assert pruning.PolynomialDecay(0.2, 0.9, begin_step=0, end_step=10).frequency == 100
+    assert pruning.ConstantSparsity(0.5, begin_step=0).frequency == 100
+
+
+def test_sparsity_is_float32_when_floatx_is_float64():
+    # The mask code compares weights with float32 thresholds: the schedule's
+    # sparsity stays float32 whatever the default float type.
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        decay = pruning.PolynomialDecay(0.2, 0.9, begin_step=4, end_step=14, power=2, frequency=1)
+        constant = pruning.ConstantSparsity(0.3, begin_step=0, frequency=1)
+        for schedule, step, want in ((decay, 9, 0.9 - 0.7 * 0.25), (constant, 5, 0.3)):
+            value = schedule(ops.convert_to_tensor(step, "int32"))[1]
+            assert keras.backend.standardize_dtype(value.dtype) == "float32"
+            assert float(np_(value)) == pytest.approx(want, abs=1e-6)
+    finally:
+        keras.config.set_floatx(previous)
+
+
 def test_smallest_valid_arguments_are_accepted():
     pruning.ConstantSparsity(0.0, begin_step=0, end_step=0, frequency=1)
     pruning.PolynomialDecay(0.0, 0.0, begin_step=0, end_step=1, frequency=1)
