@@ -279,8 +279,8 @@ def decompose_layers(
 
     Raises:
         ValueError: naming a composite layer whose call cannot be decomposed
-            (masked attention, ...) with the `skip_layers` call that keeps it
-            whole, in float.
+            (a gate, a sliding window, `return_attention_scores`) with the
+            `skip_layers` call that keeps it whole, in float.
 
     Example:
 
