@@ -23,8 +23,8 @@ Per student, from one float model trained `--epochs` epochs on the labels
 - QAT int8: `kd_keras.quantization.quantize_model`, `--qat-epochs` at 1e-4
   on the labels, converted with int8 I/O;
 - QAT int8 + distillation: the same, trained as the student of
-  `kd_keras.Distiller` on the cached teacher logits (soft targets, T = 4,
-  alpha 0.1);
+  `kd_keras.Distiller` on the cached teacher logits (soft targets,
+  `--temperature` 4 and `--alpha` 0.1 by default);
 - TFMOT QAT: the same architecture built in tf_keras with the float model's
   weights, through kd_keras's TFMOT bridge (`quantize_model` on a tf_keras
   model), the same training; for MobileNetV3Small, TFMOT's error.
@@ -129,6 +129,45 @@ def tfmot_row(family, float_model, x, y, xt, yt, epochs, batch):
     return (tflite_accuracy(model_bytes, xt, yt), len(model_bytes)), note
 
 
+def trained_float(family, x, y, args) -> keras.Model:
+    """The float student, trained `args.epochs` on the labels from `args.seed`."""
+    keras.utils.set_random_seed(args.seed)
+    model = application(family)
+    model.compile(keras.optimizers.Adam(1e-3), CE)
+    model.fit(x, y, epochs=args.epochs, batch_size=args.batch, verbose=2)
+    return model
+
+
+def qat_on_labels(model, x, y, args) -> keras.Model:
+    """A QAT copy of `model` trained `args.qat_epochs` at 1e-4 on the labels."""
+    qat = quantize_model(copy_of(model))
+    qat.compile(keras.optimizers.Adam(1e-4), CE)
+    qat.fit(x, y, epochs=args.qat_epochs, batch_size=args.batch, shuffle=True, verbose=2)
+    return qat
+
+
+def qat_distilled(model, x, y, logits, args) -> keras.Model:
+    """A QAT copy of `model` trained the same way as the student of
+    `kd_keras.Distiller` on the cached teacher logits (`args.temperature`,
+    `args.alpha`)."""
+    distiller = kd_keras.Distiller(
+        quantize_model(copy_of(model)),
+        teacher=None,
+        losses=[kd_keras.losses.SoftTargetKD(temperature=args.temperature)],
+        alpha=args.alpha,
+    )
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-4))
+    distiller.fit(
+        x,
+        {"labels": y, "teacher_logits": logits},
+        epochs=args.qat_epochs,
+        batch_size=args.batch,
+        shuffle=True,
+        verbose=2,
+    )
+    return distiller.student
+
+
 def student_rows(name, family, data, logits, args):
     x, y, xt, yt = data
     rows, times = {}, {}
@@ -139,10 +178,7 @@ def student_rows(name, family, data, logits, args):
         times[label] = time.perf_counter() - start
         return out
 
-    keras.utils.set_random_seed(args.seed)
-    model = application(family)
-    model.compile(keras.optimizers.Adam(1e-3), CE)
-    timed("float", lambda: model.fit(x, y, epochs=args.epochs, batch_size=args.batch, verbose=2))
+    model = timed("float", lambda: trained_float(family, x, y, args))
     float_bytes = convert(model)
     rows["float"] = (tflite_accuracy(float_bytes, xt, yt), len(float_bytes))
     print(f"{name} float {rows['float']}", flush=True)
@@ -170,29 +206,14 @@ def student_rows(name, family, data, logits, args):
         len(more_bytes),
     )
 
-    qat = quantize_model(copy_of(model))
-    qat.compile(keras.optimizers.Adam(1e-4), CE)
-    timed(
-        "QAT int8", lambda: qat.fit(x, y, epochs=args.qat_epochs, batch_size=args.batch, verbose=2)
-    )
+    qat = timed("QAT int8", lambda: qat_on_labels(model, x, y, args))
     qat_bytes = convert(qat, mode="qat", int8_io=True)
     rows["QAT int8"] = (tflite_accuracy(qat_bytes, xt, yt), len(qat_bytes))
 
-    qat_kd = quantize_model(copy_of(model))
-    distiller = kd_keras.Distiller(qat_kd, teacher=None)
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-4))
-    timed(
-        "QAT int8 + distillation",
-        lambda: distiller.fit(
-            x,
-            {"labels": y, "teacher_logits": logits},
-            epochs=args.qat_epochs,
-            batch_size=args.batch,
-            shuffle=True,
-            verbose=2,
-        ),
+    student = timed(
+        "QAT int8 + distillation", lambda: qat_distilled(model, x, y, logits, args)
     )
-    kd_bytes = convert(distiller.student, mode="qat", int8_io=True)
+    kd_bytes = convert(student, mode="qat", int8_io=True)
     rows["QAT int8 + distillation"] = (tflite_accuracy(kd_bytes, xt, yt), len(kd_bytes))
 
     print(f"{name} so far {rows} {times}", flush=True)
@@ -210,35 +231,16 @@ def paired_kd_rows(name, family, data, logits, args) -> list[tuple[int, float, f
     """`[(seed, QAT on labels accuracy, QAT + distillation accuracy)]` from
     one float model, each pair started from the same seed."""
     x, y, xt, yt = data
-    keras.utils.set_random_seed(args.seed)
-    model = application(family)
-    model.compile(keras.optimizers.Adam(1e-3), CE)
-    model.fit(x, y, epochs=args.epochs, batch_size=args.batch, verbose=2)
+    model = trained_float(family, x, y, args)
     print(f"{name} float {tflite_accuracy(convert(model), xt, yt):.4f}", flush=True)
     pairs = []
     for seed in args.kd_seeds:
         keras.utils.set_random_seed(seed)
-        qat = quantize_model(copy_of(model))
-        qat.compile(keras.optimizers.Adam(1e-4), CE)
-        qat.fit(x, y, epochs=args.qat_epochs, batch_size=args.batch, shuffle=True, verbose=2)
+        qat = qat_on_labels(model, x, y, args)
         labels = tflite_accuracy(convert(qat, mode="qat", int8_io=True), xt, yt)
         keras.utils.set_random_seed(seed)
-        distiller = kd_keras.Distiller(
-            quantize_model(copy_of(model)),
-            teacher=None,
-            losses=[kd_keras.losses.SoftTargetKD(temperature=args.temperature)],
-            alpha=args.alpha,
-        )
-        distiller.compile(optimizer=keras.optimizers.Adam(1e-4))
-        distiller.fit(
-            x,
-            {"labels": y, "teacher_logits": logits},
-            epochs=args.qat_epochs,
-            batch_size=args.batch,
-            shuffle=True,
-            verbose=2,
-        )
-        kd = tflite_accuracy(convert(distiller.student, mode="qat", int8_io=True), xt, yt)
+        student = qat_distilled(model, x, y, logits, args)
+        kd = tflite_accuracy(convert(student, mode="qat", int8_io=True), xt, yt)
         pairs.append((seed, labels, kd))
         print(f"{name} seed {seed}: QAT labels {labels:.4f}, QAT + KD {kd:.4f}", flush=True)
     return pairs

@@ -92,6 +92,13 @@ def _attention_problem(layer, bound) -> str | None:
     return None
 
 
+def _bound_calls(layer):
+    """The `MultiHeadAttention.call` arguments of each of `layer`'s calls."""
+    for node in layer._inbound_nodes:
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        yield inspect.signature(_MHA.call).bind(None, *args, **kwargs)
+
+
 def _is_masked_call(bound) -> bool:
     arguments = bound.arguments
     if arguments.get("attention_mask") is not None or arguments.get("use_causal_mask"):
@@ -110,13 +117,7 @@ def is_masked_attention(layer) -> bool:
     constant to the scores' int8 range, leaving masked positions a real
     share of the attention, so such a layer stays whole and runs in float:
     a float island (`rules.layer_kind`)."""
-    if type(layer) is not _MHA:
-        return False
-    for node in layer._inbound_nodes:
-        args, kwargs = node.arguments.args, node.arguments.kwargs
-        if _is_masked_call(inspect.signature(_MHA.call).bind(None, *args, **kwargs)):
-            return True
-    return False
+    return type(layer) is _MHA and any(_is_masked_call(b) for b in _bound_calls(layer))
 
 
 def _is_hard_swish(layer) -> bool:
@@ -139,9 +140,7 @@ def decomposition_problem(layer) -> str | None:
     """Why `layer` (a composite layer in a Functional graph) cannot be
     decomposed, or `None` when it can (or is no composite layer)."""
     if isinstance(layer, _MHA):
-        for node in layer._inbound_nodes:
-            args, kwargs = node.arguments.args, node.arguments.kwargs
-            bound = inspect.signature(_MHA.call).bind(None, *args, **kwargs)
+        for bound in _bound_calls(layer):
             problem = _attention_problem(layer, bound)
             if problem:
                 return problem
