@@ -23,7 +23,11 @@ phone app runs):
   XNNPACK does not run in int8;
 - with `--qat`, also `kd_keras.quantization.quantize_model` (ranges from
   the calibration images in training mode, no training) converted with
-  `mode="qat"`, with and without `split_hard_swish`.
+  `mode="qat"`, with and without `split_hard_swish`;
+- with `--filters F ...`, also the model with a fraction F of its filters
+  removed by `kd_keras.pruning.prune_filters` (L1 importance, channel counts
+  rounded to multiples of 8 for XNNPACK's SIMD kernels), in float32 and full
+  int8, each timed against the dense float32 file of the same run.
 
 All files are timed with `kd_keras.bench.measure_latency` — 1 thread, the
 default XNNPACK delegate, `invoke()` alone with the input set once before
@@ -36,6 +40,7 @@ float32 / int8 of the same run.
     python -m benchmarks.latency_224 --models MobileNetV2 --rounds 3
     python -m benchmarks.latency_224 --models "MobileNetV3Small minimalistic"  # ReLU, no hard-swish
     python -m benchmarks.latency_224 --models MobileNetV3Small MobileNetV3Large
+    python -m benchmarks.latency_224 --models MobileNetV2 --filters 0.3 0.5  # filter pruning
     python -m benchmarks.latency_224 --save DIR   # keep the .tflite files
 """
 
@@ -50,6 +55,7 @@ import numpy as np
 
 from benchmarks.int8_latency_layers import cpu_name
 from kd_keras.bench import measure_latency
+from kd_keras.pruning import prune_filters
 from kd_keras.quantization import convert, quantize_model, tflite_ops
 from kd_keras.runtime import litert_interpreter
 
@@ -97,11 +103,11 @@ def set_batch_norm_statistics(model: keras.Model, images: np.ndarray) -> None:
 
 
 def build(
-    name: str, calibration: int, seed: int, qat: bool = False
+    name: str, calibration: int, seed: int, qat: bool = False, filters: tuple[float, ...] = ()
 ) -> tuple[dict[str, bytes], np.ndarray, int]:
     """`{"float32": bytes, "int8": bytes}` (and `HARD_SWISH_KEPT` for a model
-    with hard-swish, and the QAT files with `qat`), one input image, the
-    parameter count."""
+    with hard-swish, the QAT files with `qat`, and both of each filter-pruned
+    copy), one input image, the parameter count."""
     make, (low, high) = MODELS[name]
     keras.utils.set_random_seed(seed)
     model = make()
@@ -125,6 +131,15 @@ def build(
             quantized(batch, training=True)  # activation ranges, no training
         label = "QAT int8" if split else "QAT int8, HARD_SWISH op"
         files[label] = convert(quantized, mode="qat", int8_io=True, batch_size=1)
+    for fraction in filters:
+        # The kept channels keep their moving statistics, so the pruned copy's
+        # activations (and int8 ranges) are those of the dense model's.
+        pruned = prune_filters(model, fraction, importance="l1", round_to=8)
+        label = f"filters −{fraction:.0%}"
+        dense_params = model.count_params()
+        print(f"{name}, {label}: {pruned.count_params():,} parameters (dense {dense_params:,})")
+        files[f"{label} float32"] = convert(pruned, batch_size=1)
+        files[f"{label} int8"] = convert(pruned, **int8)
     return files, images[:1], model.count_params()
 
 
@@ -217,6 +232,14 @@ def main(argv=None) -> None:
     parser.add_argument("--save", type=Path, help="also write the .tflite files to this folder")
     parser.add_argument("--qat", action="store_true", help="also time QAT (quantize_model) files")
     parser.add_argument(
+        "--filters",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="F",
+        help="also time copies with this fraction of filters removed (prune_filters)",
+    )
+    parser.add_argument(
         "--op-profile",
         action="store_true",
         help="only time single-op files (hard-swish, squeeze-excite MUL) float32 vs int8",
@@ -229,7 +252,9 @@ def main(argv=None) -> None:
     files, inputs, params, convert_s, partitions = {}, {}, {}, {}, {}
     for name in args.models:
         start = time.perf_counter()
-        pair, image, params[name] = build(name, args.calibration, args.seed, args.qat)
+        pair, image, params[name] = build(
+            name, args.calibration, args.seed, args.qat, tuple(args.filters)
+        )
         convert_s[name] = time.perf_counter() - start
         for kind, model_bytes in pair.items():
             files[(name, kind)] = model_bytes
@@ -277,7 +302,7 @@ def main(argv=None) -> None:
             f"{len(files[(name, 'int8')]) / 1024:.0f} | {f:.2f} | {q:.2f} | {f / q:.2f}× "
             f"| {kept_cell} |"
         )
-    if args.qat:
+    if args.qat or args.filters:
         print("\n| model | file | KB | p50 ms | speed-up vs float32 | XNNPACK partitions |")
         print("|---|---|---|---|---|---|")
         for (name, kind), model_bytes in files.items():

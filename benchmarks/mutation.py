@@ -306,12 +306,12 @@ def _mutant_globs(module: Module) -> list[str]:
     return [f"{dotted}.{f}__mutmut_*" for f in module.functions]
 
 
-def _mutmut_env() -> dict:
+def _mutmut_env(backend: str = "tensorflow") -> dict:
     env = dict(os.environ)
     # The copy under test must be the one imported, not an editable install
     # or the working tree.
     env.pop("PYTHONPATH", None)
-    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
     return env
 
 
@@ -338,10 +338,15 @@ def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = F
     return {**read_results(name, module, dest, env), "seconds": seconds}
 
 
-def rerun_survivors(name: str, module: Module, workdir: Path, log) -> dict:
+def rerun_survivors(
+    name: str, module: Module, workdir: Path, log, backend: str = "tensorflow"
+) -> dict:
     """Re-runs, with mutmut, the survivors of an earlier run in `workdir/name`
-    against the current tests (copied in afresh); the mutants it killed stay
-    killed, since tests are only ever added. Returns the module's row."""
+    against the current tests (copied in afresh) under the Keras `backend`;
+    the mutants it killed stay killed, since tests are only ever added.
+    Another backend reaches the code only it runs (a `torch.no_grad` branch,
+    the `keras.ops` path TensorFlow's own op replaces), which the test suite
+    runs there too. Returns the module's row."""
     dest = workdir / name.replace("/", "_")
     previous = read_results(name, module, dest)
     if "error" in previous:
@@ -352,7 +357,7 @@ def rerun_survivors(name: str, module: Module, workdir: Path, log) -> dict:
     shutil.rmtree(dest / "tests")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
-    env = _mutmut_env()
+    env = _mutmut_env(backend)
     start = time.perf_counter()
     # Only the survivors: a mutant the earlier run did not reach stays unchecked.
     survivors = [k for k in previous["survivors"] if previous["status"][k] in SURVIVED | NO_TESTS]
@@ -440,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         "--rerun-survivors", action="store_true",
         help="re-run the survivors of the earlier run in --workdir against the current tests",
     )
+    parser.add_argument(
+        "--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"),
+        help="Keras backend of a --rerun-survivors run (first runs use TensorFlow)",
+    )
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -448,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if (args.report_only or args.rerun_survivors) and not args.workdir:
         parser.error("--report-only and --rerun-survivors need the --workdir of an earlier run")
+    if args.backend != "tensorflow" and not args.rerun_survivors:
+        parser.error("--backend applies to --rerun-survivors: first runs use TensorFlow")
     try:
         import mutmut
     except ImportError:
@@ -465,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.rerun_survivors:
                 log.write(f"\n===== {name} (survivors) =====\n")
                 log.flush()
-                row = rerun_survivors(name, MODULES[name], args.workdir, log)
+                row = rerun_survivors(name, MODULES[name], args.workdir, log, args.backend)
             else:
                 log.write(f"\n===== {name} =====\n")
                 log.flush()
