@@ -17,6 +17,7 @@ import numpy as np
 
 from kd_keras.export import ParityError, ParityReport, compare, write_json
 from kd_keras.export.base import require_tensorflow_backend
+from kd_keras.export.onnx import write_onnx
 from kd_keras.export.tflite import convert_to_flatbuffer
 from kd_keras.io import atomic_path, check_output_path, parity_report_path
 from kd_keras.runtime import ONNXRunner, TFLiteRunner
@@ -119,8 +120,6 @@ def export_text_onnx(
     export_text_onnx(student, "out/student", kd_keras.text.tokenize(student, texts[:64]))
     ```
     """
-    from kd_keras.export.onnx import write_onnx
-
     def write(wrapped, tmp):
         write_onnx(wrapped, tmp, opset)
 
