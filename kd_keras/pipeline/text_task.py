@@ -410,10 +410,7 @@ class TextTask(Task):
         if results["general"].get("skipped"):
             student = self._new_student(self.teacher)
         else:
-            # compile=False: the student is compiled afresh inside the new
-            # TextDistiller, and keras-hub models override compile() without
-            # compile_from_config, so loading their compile config only warns.
-            student = keras.saving.load_model(results["general"]["student"], compile=False)
+            student = self.load_student(results["general"]["student"])
         distiller = TextDistiller(
             student,
             teacher=None,
