@@ -26,7 +26,7 @@ from kd_keras.pipeline.prune_step import prune_student
 from kd_keras.pipeline.quantize_step import quantize_aware_train
 from kd_keras.pruning import sparsity_report
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type hints only: pipeline.py imports this module
     from kd_keras.pipeline.pipeline import Pipeline
 
 __all__ = ["COMPRESSION_STAGES", "prune_stage", "quantize_stage"]
