@@ -31,17 +31,13 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 import kd_keras
 from kd_keras import text
 from kd_keras.export import ParityError
+from kd_keras.pipeline.text_task import accuracy
 
 OUT = Path(__file__).resolve().parent / "out"
-
-
-def accuracy(model, x, y) -> float:
-    return float(np.mean(np.argmax(text.predict_logits(model, x, batch_size=64), -1) == y))
 
 
 def make_student(teacher, hidden_dim, init_from_teacher=False):

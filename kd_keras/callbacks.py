@@ -8,7 +8,7 @@ import warnings
 
 import keras
 
-from kd_keras import schedules as schedules_lib
+import kd_keras.schedules as schedules_lib
 
 #: Batch-log key of the Distiller's per-batch data check: 0 for a clean
 #: batch, +1 when its inputs held NaN/inf, +2 when its labels were out of

@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from kd_keras.runtime import runtime_of
+
 
 @dataclasses.dataclass
 class LayerMACs:
@@ -170,8 +172,6 @@ def count_macs_onnx(path) -> int:
 def count_macs_artifact(artifact) -> int:
     """`count_macs` for a Keras model / `.keras`, `count_macs_tflite` for a
     `.tflite`, `count_macs_onnx` for an `.onnx`."""
-    from kd_keras.runtime import runtime_of
-
     runtime = runtime_of(artifact)
     if runtime == "tflite":
         return count_macs_tflite(artifact)

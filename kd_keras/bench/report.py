@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 from kd_keras.bench import flops as flops_lib
 from kd_keras.bench.accuracy import evaluate_accuracy
 from kd_keras.bench.latency import LatencyResult, sweep
+from kd_keras.bench.plots import plot_frontier
 from kd_keras.bench.render import bench_cells, markdown_table, print_table
 from kd_keras.bench.size import SizeResult, file_size
 from kd_keras.io import parity_report_path, write_text
@@ -192,8 +193,6 @@ class BenchReport:
             ),
         }
         if plot and any(a.accuracy is not None and a.latency for a in self.artifacts):
-            from kd_keras.bench.plots import plot_frontier
-
             paths["frontier"] = plot_frontier(self, folder / "frontier.png", overwrite=overwrite)
         return paths
 

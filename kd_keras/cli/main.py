@@ -152,19 +152,7 @@ def _add_demo(subparsers) -> None:
         default=cli_args.DEMO_SEED,
         help="seed of the split, the initial weights and shuffling (default: %(default)s)",
     )
-    parser.add_argument(
-        "--temperature",
-        type=cli_args.positive_float,
-        default=cli_args.DEMO_TEMPERATURE,
-        help="soft-target temperature T (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=cli_args.unit_float,
-        default=cli_args.DEMO_ALPHA,
-        help="weight of the label cross-entropy; 1 - alpha weights distillation "
-        "(default: %(default)s)",
-    )
+    _add_soft_target_args(parser, cli_args.DEMO_TEMPERATURE, cli_args.DEMO_ALPHA)
     parser.add_argument(
         "--batch-size",
         type=cli_args.positive_int,
@@ -198,6 +186,25 @@ def _add_run(subparsers) -> None:
     )
 
 
+def _add_soft_target_args(
+    parser: argparse.ArgumentParser, temperature: float, alpha: float, when: str = ""
+) -> None:
+    """`--temperature` and `--alpha` of soft-target distillation."""
+    parser.add_argument(
+        "--temperature",
+        type=cli_args.positive_float,
+        default=temperature,
+        help=f"soft-target temperature T{when} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=cli_args.unit_float,
+        default=alpha,
+        help=f"weight of the label loss{when}; 1 - alpha weights the teacher's soft "
+        "targets (default: %(default)s)",
+    )
+
+
 def _add_training_args(
     parser: argparse.ArgumentParser,
     epochs: int,
@@ -227,18 +234,7 @@ def _add_training_args(
         default=learning_rate,
         help="Adam learning rate (default: %(default)s)",
     )
-    parser.add_argument(
-        "--temperature",
-        type=cli_args.positive_float,
-        default=temperature,
-        help="soft-target temperature when distilling (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=cli_args.unit_float,
-        default=alpha,
-        help="label weight when distilling; 1 - alpha weights the teacher (default: %(default)s)",
-    )
+    _add_soft_target_args(parser, temperature, alpha, when=" when distilling")
     parser.add_argument(
         "--seed", type=int, default=0, help="split and weight seed (default: %(default)s)"
     )

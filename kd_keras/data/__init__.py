@@ -5,7 +5,6 @@ from kd_keras.data.bbc_news import load_bbc_news, read_bbc_news
 from kd_keras.data.digits import load_digits
 from kd_keras.data.fashion_mnist import load_fashion_mnist, read_idx
 from kd_keras.data.image_folder import load_image_folder, read_image_folder
-from kd_keras.data.mnist_subset import load_mnist_subset
 from kd_keras.data.splits import few_labels_split, train_test_split
 from kd_keras.data.tfds_data import load_tfds, prepare_tfds
 from kd_keras.data.vader_movies import load_vader_movies, read_vader_movies
@@ -22,7 +21,6 @@ __all__ = [
     "load_tfds",
     "prepare_tfds",
     "read_image_folder",
-    "load_mnist_subset",
     "read_idx",
     "train_test_split",
 ]

@@ -3,8 +3,9 @@
 graph (saved beside the model as a keras-hub preprocessor preset), and the
 parity check of `kd_keras.export` run in LiteRT before anything is written.
 
-This module converts with `kd_keras.export`'s converter, runs the files with
-its one runner on the three named inputs, and compares with its `compare`.
+This module converts with `kd_keras.export`'s converter and publishes through
+its one path (`kd_keras.export.base.publish`: temp file, parity check by its
+one runner on the three named inputs, atomic rename).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kd_keras.export import ParityError, ParityReport, compare, write_json
-from kd_keras.export.base import require_tensorflow_backend
+from kd_keras.export import ParityReport
+from kd_keras.export.base import publish, require_tensorflow_backend
+from kd_keras.export.onnx import write_onnx
 from kd_keras.export.tflite import convert_to_flatbuffer
-from kd_keras.io import atomic_path, check_output_path, parity_report_path
 from kd_keras.runtime import ONNXRunner, TFLiteRunner
 
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
@@ -80,24 +81,18 @@ def export_text_tflite(
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
-    missing = [n for n in TOKEN_INPUTS if n not in sample_inputs]
-    if missing:
-        raise ValueError(
-            f"sample_inputs lacks {missing}: pass kd_keras.text.tokenize(model, texts)."
-        )
+    sample = _token_sample(sample_inputs)
     require_tensorflow_backend("TFLite conversion")
     name = "model.tflite" if quantization is None else f"model_{quantization}.tflite"
-    return _export_checked(
+    return _publish(
         model,
         Path(folder) / name,
-        sample_inputs,
+        sample,
         lambda wrapped, tmp: tmp.write_bytes(convert_to_flatbuffer(wrapped, quantization)),
-        lambda path, sample: run_tflite(path.read_bytes(), sample),
-        "tflite",
-        quantization,
-        overwrite,
-        atol,
-        min_top1_agreement,
+        quantization=quantization,
+        overwrite=overwrite,
+        atol=atol,
+        min_top1_agreement=min_top1_agreement,
     )
 
 
@@ -119,22 +114,13 @@ def export_text_onnx(
     export_text_onnx(student, "out/student", kd_keras.text.tokenize(student, texts[:64]))
     ```
     """
-    from kd_keras.export.onnx import write_onnx
-
-    def write(wrapped, tmp):
-        write_onnx(wrapped, tmp, opset)
-
-    return _export_checked(
+    return _publish(
         model,
         Path(folder) / "model.onnx",
-        sample_inputs,
-        write,
-        run_onnx,
-        "onnx",
-        None,
-        overwrite,
-        atol,
-        None,
+        _token_sample(sample_inputs),
+        lambda wrapped, tmp: write_onnx(wrapped, tmp, opset),
+        overwrite=overwrite,
+        atol=atol,
     )
 
 
@@ -146,37 +132,43 @@ def run_onnx(path: str | os.PathLike, inputs: dict, num_threads: int = 1) -> np.
     return runner.predict({n: inputs[n] for n in TOKEN_INPUTS})
 
 
-def _export_checked(
-    model, path, sample_inputs, write, run, runtime, quantization, overwrite, atol, min_top1
-):
-    """Writes `write(wrapped_model, tmp)` to a temp file, compares `run(tmp,
-    sample)` with Keras, and only then publishes it (plus the parity report and
-    the preprocessor preset)."""
+def _token_sample(sample_inputs: dict) -> dict[str, np.ndarray]:
+    """The three token arrays of `sample_inputs`, as int32."""
     missing = [n for n in TOKEN_INPUTS if n not in sample_inputs]
     if missing:
         raise ValueError(
             f"sample_inputs lacks {missing}: pass kd_keras.text.tokenize(model, texts)."
         )
-    path = check_output_path(path, overwrite)
-    folder = path.parent
-    sample = {n: np.asarray(sample_inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
+    return {n: np.asarray(sample_inputs[n], dtype=np.int32) for n in TOKEN_INPUTS}
+
+
+def _publish(
+    model,
+    path: Path,
+    sample: dict[str, np.ndarray],
+    write,
+    quantization: str | None = None,
+    overwrite: bool = False,
+    atol: float | None = None,
+    min_top1_agreement: float | None = None,
+) -> ParityReport:
+    """`kd_keras.export`'s one path (temp file, parity against Keras on
+    `sample`, then publish) for `model` behind fixed-length int32 inputs,
+    written by `write(wrapped_model, tmp)`; then the preprocessor preset
+    beside it."""
     wrapped = fixed_length_model(model, sample["token_ids"].shape[1])
-    reference = keras.ops.convert_to_numpy(wrapped(sample, training=False))
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        write(wrapped, tmp)
-        report = compare(
-            reference,
-            run(tmp, sample),
-            quantization=quantization,
-            atol=atol,
-            min_top1_agreement=min_top1,
-            artifact=str(path),
-            runtime=runtime,
-        )
-        write_json(parity_report_path(path), report.to_dict(), overwrite=True)
-        if not report.passed:
-            raise ParityError(report)
+    report = publish(
+        wrapped,
+        path,
+        lambda tmp: write(wrapped, tmp),
+        quantization=quantization,
+        sample_data=sample,
+        num_samples=len(sample["token_ids"]),
+        atol=atol,
+        min_top1_agreement=min_top1_agreement,
+        overwrite=overwrite,
+    )
+    folder = Path(path).parent
     preprocessor = getattr(model, "preprocessor", None)
     if preprocessor is not None and not (folder / "preprocessor.json").exists():
         preprocessor.save_to_preset(str(folder))

@@ -199,7 +199,7 @@ class DistillationLoss(keras.layers.Layer):
         teacher_weights: Sequence[float] | None = None,
     ):
         teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
-        teacher_weights = _normalized(teacher_weights, len(teachers))
+        teacher_weights = normalized_teacher_weights(teacher_weights, len(teachers))
         total = 0.0
         for teacher, share in zip(teachers, teacher_weights):
             total = total + share * self.compute(
@@ -217,7 +217,21 @@ class DistillationLoss(keras.layers.Layer):
         return config
 
 
-def _normalized(teacher_weights, count):
+def normalized_teacher_weights(
+    teacher_weights: Sequence[float] | None, count: int
+) -> list[float]:
+    """Each teacher's share of an ensemble's term, summing to 1.
+
+    `None` gives every one of the `count` teachers the same share; otherwise
+    the weights are checked (`count` non-negative numbers with a positive sum)
+    and divided by their sum.
+
+    Example:
+    >>> normalized_teacher_weights([1, 3], 2)
+    [0.25, 0.75]
+    >>> normalized_teacher_weights(None, 4)
+    [0.25, 0.25, 0.25, 0.25]
+    """
     if teacher_weights is None:
         return [1.0 / count] * count
     teacher_weights = [float(w) for w in teacher_weights]

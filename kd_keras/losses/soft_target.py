@@ -8,7 +8,12 @@ import keras
 from keras import ops
 
 from kd_keras.defaults import KD_TEMPERATURE
-from kd_keras.losses.base import DistillationLoss, _normalized, to_float32, weighted_mean
+from kd_keras.losses.base import (
+    DistillationLoss,
+    normalized_teacher_weights,
+    to_float32,
+    weighted_mean,
+)
 
 
 class TemperatureMixin:
@@ -85,7 +90,7 @@ class SoftTargetKD(TemperatureMixin, DistillationLoss):
     def teacher_distribution(self, teachers, teacher_weights=None):
         """The (ensemble) softened target distribution."""
         teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
-        shares = _normalized(teacher_weights, len(teachers))
+        shares = normalized_teacher_weights(teacher_weights, len(teachers))
         temperatures = self.teacher_temperatures or [None] * len(teachers)
         if len(temperatures) != len(teachers):
             raise ValueError(

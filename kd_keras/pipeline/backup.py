@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
+
 from kd_keras.io import atomic_path, write_json
 
 __all__ = ["atomic_backup_and_restore"]
@@ -27,7 +29,6 @@ def atomic_backup_and_restore(backup_dir: str):
     weights and metadata are each written to a temp file and renamed; a kill
     between the two renames costs at most one repeated epoch.
     """
-    import keras
 
     class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         def _save_model(self):

@@ -79,6 +79,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kd_keras.defaults import (
     DEFAULT_ALPHA,
     DEFAULT_QAT_ALPHA,
@@ -86,6 +88,7 @@ from kd_keras.defaults import (
     DEFAULT_TEMPERATURE,
     PTQ_MODES,
 )
+from kd_keras.losses import get_terms
 from kd_keras.pipeline.checks import (
     int_at_least,
     is_bool,
@@ -263,8 +266,6 @@ class ConfigError(ValueError):
 
 def read_yaml(path: str | os.PathLike) -> Any:
     """The YAML file's content, read with `yaml.safe_load` (no validation)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist.")
@@ -393,8 +394,6 @@ def _check_soft_targets(raw, config, source):
 def _check_terms(spec, source):
     """Builds each of `distill.losses` once, so an unknown name or argument is
     named (with a close match) before anything trains."""
-    from kd_keras.losses import get_terms
-
     for i, term in enumerate(spec["losses"]):
         try:
             get_terms([term], temperature=spec["temperature"])

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from kd_keras import data
+
 DATASETS = ("digits", "fashion_mnist", "npz", "tfds", "image_folder")
 
 
@@ -27,8 +29,6 @@ def load_data(spec: dict[str, Any], seed: int = 0):
     `spec["name"]` is one of `DATASETS`; see `kd_keras.pipeline.config` for
     the keys of each source. Images come back float32, labels int.
     """
-    from kd_keras import data
-
     name = spec["name"]
     fraction = spec.get("test_fraction", 0.25)
     if name == "digits":
@@ -36,9 +36,7 @@ def load_data(spec: dict[str, Any], seed: int = 0):
     elif name == "fashion_mnist":
         (xt, yt), (xe, ye) = data.load_fashion_mnist(spec.get("path"))
     elif name == "tfds":
-        from kd_keras.data.tfds_data import load_tfds
-
-        (xt, yt), (xe, ye) = load_tfds(
+        (xt, yt), (xe, ye) = data.load_tfds(
             spec["tfds_name"],
             spec["data_dir"],
             manual_dir=spec.get("manual_dir"),
@@ -46,9 +44,7 @@ def load_data(spec: dict[str, Any], seed: int = 0):
             test_split=spec.get("test_split") or "test",
         )
     elif name == "image_folder":
-        from kd_keras.data.image_folder import load_image_folder
-
-        (xt, yt), (xe, ye) = load_image_folder(
+        (xt, yt), (xe, ye) = data.load_image_folder(
             spec["path"],
             image_size=spec.get("image_size"),
             color_mode=spec.get("color_mode") or "grayscale",

@@ -18,7 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kd_keras.bench import benchmark, evaluate_accuracy, plot_history
 from kd_keras.defaults import PTQ_MODES
+from kd_keras.export import to_onnx
 from kd_keras.pipeline.data_sources import load_data, num_classes
 from kd_keras.pipeline.model_files import (
     build_model,
@@ -80,8 +82,6 @@ class ImageTask(Task):
         return save_model(model, self.pipeline.run_dir / relative, overwrite=True)
 
     def accuracy(self, model, x, y) -> float:
-        from kd_keras.bench import evaluate_accuracy
-
         return evaluate_accuracy(model, x, y)
 
     # -- stages ----------------------------------------------------------------
@@ -122,8 +122,6 @@ class ImageTask(Task):
         return {"student": self.save_student(student, "distill/student.keras")}
 
     def stage_export(self, results):
-        from kd_keras.export import to_onnx
-
         (xt, _), (xe, _) = self.data
         folder = self.pipeline.run_dir / "export"
         models = {
@@ -179,8 +177,6 @@ class ImageTask(Task):
         return {"artifacts": artifacts}
 
     def stage_bench(self, results):
-        from kd_keras.bench import benchmark
-
         _, (xe, ye) = self.data
         spec = self.config["bench"]
         run_dir = self.pipeline.run_dir
@@ -198,8 +194,6 @@ class ImageTask(Task):
         paths = report.save(run_dir / "report", overwrite=True)
         history = run_dir / "distill" / "history.json"
         if history.exists():
-            from kd_keras.bench import plot_history
-
             paths["curves"] = plot_history(
                 json.loads(history.read_text()),
                 run_dir / "report" / "curves.png",

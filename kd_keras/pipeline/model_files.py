@@ -14,21 +14,24 @@ save_model(student, "student.keras", overwrite=True)
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+import keras
+
+# `Distiller`, a public name, loads kd_keras's API (deferred in the `kd-keras`
+# command), registering its Keras classes (pruning and quantization wrappers,
+# Distiller) with `keras.saving` for `load_model`.
+from kd_keras import Distiller, models  # noqa: F401
+from kd_keras.io import atomic_path
 
 BUILDERS = ("cnn_teacher", "cnn_student")
 
 
 def load_model(path: str | os.PathLike):
     """A `.keras` file (kd_keras objects load without custom scopes)."""
-    import keras
-
-    # A public name loads kd_keras's API, registering its Keras classes (pruning
-    # and quantization wrappers, Distiller) with `keras.saving`.
-    from kd_keras import Distiller  # noqa: F401
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected a .keras model file).")
@@ -37,8 +40,6 @@ def load_model(path: str | os.PathLike):
 
 def build_model(builder: str, input_shape: Sequence[int], num_classes: int, **kwargs):
     """A reference model from `kd_keras.models` by name (`BUILDERS`)."""
-    from kd_keras import models
-
     if builder not in BUILDERS:
         raise ValueError(f"builder must be one of {list(BUILDERS)}, got {builder!r}.")
     return getattr(models, builder)(tuple(input_shape), num_classes=num_classes, **kwargs)
@@ -47,8 +48,6 @@ def build_model(builder: str, input_shape: Sequence[int], num_classes: int, **kw
 def preset_num_classes(preset: str) -> int | None:
     """The class count of a local preset folder's saved classifier head
     (`task.json`), or `None` when it cannot be read without loading."""
-    import json
-
     task = Path(preset) / "task.json"
     if not task.is_file():
         return None
@@ -79,7 +78,6 @@ def load_preset(preset: str, num_classes: int):
         import keras_hub
     except ImportError as err:
         raise ImportError("teacher.preset needs keras-hub: pip install keras-hub") from err
-    import keras
 
     kwargs = {} if preset_num_classes(preset) == num_classes else {"num_classes": num_classes}
     classifier = keras_hub.models.ImageClassifier.from_preset(preset, **kwargs)
@@ -97,8 +95,6 @@ def load_preset(preset: str, num_classes: int):
 
 def save_model(model, path: str | os.PathLike, overwrite: bool = False) -> str:
     """Saves a `.keras` file atomically (temp file + rename)."""
-    from kd_keras.io import atomic_path
-
     with atomic_path(Path(path), overwrite=overwrite) as tmp:
         model.save(tmp)
     return str(path)

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from kd_keras import pruning
 from kd_keras.pipeline.data_sources import sample_count
 from kd_keras.pipeline.training import train
+from kd_keras.pruning.wrapper import is_prunable, prunable_weights, reduced_axes
 
 
 def parse_m_by_n(value) -> tuple[int, int]:
@@ -39,8 +41,6 @@ def parse_m_by_n(value) -> tuple[int, int]:
 def _m_by_n_layers(model, n: int) -> tuple[list[str], list[str]]:
     """(layers whose input axis splits into groups of n, prunable layers whose
     does not): the second are left dense rather than failing the run."""
-    from kd_keras.pruning.wrapper import is_prunable, prunable_weights, reduced_axes
-
     fits, left = [], []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if not is_prunable(layer) or not layer.built:
@@ -95,8 +95,6 @@ def prune_student(
     (`pruning.prune_filters`, a physically smaller model) and then fine-tunes
     it; `pruned` and `stripped` are then the same model.
     """
-    from kd_keras import pruning
-
     if sum(v is not None for v in (final_sparsity, m_by_n, filters)) != 1:
         raise ValueError(
             "Give exactly one of final_sparsity (e.g. 0.8), m_by_n (e.g. '2:4') or "

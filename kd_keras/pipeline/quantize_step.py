@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from kd_keras.export import to_tflite
 from kd_keras.pipeline.training import train
+from kd_keras.quantization import quantize_model
 
 
 def quantize_aware_train(
@@ -36,8 +38,6 @@ def quantize_aware_train(
     int8 fake-quant) fine-tuned on labels or distilled from `teacher`
     (`train_kwargs` as for `train`); returns `(qat_model, history)`. Convert
     it with `export_tflite(qat_model, path, "qat")` for a fully int8 `.tflite`."""
-    from kd_keras.quantization import quantize_model
-
     qat = quantize_model(student)
     history = train(
         qat, x, y, teacher=teacher, epochs=epochs, learning_rate=learning_rate, **train_kwargs
@@ -63,8 +63,6 @@ def export_tflite(
     model, converted fully int8 (int8 input and output too). `layout`:
     `convert`'s `batch_size` / `strip_strings`.
     """
-    from kd_keras.export import to_tflite
-
     return to_tflite(
         model,
         path,

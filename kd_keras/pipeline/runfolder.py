@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import keras
+
 from kd_keras.io import write_json
 from kd_keras.pipeline.backup import atomic_backup_and_restore
 from kd_keras.pipeline.config import ConfigError
@@ -149,8 +151,6 @@ class RunFolder:
 
         `rerun_from` runs that stage and every later one again (their old
         outputs are moved aside, see the module docstring)."""
-        import keras
-
         if rerun_from is not None:
             self._retire(rerun_from)
         prints = self.fingerprints()

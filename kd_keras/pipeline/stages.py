@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from kd_keras.io import write_json
 from kd_keras.pipeline.prune_step import prune_student
 from kd_keras.pipeline.quantize_step import quantize_aware_train
+from kd_keras.pruning import sparsity_report
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type hints only: pipeline.py imports this module
     from kd_keras.pipeline.pipeline import Pipeline
 
 __all__ = ["COMPRESSION_STAGES", "prune_stage", "quantize_stage"]
@@ -37,8 +38,6 @@ def prune_stage(pipeline: Pipeline, results: Results) -> dict[str, Any]:
     """Prunes the distilled student (`prune` section); `{"student": path,
     "sparsity": ...}`, or the distilled student with `skipped` when
     `prune.enabled` is false."""
-    from kd_keras.pruning import sparsity_report
-
     spec, task = pipeline.config["prune"], pipeline.task
     source = results["distill"]["student"]
     if not spec["enabled"]:

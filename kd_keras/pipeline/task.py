@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type hints only: pipeline.py imports this module
     from kd_keras.pipeline.pipeline import Pipeline
 
 __all__ = ["Task"]

@@ -56,10 +56,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
+from kd_keras.bench import evaluate_accuracy, measure_latency
 from kd_keras.bench.render import render_ratio_report
+from kd_keras.data.bbc_news import load_bbc_news
+from kd_keras.data.vader_movies import load_vader_movies
+from kd_keras.export import ParityError
+from kd_keras.export.text import (
+    TOKEN_INPUTS,
+    export_text_onnx,
+    export_text_tflite,
+    fixed_length_model,
+)
+from kd_keras.export.tflite import convert_to_flatbuffer
 from kd_keras.io import atomic_path, write_json, write_text
+from kd_keras.losses import SoftTargetKD
 from kd_keras.pipeline.config import ConfigError
 from kd_keras.pipeline.data_sources import num_classes
 from kd_keras.pipeline.model_files import save_model
@@ -73,15 +86,24 @@ from kd_keras.pipeline.text_config import (
     TFLITE_MODES,
 )
 from kd_keras.pipeline.training import verbosity
+from kd_keras.text import augment
+from kd_keras.text.distiller import TextDistiller
+from kd_keras.text.losses import tinybert_losses
+from kd_keras.text.student import backbone_of, build_student, check_layer_map
+from kd_keras.text.teacher import (
+    fine_tune,
+    load_teacher,
+    minilm_path,
+    predict_logits,
+    tokenize,
+    without_preprocessor,
+)
 
 
 def accuracy(model, tokens: dict, labels) -> float:
     """Top-1 accuracy of a keras-hub text classifier on tokenized inputs
     (`kd_keras.bench.evaluate_accuracy` on the model without its
     preprocessor, which the tokens have been through already)."""
-    from kd_keras.bench import evaluate_accuracy
-    from kd_keras.text.teacher import without_preprocessor
-
     with without_preprocessor(model):
         return evaluate_accuracy(model, tokens, labels)
 
@@ -92,14 +114,10 @@ def load_text_data(spec: dict[str, Any], seed: int = 0):
     the split (it is in class order), `max_train` the first training texts
     (already shuffled)."""
     if spec["name"] == "bbc":
-        from kd_keras.data.bbc_news import load_bbc_news
-
         (xt, yt), (xe, ye) = load_bbc_news(
             test_fraction=spec["test_fraction"], seed=seed, data_dir=spec.get("path")
         )
     else:
-        from kd_keras.data.vader_movies import load_vader_movies
-
         (xt, yt), (xe, ye) = load_vader_movies(
             spec.get("path"), test_fraction=spec["test_fraction"], seed=seed
         )
@@ -124,10 +142,6 @@ def unused_in_general_distillation(student) -> list:
         layer.trainable = False
     ```
     """
-    import keras
-
-    from kd_keras.text.student import backbone_of
-
     backbone = backbone_of(student)
     layers = [layer for layer in getattr(student, "layers", []) if layer is not backbone]
     pooler = [layer for layer in backbone.layers if layer.name == "pooled_dense"]
@@ -167,8 +181,6 @@ class TextTask(Task):
     def check(self) -> None:
         """Refuses before any training when the export stage still has to
         run on a backend that cannot convert to TFLite."""
-        import keras
-
         backend = keras.backend.backend()
         if (
             self.config["export"]["enabled"]
@@ -188,8 +200,6 @@ class TextTask(Task):
         return load_text_data(self.config["data"], seed=self.config["seed"])
 
     def inputs(self) -> dict[str, tuple[tuple, str]]:
-        from kd_keras.export.text import TOKEN_INPUTS
-
         return dict.fromkeys(TOKEN_INPUTS, ((self.sequence_length,), "int32"))
 
     def training_set(self):
@@ -201,8 +211,6 @@ class TextTask(Task):
         return self.tokens[1], self.data[1][1]
 
     def load_student(self, path: str):
-        import keras
-
         # compile=False: keras-hub models override compile() without
         # compile_from_config, so loading their compile config only warns.
         return keras.saving.load_model(path, compile=False)
@@ -243,8 +251,6 @@ class TextTask(Task):
     def teacher(self):
         """The fine-tuned teacher of the `teacher` stage (loaded once)."""
         if self._teacher is None:
-            from kd_keras.text.teacher import load_teacher
-
             done = self.pipeline.finished("teacher")
             if done is None:
                 raise RuntimeError("The teacher stage has not finished.")
@@ -255,8 +261,6 @@ class TextTask(Task):
     def tokens(self) -> tuple[dict, dict]:
         """Train and test texts tokenized once by the teacher's preprocessor."""
         if self._tokens is None:
-            from kd_keras.text.teacher import tokenize
-
             (x_train, _), (x_test, _) = self.data
             self._tokens = tokenize(self.teacher, x_train), tokenize(self.teacher, x_test)
         return self._tokens
@@ -269,8 +273,6 @@ class TextTask(Task):
             tokens, labels = self.tokens[0], self.data[0][1]
             spec = self.config["augment"]
             if spec["copies"]:
-                from kd_keras.text import augment
-
                 vocabulary = self.teacher.preprocessor.tokenizer.get_vocabulary()
                 table = augment.word_neighbours(
                     augment.token_embedding_matrix(self.teacher), vocabulary, spec["neighbours"]
@@ -288,8 +290,6 @@ class TextTask(Task):
         return self._transfer
 
     def _new_student(self, teacher):
-        from kd_keras.text.student import build_student
-
         spec = self.config["student"]
         return build_student(
             teacher,
@@ -304,8 +304,6 @@ class TextTask(Task):
 
     def _check_against_teacher(self, teacher) -> None:
         """Sizes that only the loaded teacher can check, before it trains."""
-        from kd_keras.text.student import backbone_of, check_layer_map
-
         backbone = backbone_of(teacher)
         limit = backbone.max_sequence_length
         lengths = {"teacher.sequence_length": [self.sequence_length]}
@@ -329,8 +327,6 @@ class TextTask(Task):
     # -- stages ------------------------------------------------------------
 
     def stage_teacher(self, results):
-        from kd_keras.text.teacher import fine_tune, load_teacher, minilm_path
-
         spec = self.config["teacher"]
         (_, y_train), (_, y_test) = self.data
         teacher = load_teacher(
@@ -366,11 +362,6 @@ class TextTask(Task):
         }
 
     def stage_general(self, results):
-        import keras
-
-        from kd_keras.text.distiller import TextDistiller
-        from kd_keras.text.losses import tinybert_losses
-
         spec = self.config["general"]
         if not spec["epochs"]:
             return {"skipped": True}
@@ -413,21 +404,13 @@ class TextTask(Task):
         }
 
     def stage_distill(self, results):
-        import keras
-
-        from kd_keras.losses import SoftTargetKD
-        from kd_keras.text.distiller import TextDistiller
-
         spec = self.config["distill"]
         (_, y_test), tokens_test = self.data[1], self.tokens[1]
         tokens_train, y_train = self.transfer_set
         if results["general"].get("skipped"):
             student = self._new_student(self.teacher)
         else:
-            # compile=False: the student is compiled afresh inside the new
-            # TextDistiller, and keras-hub models override compile() without
-            # compile_from_config, so loading their compile config only warns.
-            student = keras.saving.load_model(results["general"]["student"], compile=False)
+            student = self.load_student(results["general"]["student"])
         distiller = TextDistiller(
             student,
             teacher=None,
@@ -455,8 +438,6 @@ class TextTask(Task):
     def _teacher_logits(self, tokens_train) -> np.ndarray:
         """The teacher's logits on the transfer set, computed once (offline
         KD) and kept in `distill/teacher_logits.npy` for a resumed run."""
-        from kd_keras.text.teacher import predict_logits
-
         path = self.run_dir / "distill" / "teacher_logits.npy"
         if path.exists():
             logits = np.load(path)
@@ -468,9 +449,6 @@ class TextTask(Task):
         return logits
 
     def stage_export(self, results):
-        from kd_keras.export import ParityError
-        from kd_keras.export.text import export_text_onnx, export_text_tflite
-
         spec = self.config["export"]
         if not spec["enabled"]:
             return {"skipped": True}
@@ -549,10 +527,6 @@ class TextTask(Task):
 
     def _bench_artifact(self, model, mode, artifact, spec, y_test) -> dict[str, Any]:
         """Size, parity, test accuracy and latency of one exported file."""
-        from kd_keras.bench import evaluate_accuracy
-        from kd_keras.export.text import fixed_length_model
-        from kd_keras.export.tflite import convert_to_flatbuffer
-
         figures: dict[str, Any] = {"parity": artifact["parity"], "path": artifact["path"]}
         path = artifact["path"]
         if path is None:
@@ -612,9 +586,6 @@ def tflite_latency_ms(
     model at `sequence_length`, on `num_threads` CPU threads, measured by
     `kd_keras.bench.measure_latency` (inputs: a full-length sequence of
     token id 1, set once before the timed runs)."""
-    from kd_keras.bench.latency import measure_latency
-    from kd_keras.export.text import TOKEN_INPUTS
-
     if not isinstance(flatbuffer, bytes):
         flatbuffer = Path(flatbuffer).read_bytes()
     feed = {n: np.ones((1, int(sequence_length)), np.int32) for n in TOKEN_INPUTS}
@@ -626,6 +597,4 @@ def tflite_latency_ms(
 
 
 def _backend() -> str:
-    import keras
-
     return keras.backend.backend()

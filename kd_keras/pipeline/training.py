@@ -27,9 +27,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 
 from kd_keras.defaults import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+from kd_keras.distiller import Distiller
+from kd_keras.losses import get_terms
 
 
 def verbosity() -> int:
@@ -38,14 +41,10 @@ def verbosity() -> int:
 
 
 def _optimizer(learning_rate):
-    import keras
-
     return keras.optimizers.Adam(learning_rate)
 
 
 def _labels_loss():
-    import keras
-
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -90,9 +89,6 @@ def train(
         )
         target = model
     else:
-        from kd_keras import Distiller
-        from kd_keras.losses import get_terms
-
         target = Distiller(
             student=model,
             teacher=teacher,
@@ -103,8 +99,6 @@ def train(
         # Built before fit so BackupAndRestore can restore into its weights.
         target.build((None, *x.shape[1:]))
     if seed is not None:
-        import keras
-
         keras.utils.set_random_seed(seed)
     return target.fit(
         x,
@@ -121,4 +115,3 @@ def distill_student(student, teacher, x: np.ndarray, y: np.ndarray, **train_kwar
     """Distils `teacher` into `student` (Hinton soft targets; `train_kwargs`
     as for `train`); returns `(student, history)`."""
     return student, train(student, x, y, teacher=teacher, **train_kwargs)
-

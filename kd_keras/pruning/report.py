@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from keras import ops
 
+from kd_keras.pruning.tfmot_bridge import is_tf_keras
+from kd_keras.pruning.wrapper import PruneLowMagnitude
+
 
 @dataclass
 class LayerSparsity:
@@ -113,9 +116,6 @@ def _own_variables(layer) -> list:
 
 def _layer_rows(model):
     """(name, type, arrays, pruned) for each layer owning parameters."""
-    from kd_keras.pruning.tfmot_bridge import is_tf_keras
-    from kd_keras.pruning.wrapper import PruneLowMagnitude
-
     if is_tf_keras(model):
         yield from _tf_keras_rows(model)
         return

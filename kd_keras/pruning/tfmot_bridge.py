@@ -12,6 +12,8 @@ import logging
 import warnings
 from typing import Iterable, Sequence
 
+from kd_keras.pruning.schedules import ConstantSparsity, PolynomialDecay
+
 logger = logging.getLogger("kd_keras.pruning")
 
 
@@ -52,8 +54,6 @@ def _announce(what: str) -> None:
 
 def to_tfmot_schedule(schedule):
     """The TFMOT schedule with the same parameters as a kd_keras one."""
-    from kd_keras.pruning.schedules import ConstantSparsity, PolynomialDecay
-
     sparsity = _tfmot().sparsity.keras
     if schedule is None:
         return sparsity.ConstantSparsity(0.5, 0)

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kd_keras.quantization import _kernels, graph
+from kd_keras.quantization import _kernels, graph, tfmot_bridge
 from kd_keras.uncompile import uncompile
 
 
@@ -309,8 +309,6 @@ def cluster_weights(
     final = strip_clustering(clustered)
     ```
     """
-    from kd_keras.quantization import tfmot_bridge
-
     if tfmot_bridge.is_tf_keras_model(to_cluster):
         return tfmot_bridge.tfmot_cluster_weights(
             to_cluster, number_of_clusters, cluster_centroids_init, preserve_sparsity
@@ -365,8 +363,6 @@ def strip_clustering(model: keras.Model) -> keras.Model:
     len(np.unique(final.get_layer("conv1").kernel))  # == number_of_clusters
     ```
     """
-    from kd_keras.quantization import tfmot_bridge
-
     if tfmot_bridge.is_tf_keras_model(model):
         return tfmot_bridge.tfmot_strip_clustering(model)
     model = graph.as_functional(model, "strip_clustering")

@@ -27,6 +27,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from kd_keras.text.student import backbone_of
+
 
 def is_whole_word(token: str) -> bool:
     """A vocabulary entry that is a whole alphabetic word (`"good"`), not a
@@ -43,8 +45,6 @@ def continuation_mask(vocabulary: Sequence[str]) -> np.ndarray:
 def token_embedding_matrix(model: keras.Model) -> np.ndarray:
     """The `(vocab, hidden)` token-embedding table of a keras-hub BERT task
     or backbone."""
-    from kd_keras.text.student import backbone_of
-
     table = backbone_of(model).get_layer("token_embedding").embeddings
     return keras.ops.convert_to_numpy(table)
 
