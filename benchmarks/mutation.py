@@ -351,9 +351,14 @@ def rerun_survivors(
     previous = read_results(name, module, dest)
     if "error" in previous:
         return previous
-    if (dest / "setup.cfg").read_text() != _config(module, baseline=False):
-        # mutmut resets every verdict when the test selection changes.
-        return {"module": name, "error": "test selection changed since that run: run afresh"}
+    config = _config(module, baseline=False)
+    old_tests, new_tests = _selection(dest / "setup.cfg"), _selection(config)
+    if not old_tests <= new_tests:
+        return {"module": name, "error": "tests left the selection since that run: run afresh"}
+    meta = dest / "mutants" / (module.path + ".meta")
+    verdicts = json.loads(meta.read_text())["exit_code_by_key"]
+    # An edge-case file written after the first run joins the selection.
+    (dest / "setup.cfg").write_text(config)
     shutil.rmtree(dest / "tests")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
@@ -368,8 +373,23 @@ def rerun_survivors(
         )
         if proc.returncode != 0:
             return {"module": name, "error": f"mutmut exited {proc.returncode}"}
+    # mutmut forgets the verdicts of mutants it did not re-run when the test
+    # selection grew; a mutant killed before stays killed, since tests were
+    # only added.
+    state = json.loads(meta.read_text())
+    for key, code in verdicts.items():
+        if state["exit_code_by_key"].get(key) is None and key not in survivors:
+            state["exit_code_by_key"][key] = code
+    meta.write_text(json.dumps(state))
     seconds = time.perf_counter() - start
     return {**read_results(name, module, dest, env), "seconds": seconds}
+
+
+def _selection(config) -> set[str]:
+    """The test ids of a mutmut config (a `setup.cfg` path or its text)."""
+    text = config.read_text() if isinstance(config, Path) else config
+    block = text.split("pytest_add_cli_args_test_selection =", 1)[1].split("\n")[1:]
+    return {line.strip() for line in block if line.startswith("    ") and line.strip()}
 
 
 def read_results(name: str, module: Module, dest: Path, env: dict | None = None) -> dict:
