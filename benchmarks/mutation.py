@@ -16,6 +16,7 @@ Usage:
 
     nice -n 19 python -m benchmarks.mutation                      # every module
     nice -n 19 python -m benchmarks.mutation --module schedules latency
+    nice -n 19 python -m benchmarks.mutation --module distiller --workdir DIR --resume
     python -m benchmarks.mutation --list
 
 Requires the "mutation" extra (`pip install -e .[mutation]`).
@@ -315,17 +316,30 @@ def _mutmut_env(backend: str = "tensorflow") -> dict:
     return env
 
 
-def run_module(name: str, module: Module, workdir: Path, log, baseline: bool = False) -> dict:
-    """Runs mutmut on one module in `workdir/name`; returns its row."""
+def run_module(
+    name: str, module: Module, workdir: Path, log, baseline: bool = False, resume: bool = False
+) -> dict:
+    """Runs mutmut on one module in `workdir/name`; returns its row. With
+    `resume`, an interrupted run there goes on with the mutants it has not
+    checked yet, against the same copy of the tests."""
     dest = workdir / name.replace("/", "_")
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    _copy_tree(dest, module, baseline)
+    meta = dest / "mutants" / (module.path + ".meta")
+    targets = _mutant_globs(module)
+    if resume and meta.exists():
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        # Named mutants are re-run even when checked, so only the unchecked are named.
+        targets = sorted(k for k, v in codes.items() if v is None and _key_matches(k, module))
+        if not targets:
+            return read_results(name, module, dest)
+    else:
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        _copy_tree(dest, module, baseline)
     env = _mutmut_env()
     start = time.perf_counter()
     proc = subprocess.run(
-        [*MUTMUT, "run", "--max-children", "1", *_mutant_globs(module)],
+        [*MUTMUT, "run", "--max-children", "1", *targets],
         cwd=dest,
         env=env,
         stdout=log,
@@ -462,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         help="re-read the results already in --workdir instead of running mutmut",
     )
     parser.add_argument(
+        "--resume", action="store_true",
+        help="go on with an interrupted run in --workdir (its unchecked mutants only)",
+    )
+    parser.add_argument(
         "--rerun-survivors", action="store_true",
         help="re-run the survivors of the earlier run in --workdir against the current tests",
     )
@@ -475,8 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, m in MODULES.items():
             print(f"{name:28s} {m.path}  {' '.join(m.functions or ())}")
         return 0
-    if (args.report_only or args.rerun_survivors) and not args.workdir:
-        parser.error("--report-only and --rerun-survivors need the --workdir of an earlier run")
+    if (args.report_only or args.rerun_survivors or args.resume) and not args.workdir:
+        parser.error(
+            "--report-only, --resume and --rerun-survivors need the --workdir of an earlier run"
+        )
     if args.backend != "tensorflow" and not args.rerun_survivors:
         parser.error("--backend applies to --rerun-survivors: first runs use TensorFlow")
     try:
@@ -500,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log.write(f"\n===== {name} =====\n")
                 log.flush()
-                row = run_module(name, MODULES[name], workdir, log, args.baseline)
+                row = run_module(name, MODULES[name], workdir, log, args.baseline, args.resume)
             rows.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
             for key in row.get("survivors", []):
