@@ -303,6 +303,7 @@ class WeightsAfterEachBatch(keras.callbacks.Callback):
         self.student, self.seen = model, []
 
     def on_train_batch_end(self, batch, logs=None):
+        self.model  # noqa: B018 - on JAX, reading `model` syncs the step's state back
         self.seen.append([np_(w).copy() for w in self.student.weights])
 
 
