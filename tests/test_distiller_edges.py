@@ -554,6 +554,8 @@ def test_loss_and_teacher_logits_stay_float32_under_float64_floatx():
         assert keras.backend.standardize_dtype(logits.dtype) == "float32"
         (cached,), _ = distiller._teacher_outputs(x, np_(teacher(x)))
         assert keras.backend.standardize_dtype(cached.dtype) == "float32"
+        weights = combine_weights(np.ones(8), np.ones((8, 3), "int32"))
+        assert keras.backend.standardize_dtype(weights.dtype) == "float32"
         t, s = np_(teacher(x)), np_(student(x))
         kd = np_soft_target(t, s, 2.0)
         for target, expected in ((None, 0.5 * kd), (y, 0.5 * np_sparse_ce(y, s).mean() + 0.5 * kd)):
