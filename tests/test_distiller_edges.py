@@ -544,6 +544,7 @@ def test_term_labels_of_token_logits_one_hot_labels_and_a_single_teacher():
     assert keras.backend.standardize_dtype(got.dtype) == "int32"
 
 
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")  # JAX without x64
 def test_loss_and_teacher_logits_stay_float32_under_float64_floatx():
     keras.config.set_floatx("float64")
     try:
