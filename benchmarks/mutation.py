@@ -214,8 +214,7 @@ MODULES: dict[str, Module] = {
         ("tests/test_distiller.py", "tests/test_teacher_cache.py", "tests/test_frozen_teacher.py"),
         ("tests/test_distiller_edges.py",),
         functions=(
-            "x_unpack_targets",
-            "x__combine_weights",
+            "x_combine_weights",
             "xǁDistillerǁteacher_forward",
             "xǁDistillerǁ_call_frozen",
             "xǁDistillerǁ_teacher_outputs",

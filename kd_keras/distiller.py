@@ -79,6 +79,16 @@ def _finite_inputs(x):
     return keras.tree.pack_sequence_as(x, leaves), finite
 
 
+def _shaped_like(mask, labels):
+    """A sample or position mask as booleans broadcastable to `labels`."""
+    mask = ops.cast(mask, "bool")
+    if len(mask.shape) > len(labels.shape):  # (batch, 1)
+        mask = ops.reshape(mask, ops.shape(labels))
+    for _ in range(len(labels.shape) - len(mask.shape)):
+        mask = ops.expand_dims(mask, -1)
+    return mask
+
+
 def combine_weights(*weights):
     """Product of per-sample `(batch,)` and per-position `(batch, time)`
     weights, or None when all are None."""
@@ -502,6 +512,8 @@ class Distiller(keras.Model):
         labels_valid = None
         if training and labels is not None:
             labels, labels_valid = self._checked_labels(labels, label_mask, padding_mask, y_pred)
+        elif labels is not None:
+            labels = self._unlabeled_as_class_0(labels, label_mask, padding_mask, y_pred)
 
         weights = combine_weights(sample_weight, padding_mask)
         alpha = self.alpha
@@ -572,16 +584,24 @@ class Distiller(keras.Model):
         in_range = ops.logical_and(labels >= 0, labels < classes)
         for mask in (label_mask, padding_mask):
             if mask is not None:
-                mask = ops.cast(mask, "bool")
-                if len(mask.shape) > len(in_range.shape):  # (batch, 1)
-                    mask = ops.reshape(mask, ops.shape(in_range))
-                for _ in range(len(in_range.shape) - len(mask.shape)):
-                    mask = ops.expand_dims(mask, -1)
-                in_range = ops.logical_or(in_range, ops.logical_not(mask))
+                in_range = ops.logical_or(in_range, ops.logical_not(_shaped_like(mask, labels)))
         valid = ops.all(in_range)
         if finite is not None:
             valid = ops.logical_and(valid, finite)
         return ops.clip(labels, 0, classes - 1), valid
+
+    def _unlabeled_as_class_0(self, labels, label_mask, padding_mask, y_pred):
+        """Evaluation's labels: as given, except those of unlabeled samples
+        and padded positions, which may hold anything (a padding label of
+        -100, which TensorFlow's sparse cross-entropy refuses). They weigh
+        nothing in the loss, so class 0 stands in for them."""
+        masks = [m for m in (label_mask, padding_mask) if m is not None]
+        if not masks or self._one_hot_labels(labels, y_pred):
+            return labels
+        labeled = _shaped_like(masks[0], labels)
+        for mask in masks[1:]:
+            labeled = ops.logical_and(labeled, _shaped_like(mask, labels))
+        return ops.where(labeled, labels, ops.zeros_like(labels))
 
     def _labels_for_terms(self, labels, label_mask, t_logits):
         if not any(term.needs_labels for term in self.distillation_terms):
