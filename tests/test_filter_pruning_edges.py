@@ -1,0 +1,174 @@
+"""Filter pruning edge cases: the importance inputs, dependency corners and
+surgery details the main tests do not reach, each checked against an
+independent reference (a NumPy backprop, a hand count, the unmodified model
+with the removed channels zeroed, or the exact refusal message).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+from kd_keras.pruning import FilterPruningError
+from kd_keras.pruning.dependency import ChannelGraph
+from kd_keras.pruning.importance import channel_scores
+
+BN_EPSILON = 1e-3
+
+
+# --------------------------------------------------------------- importance
+def _probs_model(head: str):
+    """Dense (no bias) -> BatchNormalization -> ReLU -> softmax head, with
+    moving statistics far from (0, 1): inference and training mode differ.
+
+    `head="activation"` ends in Dense(activation="softmax"), `"layer"` in a
+    `Softmax` layer after a linear Dense, `"logits"` in a linear Dense.
+    """
+    inputs = keras.Input((5,))
+    x = layers.Dense(4, use_bias=False, name="hidden")(inputs)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    if head == "activation":
+        out = layers.Dense(3, activation="softmax", name="head")(x)
+    else:
+        out = layers.Dense(3, name="head")(x)
+        if head == "layer":
+            out = layers.Softmax(name="probs")(out)
+    model = keras.Model(inputs, out)
+    rng = np.random.default_rng(7)
+    model.get_layer("hidden").set_weights([rng.normal(0, 0.8, (5, 4))])
+    model.get_layer("bn").set_weights(
+        [
+            rng.uniform(0.5, 1.5, 4),  # gamma
+            rng.normal(0, 0.3, 4),  # beta
+            rng.normal(0, 0.5, 4),  # moving mean
+            rng.uniform(0.5, 2.0, 4),  # moving variance
+        ]
+    )
+    model.get_layer("head").set_weights([rng.normal(0, 0.8, (4, 3)), rng.normal(0, 0.3, 3)])
+    return model
+
+
+def _data(n, seed=11):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 5)).astype("float32"), rng.integers(0, 3, n)
+
+
+def _taylor_reference(model, batches):
+    """NumPy, float64: per batch, |sum_n a * dL/da| for each producer output
+    `a` (hidden: x W1; head: its logits z), L the mean cross-entropy of the
+    softmax probabilities, with BatchNormalization in inference mode."""
+    w1 = np.asarray(model.get_layer("hidden").kernel, np.float64)
+    gamma, beta, mean, var = (np.asarray(v, np.float64) for v in model.get_layer("bn").weights)
+    w2, b2 = (np.asarray(v, np.float64) for v in model.get_layer("head").weights)
+    hidden, head = np.zeros(4), np.zeros(3)
+    for xb, yb in batches:
+        xb = np.asarray(xb, np.float64)
+        yb = np.asarray(yb)
+        a = xb @ w1
+        scale = gamma / np.sqrt(var + BN_EPSILON)
+        h = (a - mean) * scale + beta
+        z = np.maximum(h, 0) @ w2 + b2
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        # d(-log p_y)/dz = p - onehot(y) for the probabilities' cross-entropy.
+        dz = (p - np.eye(3)[yb]) / len(xb)
+        da = (dz @ w2.T) * (h > 0) * scale
+        hidden += np.abs((a * da).sum(axis=0))
+        head += np.abs((z * dz).sum(axis=0))
+    return hidden, head
+
+
+def _scores(model, data, batches):
+    graph = ChannelGraph(model)
+    scores = channel_scores(model, graph, "taylor", data=data, batches=batches)
+    return scores[graph.producer_ids["hidden"]], scores[graph.producer_ids["head"]]
+
+
+def _assert_taylor(model, data, batches, expected_batches):
+    got_hidden, got_head = _scores(model, data, batches)
+    want_hidden, want_head = _taylor_reference(model, expected_batches)
+    np.testing.assert_allclose(got_hidden, want_hidden, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(got_head, want_head, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("head", ["activation", "layer"])
+def test_taylor_on_a_softmax_output_uses_the_probabilities_cross_entropy(head):
+    """A model ending in softmax (activation or `Softmax` layer) gets
+    from_logits=False; BatchNormalization runs in inference mode; a producer
+    without bias (hidden) and one with (head) both get their scores."""
+    model = _probs_model(head)
+    x, y = _data(16)
+    _assert_taylor(model, (x, y), 2, [(x[:8], y[:8]), (x[8:], y[8:])])
+    # The reference bites where the loss sees what it is given: scoring the
+    # probabilities as if they were logits gives other numbers. (TensorFlow's
+    # cross-entropy finds the logits behind a softmax output by itself, so
+    # there from_logits=True happens to give the same scores.)
+    if keras.backend.backend() != "tensorflow":
+        graph = ChannelGraph(model)
+        as_logits = channel_scores(
+            model,
+            graph,
+            "taylor",
+            data=(x, y),
+            batches=2,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        want_hidden, _ = _taylor_reference(model, [(x[:8], y[:8]), (x[8:], y[8:])])
+        assert np.max(np.abs(as_logits[graph.producer_ids["hidden"]] - want_hidden)) > 1e-3
+
+
+def test_taylor_reads_datasets_lists_and_tuples_of_batches():
+    model = _probs_model("activation")
+    x, y = _data(20)
+    batch_list = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 20, 4)]
+    first3 = batch_list[:3]
+    # A tf.data.Dataset of (x, y), more batches than asked for: the first 3.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    _assert_taylor(model, dataset, 3, first3)
+    # A list of (x, y) tuples, and of [x, y] lists, more than `batches`.
+    _assert_taylor(model, batch_list, 3, first3)
+    _assert_taylor(model, [list(b) for b in batch_list], 3, first3)
+    # A tuple of three (x, y) batches is batches, not an (x, y) pair.
+    _assert_taylor(model, tuple(first3), 4, first3)
+    # Labels as a Python list beside an x array: still one (x, y) pair.
+    _assert_taylor(model, (x[:8], y[:8].tolist()), 2, [(x[:4], y[:4]), (x[4:8], y[4:8])])
+
+
+@pytest.mark.parametrize(
+    "n, count, bounds",
+    [
+        (5, 4, [(0, 2), (2, 4), (4, 5)]),  # ceil(5 / 4) = 2 per batch: 3 batches
+        (4, 3, [(0, 2), (2, 4)]),  # ceil(4 / 3) = 2: the third would be empty
+        (3, 4, [(0, 1), (1, 2), (2, 3)]),  # fewer samples than batches: one each
+    ],
+)
+def test_taylor_splits_an_array_pair_into_count_batches(n, count, bounds):
+    model = _probs_model("logits")
+    x, y = _data(n)
+    graph = ChannelGraph(model)
+    scores = channel_scores(model, graph, "taylor", data=(x, y), batches=count)
+    # A logits model: the reference's softmax cross-entropy is the loss.
+    want_hidden, want_head = _taylor_reference(model, [(x[a:b], y[a:b]) for a, b in bounds])
+    np.testing.assert_allclose(scores[graph.producer_ids["hidden"]], want_hidden, rtol=1e-4)
+    np.testing.assert_allclose(scores[graph.producer_ids["head"]], want_head, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "batch, kind",
+    [
+        (np.zeros((4, 5), "float32"), "ndarray"),
+        ((np.zeros((4, 5), "float32"),), "tuple"),
+        ({"x": np.zeros((4, 5), "float32")}, "dict"),
+    ],
+)
+def test_taylor_refuses_batches_that_are_not_x_y_pairs(batch, kind):
+    model = _probs_model("logits")
+    with pytest.raises(FilterPruningError) as error:
+        channel_scores(model, ChannelGraph(model), "taylor", data=[batch])
+    assert str(error.value) == (
+        f'importance="taylor" needs (x, y) batches; the data gave {kind}.'
+    )
