@@ -14,12 +14,63 @@ from keras import layers
 
 from kd_keras.pruning import FilterPruningError
 from kd_keras.pruning.dependency import ChannelGraph
-from kd_keras.pruning.importance import channel_scores
+from kd_keras.pruning.importance import channel_scores, filter_norms
 
 BN_EPSILON = 1e-3
 
 
 # --------------------------------------------------------------- importance
+def test_filter_norms_default_to_l1_accumulated_in_float64():
+    np.testing.assert_array_equal(filter_norms(np.ones((3, 3, 4, 8))), np.full(8, 36.0))
+    # One large weight and a thousand small ones in float32: a float32 sum
+    # drops most of the small ones, the float64 one keeps them all.
+    column = np.array([1.0] + [1e-8] * 1000, np.float32)
+    kernel = np.stack([column, -2 * column], axis=1)
+    wide = kernel.astype(np.float64)
+    np.testing.assert_allclose(filter_norms(kernel), np.abs(wide).sum(0), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        filter_norms(kernel, order=2), np.sqrt((wide**2).sum(0)), rtol=1e-12, atol=0
+    )
+    inputs = keras.Input((1001,))
+    model = keras.Model(inputs, layers.Dense(2, use_bias=False, name="dense")(inputs))
+    model.get_layer("dense").set_weights([kernel])
+    graph = ChannelGraph(model)
+    # `importance` defaults to "l1".
+    scores = channel_scores(model, graph)
+    np.testing.assert_allclose(
+        scores[graph.producer_ids["dense"]], np.abs(wide).sum(0), rtol=1e-12, atol=0
+    )
+
+
+def test_bn_gamma_keeps_l1_for_a_group_without_batch_normalization():
+    """Network slimming scores |gamma|; a producer no BatchNormalization
+    follows (here the first convolution and the output Dense) keeps its L1
+    norms, whatever order the groups come in."""
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(6, 3, name="plain")(inputs)
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(4, 3, use_bias=False, name="normed")(x)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, layers.Dense(3, name="logits")(x))
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.5, w.shape) for w in layer.weights])
+    graph = ChannelGraph(model)
+    scores = channel_scores(model, graph, "bn_gamma")
+
+    def l1(name):
+        return np.abs(np.asarray(model.get_layer(name).kernel, np.float64)).sum(axis=(0, 1, 2))
+
+    np.testing.assert_allclose(scores[graph.producer_ids["plain"]], l1("plain"), rtol=1e-6)
+    gamma = np.abs(np.asarray(model.get_layer("bn").gamma))
+    np.testing.assert_allclose(scores[graph.producer_ids["normed"]], gamma, rtol=1e-6)
+    logits = np.abs(np.asarray(model.get_layer("logits").kernel, np.float64)).sum(axis=0)
+    np.testing.assert_allclose(scores[graph.producer_ids["logits"]], logits, rtol=1e-6)
+
+
 def _probs_model(head: str):
     """Dense (no bias) -> BatchNormalization -> ReLU -> softmax head, with
     moving statistics far from (0, 1): inference and training mode differ.
@@ -169,6 +220,25 @@ def test_taylor_refuses_batches_that_are_not_x_y_pairs(batch, kind):
     model = _probs_model("logits")
     with pytest.raises(FilterPruningError) as error:
         channel_scores(model, ChannelGraph(model), "taylor", data=[batch])
+    assert str(error.value) == (f'importance="taylor" needs (x, y) batches; the data gave {kind}.')
+
+
+def test_taylor_uses_four_batches_by_default():
+    model = _probs_model("activation")
+    x, y = _data(24)
+    batch_list = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 24, 4)]
+    graph = ChannelGraph(model)
+    scores = channel_scores(model, graph, "taylor", data=batch_list)
+    want_hidden, want_head = _taylor_reference(model, batch_list[:4])
+    np.testing.assert_allclose(scores[graph.producer_ids["hidden"]], want_hidden, rtol=1e-4)
+    np.testing.assert_allclose(scores[graph.producer_ids["head"]], want_head, rtol=1e-4)
+
+
+def test_taylor_without_data_says_what_to_pass():
+    model = _probs_model("logits")
+    with pytest.raises(FilterPruningError) as error:
+        channel_scores(model, ChannelGraph(model), "taylor")
     assert str(error.value) == (
-        f'importance="taylor" needs (x, y) batches; the data gave {kind}.'
+        'importance="taylor" needs data: pass data=(x, y) (a few batches of '
+        "training images and labels) or a dataset of (x, y) batches."
     )
