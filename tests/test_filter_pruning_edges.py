@@ -242,3 +242,148 @@ def test_taylor_without_data_says_what_to_pass():
         'importance="taylor" needs data: pass data=(x, y) (a few batches of '
         "training images and labels) or a dataset of (x, y) batches."
     )
+
+
+# --------------------------------------------------------------- dependency
+def _refusal(name, kind, why):
+    return (
+        f"Filter pruning cannot follow the channels through '{name}' ({kind}): {why} "
+        f"Add '{name}' to `skip` to keep its input and output channels whole, or prune "
+        "a model without it."
+    )
+
+
+def _conv_then(layer):
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    return keras.Model(inputs, layer(x))
+
+
+def _shared_conv():
+    inputs = keras.Input((8, 8, 3))
+    conv = layers.Conv2D(3, 3, padding="same", name="shared")
+    return keras.Model(inputs, conv(conv(inputs)))
+
+
+def _nested():
+    inputs = keras.Input((8, 8, 3))
+    inner = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(3, 1)], name="inner")
+    return keras.Model(inputs, inner(inputs))
+
+
+def _lora():
+    inputs = keras.Input((3,))
+    dense = layers.Dense(4, name="adapted")
+    x = dense(inputs)
+    dense.enable_lora(2)
+    return keras.Model(inputs, layers.Dense(2)(x))
+
+
+def _lstm():
+    inputs = keras.Input((8, 4))
+    return keras.Model(inputs, layers.LSTM(2, name="rnn")(inputs))
+
+
+def _non_scalar_constant():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    return keras.Model(inputs, x * np.arange(4, dtype="float32"))
+
+
+@pytest.mark.parametrize(
+    "build, name, kind, why",
+    [
+        (
+            lambda: _conv_then(layers.Conv2D(4, 3, data_format="channels_first", name="cf")),
+            "cf",
+            "Conv2D",
+            "only channels_last convolutions are supported.",
+        ),
+        (
+            lambda: _conv_then(layers.Conv2D(4, 3, groups=2, name="grouped")),
+            "grouped",
+            "Conv2D",
+            "grouped convolution (groups=2).",
+        ),
+        (_lora, "adapted", "Dense", "LoRA / quantized kernels are not sliced."),
+        (
+            lambda: _conv_then(layers.BatchNormalization(axis=1, name="bn")),
+            "bn",
+            "BatchNormalization",
+            "BatchNormalization over axis 1, not the channels.",
+        ),
+        (
+            lambda: _conv_then(layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")),
+            "dw",
+            "DepthwiseConv2D",
+            "depth_multiplier=2 (only 1 is followed).",
+        ),
+        (
+            lambda: _conv_then(layers.DepthwiseConv2D(3, data_format="channels_first", name="dw")),
+            "dw",
+            "DepthwiseConv2D",
+            "only channels_last convolutions are supported.",
+        ),
+        (
+            lambda: _conv_then(layers.MaxPooling2D(data_format="channels_first", name="pool")),
+            "pool",
+            "MaxPooling2D",
+            "only channels_last layers are supported.",
+        ),
+        (
+            _non_scalar_constant,
+            "multiply",
+            "Multiply",
+            "an elementwise op with a non-scalar constant operand.",
+        ),
+        (_shared_conv, "shared", "Conv2D", "the layer is called more than once (shared weights)."),
+        (
+            _nested,
+            "inner",
+            "Sequential",
+            "nested models are not followed; build one flat Functional model.",
+        ),
+        (
+            _lstm,
+            "rnn",
+            "LSTM",
+            "this layer type is not supported by filter pruning.",
+        ),
+    ],
+)
+def test_unfollowable_layers_are_refused_with_their_name_and_the_way_out(build, name, kind, why):
+    with pytest.raises(FilterPruningError) as error:
+        ChannelGraph(build())
+    assert str(error.value) == _refusal(name, kind, why)
+
+
+def test_graph_refusals_name_the_model_and_the_fix():
+    class Custom(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(FilterPruningError) as error:
+        ChannelGraph(Custom(name="custom"))
+    assert str(error.value) == (
+        "Filter pruning rebuilds a Functional or Sequential model from its graph; 'custom' is "
+        "a subclassed Custom. Build it with the Functional API (keras.Model(inputs, outputs))."
+    )
+
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    model = keras.Model(inputs, layers.ReLU(name="relu")(x), name="net")
+    with pytest.raises(FilterPruningError) as error:
+        ChannelGraph(model, skip=["zz", "conv", "aa"])
+    assert str(error.value) == (
+        "`skip` names ['aa', 'zz'], which are not layers of 'net'. "
+        f"Layer names: {sorted(layer.name for layer in model.layers)}."
+    )
+
+    inputs = keras.Input((8, 8, None))
+    model = keras.Model(inputs, layers.ReLU()(inputs), name="open_channels")
+    with pytest.raises(FilterPruningError) as error:
+        ChannelGraph(model)
+    assert str(error.value) == (
+        "The channel axis of the tensor at 'open_channels' has an unknown size; build the "
+        "model on a keras.Input with a known channel count."
+    )
