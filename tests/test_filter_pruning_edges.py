@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from kd_keras.pruning import FilterPruningError
+from kd_keras.pruning import FilterPruningError, prune_filters
 from kd_keras.pruning.dependency import ChannelGraph
+from kd_keras.pruning.filters import check_round_to, select_channels
 from kd_keras.pruning.importance import channel_scores, filter_norms
 
 BN_EPSILON = 1e-3
@@ -387,3 +388,141 @@ def test_graph_refusals_name_the_model_and_the_fix():
         "The channel axis of the tensor at 'open_channels' has an unknown size; build the "
         "model on a keras.Input with a known channel count."
     )
+
+
+# ------------------------------------------------------------------ filters
+def test_taylor_pruning_uses_four_batches_by_default():
+    model = _probs_model("activation")
+    x, y = _data(24, seed=15)
+    batch_list = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 24, 4)]
+    four, _ = _taylor_reference(model, batch_list[:4])
+    five, _ = _taylor_reference(model, batch_list[:5])
+    kept = np.sort(np.argsort(four)[2:])
+    assert not np.array_equal(kept, np.sort(np.argsort(five)[2:]))  # the count matters
+    pruned = prune_filters(model, 0.5, importance="taylor", data=batch_list)
+    kernel = np.asarray(model.get_layer("hidden").kernel)
+    np.testing.assert_array_equal(np.asarray(pruned.get_layer("hidden").kernel), kernel[:, kept])
+
+
+def _sequential():
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            layers.Conv2D(4, 3, padding="same", name="conv1"),
+            layers.ReLU(),
+            layers.Conv2D(6, 3, padding="same", name="conv2"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(3, name="logits"),
+        ],
+        name="seq_net",
+    )
+    rng = np.random.default_rng(2)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.5, w.shape) for w in layer.weights])
+    return model
+
+
+def test_sequential_model_is_pruned_exactly():
+    model = _sequential()
+    pruned = prune_filters(model, 0.5)
+    assert pruned.name == "seq_net"
+    # NumPy reference: keep the largest-L1 half of each conv's filters; the
+    # outputs equal the original's with the other filters zeroed.
+    k1, b1 = (np.asarray(w) for w in model.get_layer("conv1").weights)
+    k2, b2 = (np.asarray(w) for w in model.get_layer("conv2").weights)
+    keep1 = np.sort(np.argsort(np.abs(k1).sum((0, 1, 2)))[2:])
+    keep2 = np.sort(np.argsort(np.abs(k2).sum((0, 1, 2)))[3:])
+    np.testing.assert_array_equal(np.asarray(pruned.get_layer("conv1").kernel), k1[..., keep1])
+    np.testing.assert_array_equal(
+        np.asarray(pruned.get_layer("conv2").kernel), k2[:, :, keep1][..., keep2]
+    )
+    zeroed = keras.models.clone_model(model)
+    zeroed.set_weights(model.get_weights())
+    for name, keep in (("conv1", keep1), ("conv2", keep2)):
+        kernel, bias = (np.asarray(w).copy() for w in model.get_layer(name).weights)
+        gone = np.setdiff1d(np.arange(kernel.shape[-1]), keep)
+        kernel[..., gone] = 0.0
+        bias[gone] = 0.0
+        zeroed.get_layer(name).set_weights([kernel, bias])
+    x = np.random.default_rng(3).uniform(0, 1, (2, 6, 6, 2)).astype("float32")
+    got = keras.ops.convert_to_numpy(pruned(x))
+    want = keras.ops.convert_to_numpy(zeroed(x))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_unbuilt_sequential_is_refused():
+    model = keras.Sequential([layers.Dense(3)], name="no_input")
+    with pytest.raises(FilterPruningError) as error:
+        prune_filters(model, 0.5)
+    assert str(error.value) == (
+        "Sequential model 'no_input' has no input shape yet; start it with "
+        "keras.Input(shape) or call build() before pruning filters."
+    )
+
+
+@pytest.mark.parametrize("round_to", [True, 2.0, "4", 0, -1])
+def test_round_to_must_be_a_positive_integer(round_to):
+    with pytest.raises(FilterPruningError) as error:
+        check_round_to(round_to)
+    assert str(error.value) == f"round_to must be a positive integer, got {round_to!r}."
+
+
+def _coupled_pair():
+    """Producers `a` and `b` coupled by a residual Add: 4 shared channels."""
+    inputs = keras.Input((6, 6, 3))
+    a = layers.Conv2D(4, 1, name="a")(inputs)
+    b = layers.Conv2D(4, 1, name="b")(layers.ReLU()(a))
+    x = layers.GlobalAveragePooling2D()(layers.Add()([a, b]))
+    return keras.Model(inputs, layers.Dense(2, name="out")(x))
+
+
+@pytest.mark.parametrize("fraction, removed", [(0.25, [3]), (0.5, [3, 2]), (0.0, [])])
+def test_selection_removes_the_lowest_scores_summed_over_a_group(fraction, removed):
+    graph = ChannelGraph(_coupled_pair())
+    scores = np.zeros(graph.num_ids)
+    # Sums per coupled channel 5, 5.2, 4.5, 3.3: by `a` alone, by `b` alone
+    # or by channel order the choice would differ.
+    scores[graph.producer_ids["a"]] = [1.0, 5.0, 4.0, 3.0]
+    scores[graph.producer_ids["b"]] = [4.0, 0.2, 0.5, 0.3]
+    expected = set(graph.roots(graph.producer_ids["a"][removed]).tolist())
+    assert select_channels(graph, scores, fraction) == expected
+    assert select_channels(graph, scores, {"b": fraction}) == expected
+
+
+def _concat_into_add():
+    """`a` (2) and `b` (2) concatenated, added to `c` (4): one group of 4
+    channels in which `a` owns only two."""
+    inputs = keras.Input((6, 6, 3))
+    a = layers.Conv2D(2, 1, name="a")(inputs)
+    b = layers.Conv2D(2, 1, name="b")(inputs)
+    c = layers.Conv2D(4, 1, name="c")(inputs)
+    x = layers.Add()([layers.Concatenate()([a, b]), c])
+    return keras.Model(inputs, layers.Dense(2, name="out")(layers.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize("a_scores, kept", [([2.0, 1.0], 0), ([1.0, 2.0], 1)])
+def test_a_producer_keeps_its_most_important_channel(a_scores, kept):
+    graph = ChannelGraph(_concat_into_add())
+    scores = np.zeros(graph.num_ids)
+    scores[graph.producer_ids["a"]] = a_scores
+    scores[graph.producer_ids["b"]] = [9.0, 9.0]
+    scores[graph.producer_ids["c"]] = [0.1, 0.1, 0.1, 0.1]
+    # Half of 4 goes: both of `a`'s channels are the weakest, but emptying
+    # `a` is not allowed, so only its weaker one is removed.
+    removed = select_channels(graph, scores, 0.5)
+    assert removed == {int(graph.roots(graph.producer_ids["a"][[1 - kept]])[0])}
+
+
+def test_fraction_refusals_name_the_argument():
+    graph = ChannelGraph(_coupled_pair())
+    scores = np.ones(graph.num_ids)
+    with pytest.raises(FilterPruningError) as error:
+        select_channels(graph, scores, 1.0)
+    assert str(error.value) == (
+        "fraction must be in [0, 1) (the share of filters removed; 1 would remove every "
+        "filter), got 1.0."
+    )
+    with pytest.raises(FilterPruningError) as error:
+        select_channels(graph, scores, {"a": "half"})
+    assert str(error.value) == "fraction['a'] must be a number in [0, 1), got 'half'."
