@@ -109,10 +109,11 @@ def _data(n, seed=11):
     return rng.normal(size=(n, 5)).astype("float32"), rng.integers(0, 3, n)
 
 
-def _taylor_reference(model, batches):
+def _taylor_reference(model, batches, loss="crossentropy"):
     """NumPy, float64: per batch, |sum_n a * dL/da| for each producer output
     `a` (hidden: x W1; head: its logits z), L the mean cross-entropy of the
-    softmax probabilities, with BatchNormalization in inference mode."""
+    softmax probabilities (or, `loss="first_logit"`, the mean of z[:, 0]),
+    with BatchNormalization in inference mode."""
     w1 = np.asarray(model.get_layer("hidden").kernel, np.float64)
     gamma, beta, mean, var = (np.asarray(v, np.float64) for v in model.get_layer("bn").weights)
     w2, b2 = (np.asarray(v, np.float64) for v in model.get_layer("head").weights)
@@ -128,6 +129,9 @@ def _taylor_reference(model, batches):
         p /= p.sum(1, keepdims=True)
         # d(-log p_y)/dz = p - onehot(y) for the probabilities' cross-entropy.
         dz = (p - np.eye(3)[yb]) / len(xb)
+        if loss == "first_logit":
+            dz = np.zeros_like(z)
+            dz[:, 0] = 1.0 / len(xb)
         da = (dz @ w2.T) * (h > 0) * scale
         hidden += np.abs((a * da).sum(axis=0))
         head += np.abs((z * dz).sum(axis=0))
@@ -526,3 +530,31 @@ def test_fraction_refusals_name_the_argument():
     with pytest.raises(FilterPruningError) as error:
         select_channels(graph, scores, {"a": "half"})
     assert str(error.value) == "fraction['a'] must be a number in [0, 1), got 'half'."
+
+
+def test_prune_filters_passes_skip_loss_and_refusals_through():
+    model = _probs_model("logits")
+    x, y = _data(16, seed=1)
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+
+    def first_logit(y_true, y_pred):
+        return keras.ops.mean(y_pred[:, 0])
+
+    custom = _taylor_reference(model, batches, loss="first_logit")[0]
+    default = _taylor_reference(model, batches)[0]
+    kept = np.sort(np.argsort(custom)[2:])
+    assert not np.array_equal(kept, np.sort(np.argsort(default)[2:]))  # the loss matters
+    pruned = prune_filters(
+        model, 0.5, importance="taylor", data=(x, y), loss=first_logit, batches=2
+    )
+    kernel = np.asarray(model.get_layer("hidden").kernel)
+    np.testing.assert_array_equal(np.asarray(pruned.get_layer("hidden").kernel), kernel[:, kept])
+    # `skip` as one name.
+    assert prune_filters(model, 0.5, skip="hidden").get_layer("hidden").units == 4
+    assert prune_filters(model, 0.5).get_layer("hidden").units == 2
+    with pytest.raises(FilterPruningError) as error:
+        prune_filters(model, "half")
+    assert str(error.value) == "fraction must be a number in [0, 1), got 'half'."
+    with pytest.raises(FilterPruningError) as error:
+        prune_filters("model.keras", 0.5)
+    assert str(error.value) == "prune_filters takes a Keras 3 Functional model, got str."
