@@ -558,3 +558,91 @@ def test_prune_filters_passes_skip_loss_and_refusals_through():
     with pytest.raises(FilterPruningError) as error:
         prune_filters("model.keras", 0.5)
     assert str(error.value) == "prune_filters takes a Keras 3 Functional model, got str."
+
+
+# ------------------------------------------------------- dependency groups
+def _between(middle):
+    """p (4 filters) -> `middle` -> q (2 filters) -> GAP -> out."""
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(4, 1, name="p")(inputs)
+    x = middle(x)
+    x = layers.Conv2D(2, 1, name="q")(x)
+    return keras.Model(inputs, layers.Dense(2, name="out")(layers.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize(
+    "middle, mixes",
+    [
+        (lambda x: layers.Activation("softmax")(x), True),
+        (lambda x: layers.Activation("log_softmax")(x), True),
+        (lambda x: layers.Activation("relu")(x), False),
+        (lambda x: layers.Softmax()(x), True),
+        (lambda x: layers.LayerNormalization()(x), True),
+        (lambda x: layers.Rescaling(2.0, offset=1.0)(x), False),
+        (lambda x: layers.Rescaling(np.full(4, 2.0, "float32"))(x), True),
+        (lambda x: layers.ZeroPadding2D(1)(x), False),
+        (lambda x: keras.ops.relu(x), False),
+        (lambda x: x * 2.0, False),
+        (lambda x: layers.Reshape((3, 12, 4))(x), False),
+        (lambda x: layers.Reshape((6, 12, 2))(x), True),
+        (lambda x: layers.Reshape((6, 6, -1))(x), True),
+    ],
+)
+def test_channels_pass_through_or_stop_at_a_layer(middle, mixes):
+    """A layer that acts per channel hands p's channel ids to q's kernel
+    rows; one that mixes channels (or reshapes them away) fixes p's
+    channels and gives q fresh fixed inputs."""
+    graph = ChannelGraph(_between(middle))
+    (group_p,) = [g for g in graph.groups() if g.producers == ["p"]]
+    assert group_p.fixed == [mixes] * 4
+    if mixes:
+        assert set(graph.consumer_ids["q"].tolist()).isdisjoint(graph.producer_ids["p"].tolist())
+        assert set(graph.roots(graph.consumer_ids["q"]).tolist()) <= graph.fixed_roots()
+    else:
+        np.testing.assert_array_equal(graph.consumer_ids["q"], graph.producer_ids["p"])
+
+
+def test_skip_fixes_a_producer_and_stops_at_other_layers():
+    model = _between(layers.ReLU(name="act"))
+    graph = ChannelGraph(model, skip=["p"])
+    (group_p,) = [g for g in graph.groups() if g.producers == ["p"]]
+    assert group_p.fixed == [True] * 4
+    np.testing.assert_array_equal(graph.consumer_ids["q"], graph.producer_ids["p"])
+    # A skipped pass-through layer is a barrier: p fixed, q reads fresh ids.
+    graph = ChannelGraph(model, skip=["act"])
+    (group_p,) = [g for g in graph.groups() if g.producers == ["p"]]
+    assert group_p.fixed == [True] * 4
+    assert set(graph.consumer_ids["q"].tolist()).isdisjoint(graph.producer_ids["p"].tolist())
+    (group_q,) = [g for g in graph.groups() if g.producers == ["q"]]
+    assert group_q.fixed == [False, False]
+
+
+def test_groups_join_through_a_bridging_producer():
+    graph = ChannelGraph(_concat_into_add())
+    groups = graph.groups()
+    assert [g.producers for g in groups] == [["a", "b", "c"], ["out"]]
+    roots = graph.roots(np.concatenate([graph.producer_ids["a"], graph.producer_ids["b"]])).tolist()
+    assert groups[0].classes == roots
+    assert groups[0].width == 4
+    assert groups[0].fixed == [False] * 4
+    assert groups[1].fixed == [True, True]  # the model output
+    np.testing.assert_array_equal(
+        graph.roots(graph.producer_ids["c"]), graph.roots(graph.consumer_ids["out"])
+    )
+
+
+def test_broadcast_operand_and_non_channel_concatenation():
+    inputs = keras.Input((6, 6, 3))
+    wide = layers.Conv2D(4, 1, name="wide")(inputs)
+    gate = layers.Conv2D(1, 1, name="gate")(inputs)
+    x = layers.Multiply()([wide, gate])  # gate's one channel broadcasts
+    other = layers.Conv2D(4, 1, name="other")(inputs)
+    x = layers.Concatenate(axis=1)([x, other])  # stacks rows: channel i is one channel
+    model = keras.Model(inputs, layers.Dense(2, name="out")(layers.GlobalAveragePooling2D()(x)))
+    graph = ChannelGraph(model)
+    groups = {tuple(g.producers): g for g in graph.groups()}
+    assert groups[("wide", "other")].fixed == [False] * 4
+    assert groups[("gate",)].fixed == [True]
+    np.testing.assert_array_equal(
+        graph.roots(graph.producer_ids["wide"]), graph.roots(graph.producer_ids["other"])
+    )
