@@ -177,6 +177,26 @@ def test_taylor_on_a_softmax_output_uses_the_probabilities_cross_entropy(head):
         assert np.max(np.abs(as_logits[graph.producer_ids["hidden"]] - want_hidden)) > 1e-3
 
 
+def test_taylor_on_a_convolution_sums_over_its_whole_kernel():
+    """A 1-wide Conv1D on one position computes the Dense model's hidden
+    layer: same scores, from a (1, 5, 4) kernel instead of a (5, 4) one."""
+    dense = _probs_model("activation")
+    inputs = keras.Input((1, 5))
+    x = layers.Conv1D(4, 1, use_bias=False, name="hidden")(inputs)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name="bn")(x)
+    x = layers.Flatten()(layers.ReLU()(x))
+    conv = keras.Model(inputs, layers.Dense(3, activation="softmax", name="head")(x))
+    conv.get_layer("hidden").set_weights([np.asarray(dense.get_layer("hidden").kernel)[None]])
+    for name in ("bn", "head"):
+        conv.get_layer(name).set_weights(dense.get_layer(name).get_weights())
+    x, y = _data(16)
+    graph = ChannelGraph(conv)
+    scores = channel_scores(conv, graph, "taylor", data=(x[:, None, :], y), batches=2)
+    want_hidden, want_head = _taylor_reference(dense, [(x[:8], y[:8]), (x[8:], y[8:])])
+    np.testing.assert_allclose(scores[graph.producer_ids["hidden"]], want_hidden, rtol=1e-4)
+    np.testing.assert_allclose(scores[graph.producer_ids["head"]], want_head, rtol=1e-4)
+
+
 def test_taylor_reads_datasets_lists_and_tuples_of_batches():
     model = _probs_model("activation")
     x, y = _data(20)
