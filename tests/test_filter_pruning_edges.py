@@ -651,18 +651,52 @@ def test_groups_join_through_a_bridging_producer():
     )
 
 
-def test_broadcast_operand_and_non_channel_concatenation():
+def test_broadcast_operand_raw_add_and_non_channel_concatenation():
     inputs = keras.Input((6, 6, 3))
     wide = layers.Conv2D(4, 1, name="wide")(inputs)
     gate = layers.Conv2D(1, 1, name="gate")(inputs)
     x = layers.Multiply()([wide, gate])  # gate's one channel broadcasts
+    x = x + layers.Conv2D(4, 1, name="third")(inputs)  # a raw op on two tensors
     other = layers.Conv2D(4, 1, name="other")(inputs)
     x = layers.Concatenate(axis=1)([x, other])  # stacks rows: channel i is one channel
     model = keras.Model(inputs, layers.Dense(2, name="out")(layers.GlobalAveragePooling2D()(x)))
     graph = ChannelGraph(model)
-    groups = {tuple(g.producers): g for g in graph.groups()}
-    assert groups[("wide", "other")].fixed == [False] * 4
+    groups = {tuple(sorted(g.producers)): g for g in graph.groups()}
+    assert set(groups) == {("other", "third", "wide"), ("gate",), ("out",)}
+    assert groups[("other", "third", "wide")].fixed == [False] * 4
     assert groups[("gate",)].fixed == [True]
-    np.testing.assert_array_equal(
-        graph.roots(graph.producer_ids["wide"]), graph.roots(graph.producer_ids["other"])
+    for name in ("third", "other"):
+        np.testing.assert_array_equal(
+            graph.roots(graph.producer_ids["wide"]), graph.roots(graph.producer_ids[name])
+        )
+
+
+def test_flatten_of_features_keeps_their_ids_and_a_reshape_records_them():
+    inputs = keras.Input((5,))
+    x = layers.Flatten()(layers.Dense(4, name="features")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="out")(x))
+    graph = ChannelGraph(model)
+    np.testing.assert_array_equal(graph.consumer_ids["out"], graph.producer_ids["features"])
+
+    graph = ChannelGraph(_between(layers.Reshape((3, 12, 4), name="rows")))
+    assert list(graph.reshape_ids) == ["rows"]
+    np.testing.assert_array_equal(graph.reshape_ids["rows"], graph.producer_ids["p"])
+
+
+def test_a_shared_layer_with_weights_is_refused_a_weightless_one_followed():
+    inputs = keras.Input((6, 6, 3))
+    bn = layers.BatchNormalization(name="shared_bn")
+    a = bn(layers.Conv2D(3, 1, name="a")(inputs))
+    b = bn(layers.Conv2D(3, 1, name="b")(a))
+    with pytest.raises(FilterPruningError) as error:
+        ChannelGraph(keras.Model(inputs, b))
+    assert str(error.value) == _refusal(
+        "shared_bn",
+        "BatchNormalization",
+        "the layer is called more than once (shared weights).",
     )
+    relu = layers.ReLU(name="shared_relu")
+    a = relu(layers.Conv2D(3, 1, name="a2")(inputs))
+    b = relu(layers.Conv2D(3, 1, name="b2")(a))
+    graph = ChannelGraph(keras.Model(inputs, b))
+    np.testing.assert_array_equal(graph.consumer_ids["b2"], graph.producer_ids["a2"])
