@@ -700,3 +700,32 @@ def test_a_shared_layer_with_weights_is_refused_a_weightless_one_followed():
     b = relu(layers.Conv2D(3, 1, name="b2")(a))
     graph = ChannelGraph(keras.Model(inputs, b))
     np.testing.assert_array_equal(graph.consumer_ids["b2"], graph.producer_ids["a2"])
+
+
+def test_a_channel_keeping_reshape_is_rebuilt_with_the_kept_count():
+    """Squeeze-excite style: GAP -> Reshape((1, 1, C)) -> 1x1 conv. Pruning
+    `p` must shrink the Reshape's target to the kept channel count, and the
+    pruned model equals the original with `p`'s removed filters zeroed."""
+    inputs = keras.Input((6, 6, 3))
+    p = layers.Conv2D(4, 1, name="p")(inputs)
+    x = layers.Reshape((1, 1, 4), name="se_shape")(layers.GlobalAveragePooling2D()(p))
+    x = layers.Conv2D(2, 1, name="q")(x)
+    model = keras.Model(inputs, layers.Dense(2, name="out")(layers.Flatten()(x)))
+    rng = np.random.default_rng(4)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.5, w.shape) for w in layer.weights])
+    pruned = prune_filters(model, {"p": 0.5})
+    assert tuple(pruned.get_layer("se_shape").target_shape) == (1, 1, 2)
+    kernel, bias = (np.asarray(w).copy() for w in model.get_layer("p").weights)
+    gone = np.argsort(np.abs(kernel).sum((0, 1, 2)))[:2]
+    kernel[..., gone] = 0.0
+    bias[gone] = 0.0
+    model.get_layer("p").set_weights([kernel, bias])
+    x = np.random.default_rng(5).uniform(0, 1, (2, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(pruned(x)),
+        keras.ops.convert_to_numpy(model(x)),
+        atol=1e-5,
+        rtol=0,
+    )
