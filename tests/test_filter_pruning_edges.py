@@ -569,6 +569,13 @@ def test_prune_filters_passes_skip_loss_and_refusals_through():
     )
     kernel = np.asarray(model.get_layer("hidden").kernel)
     np.testing.assert_array_equal(np.asarray(pruned.get_layer("hidden").kernel), kernel[:, kept])
+    # `batches`: one of four batches.
+    x, y = _data(16, seed=23)
+    four = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 16, 4)]
+    first = np.sort(np.argsort(_taylor_reference(model, four[:1])[0])[2:])
+    assert not np.array_equal(first, np.sort(np.argsort(_taylor_reference(model, four)[0])[2:]))
+    pruned = prune_filters(model, 0.5, importance="taylor", data=four, batches=1)
+    np.testing.assert_array_equal(np.asarray(pruned.get_layer("hidden").kernel), kernel[:, first])
     # `skip` as one name.
     assert prune_filters(model, 0.5, skip="hidden").get_layer("hidden").units == 4
     assert prune_filters(model, 0.5).get_layer("hidden").units == 2
