@@ -603,6 +603,8 @@ def _between(middle):
         (lambda x: layers.Activation("softmax")(x), True),
         (lambda x: layers.Activation("log_softmax")(x), True),
         (lambda x: layers.Activation("relu")(x), False),
+        # A callable without a __name__ (a layer object) acts per channel too.
+        (lambda x: layers.Activation(layers.ReLU())(x), False),
         (lambda x: layers.Softmax()(x), True),
         (lambda x: layers.LayerNormalization()(x), True),
         (lambda x: layers.Rescaling(2.0, offset=1.0)(x), False),
