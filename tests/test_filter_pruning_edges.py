@@ -284,6 +284,12 @@ def _conv_then(layer):
     return keras.Model(inputs, layer(x))
 
 
+def _free_size_flatten():
+    inputs = keras.Input((None, None, 3))
+    x = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    return keras.Model(inputs, layers.Flatten(name="flatten")(x))
+
+
 def _shared_conv():
     inputs = keras.Input((8, 8, 3))
     conv = layers.Conv2D(3, 3, padding="same", name="shared")
@@ -362,6 +368,12 @@ def _non_scalar_constant():
             "an elementwise op with a non-scalar constant operand.",
         ),
         (_shared_conv, "shared", "Conv2D", "the layer is called more than once (shared weights)."),
+        (
+            _free_size_flatten,
+            "flatten",
+            "Flatten",
+            "the input's spatial size must be known.",
+        ),
         (
             _nested,
             "inner",

@@ -347,9 +347,9 @@ class ChannelGraph:
             return
         if isinstance(op, layers.Flatten):
             shape = ins[0].shape
-            positions = math.prod(shape[1:-1]) if len(shape) > 2 else 1
-            if positions is None or any(d is None for d in shape[1:]):
+            if any(d is None for d in shape[1:]):
                 raise _refuse(op, "the input's spatial size must be known.")
+            positions = math.prod(shape[1:-1]) if len(shape) > 2 else 1
             # channels_last: the flattened index is position * C + channel.
             self._set(outs[0], np.tile(self._ids(ins[0]), positions))
             return
