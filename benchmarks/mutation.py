@@ -352,14 +352,20 @@ def run_module(
 
 
 def rerun_survivors(
-    name: str, module: Module, workdir: Path, log, backend: str = "tensorflow"
+    name: str,
+    module: Module,
+    workdir: Path,
+    log,
+    backend: str = "tensorflow",
+    only: tuple[str, ...] = (),
 ) -> dict:
     """Re-runs, with mutmut, the survivors of an earlier run in `workdir/name`
     against the current tests (copied in afresh) under the Keras `backend`;
     the mutants it killed stay killed, since tests are only ever added.
     Another backend reaches the code only it runs (a `torch.no_grad` branch,
     the `keras.ops` path TensorFlow's own op replaces), which the test suite
-    runs there too. Returns the module's row."""
+    runs there too; `only` (fnmatch patterns on the keys) limits the re-run
+    to such mutants. Returns the module's row."""
     dest = workdir / name.replace("/", "_")
     previous = read_results(name, module, dest)
     if "error" in previous:
@@ -379,6 +385,8 @@ def rerun_survivors(
     start = time.perf_counter()
     # Only the survivors: a mutant the earlier run did not reach stays unchecked.
     survivors = [k for k in previous["survivors"] if previous["status"][k] in SURVIVED | NO_TESTS]
+    if only:
+        survivors = [k for k in survivors if any(fnmatch.fnmatch(k, p) for p in only)]
     if survivors:
         proc = subprocess.run(
             [*MUTMUT, "run", "--max-children", "1", *survivors],
@@ -486,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         "--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"),
         help="Keras backend of a --rerun-survivors run (first runs use TensorFlow)",
     )
+    parser.add_argument(
+        "--only", nargs="+", default=[], metavar="PATTERN",
+        help="re-run only the survivors whose key matches (e.g. '*x__gradients__mutmut_4*')",
+    )
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -515,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
             elif args.rerun_survivors:
                 log.write(f"\n===== {name} (survivors) =====\n")
                 log.flush()
-                row = rerun_survivors(name, MODULES[name], args.workdir, log, args.backend)
+                row = rerun_survivors(
+                    name, MODULES[name], args.workdir, log, args.backend, tuple(args.only)
+                )
             else:
                 log.write(f"\n===== {name} =====\n")
                 log.flush()
