@@ -55,9 +55,10 @@ import keras
 import numpy as np
 
 import kd_keras
+from kd_keras.bench import evaluate_accuracy
 from kd_keras.data import load_fashion_mnist
 from kd_keras.models import cnn_teacher
-from kd_keras.quantization import convert, quantize_model, tflite_predict
+from kd_keras.quantization import convert, quantize_model
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 STUDENTS = {
@@ -90,14 +91,6 @@ def application(family: str, module=keras.applications, momentum: float = 0.9):
     return model
 
 
-def tflite_accuracy(model_bytes: bytes, x, y) -> float:
-    return float(np.mean(np.argmax(tflite_predict(model_bytes, x), -1) == y))
-
-
-def keras_accuracy(model, x, y) -> float:
-    return float(np.mean(np.argmax(model.predict(x, batch_size=512, verbose=0), -1) == y))
-
-
 def copy_of(model: keras.Model) -> keras.Model:
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
@@ -126,7 +119,7 @@ def tfmot_row(family, float_model, x, y, xt, yt, epochs, batch):
     qat.fit(x, y, epochs=epochs, batch_size=batch, verbose=2)
     model_bytes = convert(qat, mode="qat", int8_io=True)
     note = f"tf_keras copy matches the Keras 3 float model to {gap:.1e}"
-    return (tflite_accuracy(model_bytes, xt, yt), len(model_bytes)), note
+    return (evaluate_accuracy(model_bytes, xt, yt), len(model_bytes)), note
 
 
 def trained_float(family, x, y, args) -> keras.Model:
@@ -180,7 +173,7 @@ def student_rows(name, family, data, logits, args):
 
     model = timed("float", lambda: trained_float(family, x, y, args))
     float_bytes = convert(model)
-    rows["float"] = (tflite_accuracy(float_bytes, xt, yt), len(float_bytes))
+    rows["float"] = (evaluate_accuracy(float_bytes, xt, yt), len(float_bytes))
     print(f"{name} float {rows['float']}", flush=True)
 
     ptq = timed(
@@ -193,7 +186,7 @@ def student_rows(name, family, data, logits, args):
             int8_io=True,
         ),
     )
-    rows["PTQ int8"] = (tflite_accuracy(ptq, xt, yt), len(ptq))
+    rows["PTQ int8"] = (evaluate_accuracy(ptq, xt, yt), len(ptq))
 
     more = copy_of(model)
     more.compile(keras.optimizers.Adam(1e-4), CE)
@@ -202,19 +195,19 @@ def student_rows(name, family, data, logits, args):
     )
     more_bytes = convert(more)
     rows[f"float, +{args.qat_epochs} epoch at 1e-4"] = (
-        tflite_accuracy(more_bytes, xt, yt),
+        evaluate_accuracy(more_bytes, xt, yt),
         len(more_bytes),
     )
 
     qat = timed("QAT int8", lambda: qat_on_labels(model, x, y, args))
     qat_bytes = convert(qat, mode="qat", int8_io=True)
-    rows["QAT int8"] = (tflite_accuracy(qat_bytes, xt, yt), len(qat_bytes))
+    rows["QAT int8"] = (evaluate_accuracy(qat_bytes, xt, yt), len(qat_bytes))
 
     student = timed(
         "QAT int8 + distillation", lambda: qat_distilled(model, x, y, logits, args)
     )
     kd_bytes = convert(student, mode="qat", int8_io=True)
-    rows["QAT int8 + distillation"] = (tflite_accuracy(kd_bytes, xt, yt), len(kd_bytes))
+    rows["QAT int8 + distillation"] = (evaluate_accuracy(kd_bytes, xt, yt), len(kd_bytes))
 
     print(f"{name} so far {rows} {times}", flush=True)
     start = time.perf_counter()
@@ -232,15 +225,15 @@ def paired_kd_rows(name, family, data, logits, args) -> list[tuple[int, float, f
     one float model, each pair started from the same seed."""
     x, y, xt, yt = data
     model = trained_float(family, x, y, args)
-    print(f"{name} float {tflite_accuracy(convert(model), xt, yt):.4f}", flush=True)
+    print(f"{name} float {evaluate_accuracy(convert(model), xt, yt):.4f}", flush=True)
     pairs = []
     for seed in args.kd_seeds:
         keras.utils.set_random_seed(seed)
         qat = qat_on_labels(model, x, y, args)
-        labels = tflite_accuracy(convert(qat, mode="qat", int8_io=True), xt, yt)
+        labels = evaluate_accuracy(convert(qat, mode="qat", int8_io=True), xt, yt)
         keras.utils.set_random_seed(seed)
         student = qat_distilled(model, x, y, logits, args)
-        kd = tflite_accuracy(convert(student, mode="qat", int8_io=True), xt, yt)
+        kd = evaluate_accuracy(convert(student, mode="qat", int8_io=True), xt, yt)
         pairs.append((seed, labels, kd))
         print(f"{name} seed {seed}: QAT labels {labels:.4f}, QAT + KD {kd:.4f}", flush=True)
     return pairs
@@ -304,7 +297,7 @@ def main(argv=None) -> None:
     teacher.fit(x, y, epochs=args.teacher_epochs, batch_size=args.batch, verbose=2)
     logits = kd_keras.cache_teacher_outputs(teacher, x, verbose=0)
     teacher_s = time.perf_counter() - start
-    teacher_accuracy = keras_accuracy(teacher, xt, yt)
+    teacher_accuracy = evaluate_accuracy(teacher, xt, yt)
     print(f"teacher {teacher_accuracy:.4f} in {teacher_s:.0f} s", flush=True)
 
     if args.kd_seeds:
