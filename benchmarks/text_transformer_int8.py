@@ -16,7 +16,7 @@ a CPU), then is converted by the one `kd_keras.quantization.convert` path:
   `--calibration` training sequences; token ids stay int32, logits come out
   float through one DEQUANTIZE).
 
-Each file's accuracy is measured in LiteRT (`kd_keras.quantization.tflite_predict`)
+Each file's accuracy is measured in LiteRT (`kd_keras.bench.evaluate_accuracy`)
 on the whole test split, beside the Keras model's, with the file size and the
 ops of the full-int8 file that still compute in float.
 
@@ -34,8 +34,9 @@ import keras
 import numpy as np
 
 from benchmarks.latency_224 import float_ops
+from kd_keras.bench import evaluate_accuracy
 from kd_keras.data import load_bbc_news, load_vader_movies
-from kd_keras.quantization import convert, tflite_predict
+from kd_keras.quantization import convert
 
 
 class PositionEmbedding(keras.layers.Layer):
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
     )
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=2)
     train_s = time.perf_counter() - start
-    keras_accuracy = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
+    keras_accuracy = evaluate_accuracy(model, xt, yt)
 
     start = time.perf_counter()
     files = {
@@ -119,7 +120,7 @@ def main(argv=None) -> None:
     }
     convert_s = time.perf_counter() - start
     accuracy = {
-        name: float(np.mean(np.argmax(tflite_predict(b, xt), -1) == yt))
+        name: evaluate_accuracy(b, xt, yt)
         for name, b in files.items()
     }
 
