@@ -34,7 +34,8 @@ import numpy as np
 from benchmarks import common
 from benchmarks.common import copy_of
 from benchmarks.filter_pruning import to_32x32x3
-from kd_keras.quantization import convert, quantize_model, tflite_predict
+from kd_keras.bench import evaluate_accuracy
+from kd_keras.quantization import convert, quantize_model
 
 
 def mobilenet_v2(seed: int) -> keras.Model:
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
         qat = quantize_model(copy_of(model), **kwargs)
         train_acc, seconds = fit_one_epoch(qat, x, y, args.qat_lr, args.batch)
         int8 = convert(qat, mode="qat", int8_io=True)
-        int8_acc = float(np.mean(np.argmax(tflite_predict(int8, xt), -1) == yt))
+        int8_acc = evaluate_accuracy(int8, xt, yt)
         rows.append((label, train_acc, common.accuracy(qat, xt, yt), int8_acc, seconds))
 
     print(

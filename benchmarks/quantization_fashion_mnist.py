@@ -41,12 +41,12 @@ import kd_keras
 from benchmarks import common
 from benchmarks.common import copy_of
 from kd_keras import pruning
+from kd_keras.bench import evaluate_accuracy
 from kd_keras.models import cnn_student
 from kd_keras.quantization import (
     convert,
     quantize_model,
     quantize_post_training,
-    tflite_predict,
 )
 from kd_keras.quantization.clustering import (
     CentroidInitialization,
@@ -165,7 +165,7 @@ def main():
     layout = {"batch_size": 1, "strip_strings": True} if args.phone_layout else {}
 
     def record(name, model_bytes, ref, note=""):
-        accuracy = float(np.mean(tflite_predict(model_bytes, xt).argmax(1) == yt))
+        accuracy = evaluate_accuracy(model_bytes, xt, yt)
         rows.append(
             {
                 "name": name,
